@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Run a command inside pointlift's virtual environment, building it first if needed.
+#
+# The environment lives outside the checkout (~/.cache/pointlift/venv-<hash of pyproject.toml>), so
+# fresh clones reuse it and a change of dependencies gets a new one. It holds the dependencies only;
+# this checkout's src/ is put first on PYTHONPATH, so every clone runs its own code.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+HASH="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+VENV="${POINTLIFT_VENV:-$HOME/.cache/pointlift/venv-$HASH}"
+PY="${PYTHON:-python3}"
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$VENV.lock"
+flock 9  # one builder at a time; concurrent callers wait for it
+if [ ! -f "$VENV/.complete" ]; then
+    echo "[pointlift] building the virtual environment in $VENV (first run only, a few minutes)" >&2
+    rm -rf "$VENV"
+    "$PY" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    # Dependencies (with the test extra) straight from pyproject.toml.
+    "$VENV/bin/python" - "$ROOT/pyproject.toml" > "$VENV/requirements.txt" <<'PYEOF'
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["test"]))
+PYEOF
+    "$VENV/bin/python" -m pip install --quiet -r "$VENV/requirements.txt"
+    # The console script, resolved through PYTHONPATH to the calling checkout.
+    printf '#!/usr/bin/env bash\nexec "%s/bin/python" -m pointlift.cli "$@"\n' "$VENV" > "$VENV/bin/pointlift"
+    chmod +x "$VENV/bin/pointlift"
+    touch "$VENV/.complete"
+fi
+flock -u 9
+export PATH="$VENV/bin:$PATH"
+export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
+exec "$@"

@@ -1,0 +1,5 @@
+import sys
+
+from pointlift.cli import main
+
+sys.exit(main())

@@ -1,0 +1,251 @@
+"""Typed configuration: nested dataclasses checked key by key when they are loaded.
+
+A typo in a YAML file should fail at load time with the file and the dotted key, not an hour
+into a run. `load_config` walks the dataclass type hints and checks every value; dataclasses
+check their own value ranges in `__post_init__` by raising `ConfigValueError(field, problem)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, TypeVar, Union
+
+import yaml
+
+from pointlift.errors import PointliftConfigError
+
+T = TypeVar("T")
+
+
+class ConfigValueError(PointliftConfigError):
+    """A value out of range, raised by a dataclass's `__post_init__`; `key` names the field."""
+
+    def __init__(self, key: str, problem: str):
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}")
+
+
+def require(condition: bool, key: str, problem: str) -> None:
+    """Raise ConfigValueError(key, problem) unless condition holds (for `__post_init__`)."""
+    if not condition:
+        raise ConfigValueError(key, problem)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule shared by every method."""
+
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9  # SGD only
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW only
+    warmup_steps: int = 0
+    warmup_epochs: float = 0.0  # converted to steps once the epoch length is known
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr: float = 0.0
+
+    def __post_init__(self):
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        require(all(0 <= b < 1 for b in self.betas), "betas", f"must be in [0, 1), got {self.betas}")
+        require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        require(self.warmup_epochs >= 0, "warmup_epochs", f"must be >= 0, got {self.warmup_epochs}")
+        require(not (self.warmup_steps > 0 and self.warmup_epochs > 0), "warmup_epochs",
+                "set either warmup_steps or warmup_epochs, not both")
+        require(0 <= self.min_lr <= self.lr, "min_lr", f"must be in [0, lr={self.lr}], got {self.min_lr}")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop's settings. `batch_size` is global: each of N processes gets batch_size / N."""
+
+    epochs: int = 1
+    max_steps: Optional[int] = None  # when set, overrides epochs: train exactly this many steps
+    batch_size: int = 32
+    num_workers: int = 0
+    seed: int = 0
+    amp: bool = False
+    grad_clip: Optional[float] = None
+    checkpoint_every: int = 1000  # optimiser steps; 0 = only at the end
+    log_every: int = 10
+    max_nonfinite: int = 10  # consecutive non-finite losses before a clean stop
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self):
+        require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        require(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", f"must be > 0, got {self.grad_clip}")
+        require(self.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
+        require(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+        require(self.max_nonfinite >= 1, "max_nonfinite", f"must be >= 1, got {self.max_nonfinite}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and checking
+
+
+class _KeyError(Exception):
+    """Internal: a problem at a dotted key, turned into PointliftConfigError at the top."""
+
+    def __init__(self, key: str, problem: str):
+        self.key = key
+        self.problem = problem
+
+
+def load_config(source: str | Path | dict, cls: type[T]) -> T:
+    """Build a `cls` dataclass from a YAML file or a dict, checking every key, type and value.
+
+    Errors name the file (or "<dict>") and the dotted key, e.g. `exp.yaml: optim.lr: expected float`.
+    """
+    if isinstance(source, dict):
+        origin, data = "<dict>", source
+    else:
+        origin = str(source)
+        path = Path(source)
+        if not path.is_file():
+            raise PointliftConfigError(f"{origin}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise PointliftConfigError(f"{origin}: not valid YAML ({error})") from None
+        data = {} if data is None else data
+    try:
+        return _build_dataclass(cls, data, "")
+    except _KeyError as error:
+        key = f"{error.key}: " if error.key else ""
+        raise PointliftConfigError(f"{origin}: {key}{error.problem}") from None
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _build_dataclass(cls: type, data: Any, prefix: str):
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise _KeyError(prefix, f"expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise _KeyError(_join(prefix, str(key)), f"unknown key (known keys: {known})")
+    values = {}
+    for name, spec in fields.items():
+        if name in data:
+            values[name] = _convert(hints[name], data[name], _join(prefix, name))
+        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+            raise _KeyError(_join(prefix, name), "missing required key")
+    try:
+        return cls(**values)
+    except ConfigValueError as error:
+        raise _KeyError(_join(prefix, error.key), error.problem) from None
+    except (TypeError, ValueError) as error:
+        raise _KeyError(prefix, str(error)) from None
+
+
+def _describe(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(tp: Any, value: Any, key: str):
+    """Check `value` against type `tp` and return it in that type (lists become tuples etc.)."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build_dataclass(tp, value, key)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [option for option in args if option is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own, more precise, message
+            return _convert(options[0], value, key)
+        for option in options:
+            try:
+                return _convert(option, value, key)
+            except _KeyError:
+                pass
+        raise _KeyError(key, f"expected {_describe(tp)}, got {value!r}")
+    if origin is Literal:
+        if any(type(value) is type(option) and value == option for option in args):
+            return value
+        raise _KeyError(key, f"must be one of {list(args)}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _KeyError(key, f"expected bool, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _KeyError(key, f"expected int, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _KeyError(key, f"expected float, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _KeyError(key, f"expected str, got {value!r}")
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value)
+        raise _KeyError(key, f"expected a path, got {value!r}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise _KeyError(key, f"expected a list, got {value!r}")
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                raise _KeyError(key, f"expected {len(args)} items, got {len(value)}")
+            items = [_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value))]
+        else:
+            item_type = args[0] if args else Any
+            items = [_convert(item_type, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _KeyError(key, f"expected a mapping, got {value!r}")
+        key_type, value_type = args if args else (Any, Any)
+        return {_convert(key_type, k, key): _convert(value_type, v, _join(key, str(k)))
+                for k, v in value.items()}
+    if isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        raise _KeyError(key, f"expected {_describe(tp)}, got {value!r}")
+    raise _KeyError(key, f"unsupported type annotation {tp!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving
+
+
+def config_to_dict(config: Any) -> Any:
+    """A dataclass (or nested containers of them) as plain YAML/JSON-safe dicts and lists."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return {f.name: config_to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, dict):
+        return {str(k): config_to_dict(v) for k, v in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [config_to_dict(v) for v in config]
+    if isinstance(config, Path):
+        return str(config)
+    return config
+
+
+def save_config(config: Any, path: str | Path) -> Path:
+    """Write a config (dataclass or dict) as YAML, keys in declaration order."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    return path

@@ -1,0 +1,53 @@
+"""Which implementation runs the sparse convolutions: "pure" (default) or "spconv".
+
+"pure" is PyTorch only and runs wherever torch runs. "spconv" is used where it is installed and
+selected; operations it lacks (grouped convolutions, sites it would place differently) fall back
+to "pure" transparently. Modules take `backend=None` to follow the process-wide default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+
+from pointlift.errors import PointliftConfigError
+
+BACKENDS = ("pure", "spconv")
+_default = "pure"
+
+
+def check_backend_name(name: str) -> None:
+    if name not in BACKENDS:
+        raise PointliftConfigError(f"unknown sparse backend {name!r}; choose from {BACKENDS}")
+
+
+def spconv_available() -> bool:
+    return importlib.util.find_spec("spconv") is not None
+
+
+def set_backend(name: str) -> None:
+    """Select the process-wide default backend."""
+    global _default
+    check_backend_name(name)
+    if name == "spconv" and not spconv_available():
+        raise PointliftConfigError("sparse backend 'spconv' selected but spconv is not installed (pip install spconv)")
+    _default = name
+
+
+def get_backend() -> str:
+    return _default
+
+
+def resolve(module_choice: str | None) -> str:
+    return _default if module_choice is None else module_choice
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Temporarily select a default backend: `with use_backend("spconv"): model(x)`."""
+    previous = _default
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
