@@ -337,8 +337,9 @@ def test_nonfinite_losses_are_skipped(tmp_path):
     model = fresh_model(nan_when=lambda call: call % 5 == 0)
     with pytest.warns(RuntimeWarning, match="non-finite loss"):
         result = train(model, RegressionData(), make_config(epochs=4), tmp_path / "run", progress=False)
-    skipped = 24 // 5
-    assert result.step == 24 - skipped and not result.stopped_early
+    skipped = 24 // 5  # 4 epochs of 6 batches, every 5th forward is NaN
+    assert result.step == 24 - skipped and not result.stopped_early and result.epoch == 4
+    assert model.calls == 24
     assert all(torch.isfinite(p).all() for p in model.parameters())
     losses = [row["loss"] for row in result.history]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]

@@ -162,7 +162,7 @@ def test_chamfer_descent_moves_points_onto_target():
     gen = torch.Generator().manual_seed(7)
     target = torch.rand(1, 32, 3, generator=gen)
     moving = (torch.rand(1, 32, 3, generator=gen) + 1.0).requires_grad_(True)
-    start = float(chamfer_l2(moving, target))
+    start = float(chamfer_l2(moving.detach(), target))
     optimizer = torch.optim.Adam([moving], lr=0.05)
     for _ in range(60):
         optimizer.zero_grad()

@@ -305,6 +305,27 @@ def test_modelnet10_vox(shared, split, total, empty):
         np.testing.assert_allclose(shapes.points[position], np.array(expected, dtype=np.float32))
 
 
+def test_modelnet10_vox_bad_archives(tmp_path):
+    grids = np.zeros((3, 4, 4, 4), dtype=np.int32)
+    grids[0, 1, 2, 3] = grids[2, 0, 0, 0] = 1
+    good = tmp_path / "vox.npz"
+    np.savez_compressed(good, X_train=grids, y_train=np.array([4, 5, 6]))
+    with pytest.warns(UserWarning, match="dropped 1 empty shapes of 3"):
+        shapes = load_modelnet10_vox(good, "train")
+    np.testing.assert_allclose(shapes.points[0], [[1.5 / 4 - 0.5, 2.5 / 4 - 0.5, 3.5 / 4 - 0.5]])
+    assert shapes.labels.tolist() == [4, 6]
+    mismatch = tmp_path / "mismatch.npz"
+    np.savez_compressed(mismatch, X_train=grids, y_train=np.array([1, 2]))
+    with raises_naming(mismatch, "labels"):
+        load_modelnet10_vox(mismatch, "train")
+    with raises_naming(good, "X_test"):
+        load_modelnet10_vox(good, "test")
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[:-40])
+    with raises_naming(truncated):
+        load_modelnet10_vox(truncated, "train")
+
+
 def write_modelnet40_h5(root, files):
     root.mkdir(parents=True, exist_ok=True)
     (root / "shape_names.txt").write_text("\n".join(f"class{i}" for i in range(40)) + "\n")

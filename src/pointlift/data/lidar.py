@@ -61,7 +61,7 @@ def load_info_pickle(path: str | Path) -> dict:
     try:
         with open(path, "rb") as handle:
             info = _NumpyOnlyUnpickler(handle).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError) as error:
+    except Exception as error:  # a corrupt pickle fails in many ways (even MemoryError)
         raise PointliftDataError(path, f"cannot be read as an info pickle ({error})") from None
     if not isinstance(info, dict) or not isinstance(info.get("data_list"), list) or not info["data_list"]:
         raise PointliftDataError(path, "is not an info dict with a non-empty 'data_list'")
@@ -105,7 +105,8 @@ def read_kitti_calibration(path: str | Path, camera: str = "CAM2", image_name: s
         entry = load_info_pickle(path)["data_list"][0]
         images = entry.get("images", {})
         if image_name is not None:
-            named = [k for k, v in images.items() if isinstance(v, dict) and Path(str(v.get("img_path", ""))).name == image_name]
+            named = [k for k, v in images.items()
+                     if isinstance(v, dict) and Path(str(v.get("img_path", ""))).name == image_name]
             camera = named[0] if named else camera
         if camera not in images:
             raise PointliftDataError(path, f"has no camera {camera!r} (cameras: {', '.join(images)})")
@@ -127,10 +128,14 @@ def read_kitti_calibration(path: str | Path, camera: str = "CAM2", image_name: s
         missing = [k for k in needed if k not in rows]
         if missing:
             raise PointliftDataError(path, f"KITTI calibration lacks {', '.join(missing)}")
-        projection = _matrix(path, rows[f"P{number}"].reshape(3, 4) if rows[f"P{number}"].size == 12 else rows[f"P{number}"], f"P{number}")
-        rect = _matrix(path, rows["R0_rect"].reshape(3, 3) if rows["R0_rect"].size == 9 else rows["R0_rect"], "R0_rect")
-        velo = _matrix(path, rows["Tr_velo_to_cam"].reshape(3, 4) if rows["Tr_velo_to_cam"].size == 12 else rows["Tr_velo_to_cam"], "Tr_velo_to_cam")
-        return projection @ rect @ velo
+        def matrix(key: str) -> np.ndarray:
+            values = rows[key]
+            shape = {9: (3, 3), 12: (3, 4), 16: (4, 4)}.get(values.size)
+            if shape is None:
+                raise PointliftDataError(path, f"{key} holds {values.size} numbers, expected 9, 12 or 16")
+            return _matrix(path, values.reshape(shape), key)
+
+        return matrix(f"P{number}") @ matrix("R0_rect") @ matrix("Tr_velo_to_cam")
     try:
         values = np.array(text.split(), dtype=np.float64)
     except ValueError:

@@ -199,9 +199,10 @@ def _open_seven_scenes(root: Path) -> RGBDSequence:
         if not match:
             continue
         stem = f"frame-{match.group(1)}"
-        frames.append(_FrameFiles(stem, int(match.group(1)), root / f"{stem}.color.png"
-                                  if (root / f"{stem}.color.png").is_file() else root / f"{stem}.color.jpg",
-                                  depth_path, root / f"{stem}.pose.txt"))
+        color = root / f"{stem}.color.png"  # the official release; ../shared re-encodes as jpg
+        if not color.is_file():
+            color = root / f"{stem}.color.jpg"
+        frames.append(_FrameFiles(stem, int(match.group(1)), color, depth_path, root / f"{stem}.pose.txt"))
     if not frames:
         raise PointliftDataError(root, "has no frame-*.depth.png files")
     frames.sort(key=lambda f: f.number)

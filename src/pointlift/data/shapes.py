@@ -9,6 +9,7 @@ counts them (they carry no signal and break sampling).
 from __future__ import annotations
 
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,31 +128,50 @@ def load_modelnet10_vox(path: str | Path, split: str) -> ShapeSet:
     if not path.is_file():
         raise PointliftDataError(path, "file not found")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            keys = set(archive.files)
+        with zipfile.ZipFile(path) as archive:
+            keys = {name.removesuffix(".npy") for name in archive.namelist()}
             missing = {f"X_{split}", f"y_{split}"} - keys
             if missing:
                 raise PointliftDataError(path, f"has no {', '.join(sorted(missing))} (keys: {', '.join(sorted(keys))})")
-            grids = archive[f"X_{split}"]
-            labels = archive[f"y_{split}"]
+            with archive.open(f"y_{split}.npy") as member:
+                labels = np.lib.format.read_array(member, allow_pickle=False)
+            with archive.open(f"X_{split}.npy") as member:
+                num_shapes, points = _occupied_voxel_centres(path, member, f"X_{split}")
     except PointliftDataError:
         raise
     except Exception as error:  # zip/npy corruption surfaces as several exception types
         raise PointliftDataError(path, f"cannot be read as an npz archive ({error})") from None
-    if grids.ndim != 4 or not (grids.shape[1] == grids.shape[2] == grids.shape[3]):
-        raise PointliftDataError(path, f"X_{split} has shape {grids.shape}, expected (S, R, R, R)")
-    if labels.reshape(-1).shape[0] != grids.shape[0]:
-        raise PointliftDataError(path, f"X_{split} has {grids.shape[0]} grids but y_{split} {labels.size} labels")
+    if labels.reshape(-1).shape[0] != num_shapes:
+        raise PointliftDataError(path, f"X_{split} has {num_shapes} grids but y_{split} {labels.size} labels")
     labels = _check_labels(path, labels, len(MODELNET10_CLASSES))
-    resolution = grids.shape[1]
-    # nonzero over flat grids is ~3x faster than over 4-D ones; unravel the flat index by hand.
-    shape_index, flat = np.nonzero(grids.reshape(grids.shape[0], -1))
-    ijk = np.stack([flat // resolution**2, (flat // resolution) % resolution, flat % resolution], axis=1)
-    centres = (ijk.astype(np.float32) + 0.5) / resolution - 0.5
-    boundaries = np.cumsum(np.bincount(shape_index, minlength=grids.shape[0]))[:-1]
-    points = np.split(centres, boundaries)
     shape_set = ShapeSet(points, labels, list(MODELNET10_CLASSES), split, path)
     return _drop_empty(shape_set)
+
+
+def _occupied_voxel_centres(path: Path, member, key: str, chunk: int = 256) -> tuple[int, list[np.ndarray]]:
+    """Stream `(S, R, R, R)` grids from an open .npy member, `chunk` grids at a time, so the
+    500 MB of int32 ModelNet10 grids never sit in memory at once."""
+    version = np.lib.format.read_magic(member)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(member)
+    if len(shape) != 4 or not (shape[1] == shape[2] == shape[3]) or fortran_order or dtype.hasobject:
+        raise PointliftDataError(path, f"{key} has shape {shape}, expected C-ordered (S, R, R, R)")
+    resolution = shape[1]
+    cells = resolution**3
+    points: list[np.ndarray] = []
+    for start in range(0, shape[0], chunk):
+        count = min(chunk, shape[0] - start)
+        raw = member.read(count * cells * dtype.itemsize)
+        if len(raw) != count * cells * dtype.itemsize:
+            raise PointliftDataError(path, f"{key} is truncated")
+        grids = np.frombuffer(raw, dtype=dtype).reshape(count, cells)
+        # flatnonzero over a bool array is several times faster than nonzero over 4-D int grids.
+        flat = np.flatnonzero(grids > 0)
+        shape_index, flat = flat // cells, flat % cells
+        ijk = np.stack([flat // resolution**2, (flat // resolution) % resolution, flat % resolution], axis=1)
+        centres = (ijk.astype(np.float32) + 0.5) / resolution - 0.5
+        points.extend(np.split(centres, np.cumsum(np.bincount(shape_index, minlength=count))[:-1]))
+    return shape[0], points
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,7 +260,9 @@ def load_modelnet40_resampled(root: str | Path, split: str, num_points: int = 10
         class_name = shape_id.rsplit("_", 1)[0]
         file = root / class_name / f"{shape_id}.txt"
         if class_name not in class_index:
-            raise PointliftDataError(root / f"modelnet40_{split}.txt", f"shape {shape_id!r} has unknown class {class_name!r}")
+            raise PointliftDataError(
+                root / f"modelnet40_{split}.txt", f"shape {shape_id!r} has unknown class {class_name!r}"
+            )
         if not file.is_file():
             raise PointliftDataError(file, "file not found")
         try:

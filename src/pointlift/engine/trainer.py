@@ -235,7 +235,10 @@ def train(model: nn.Module, dataset, config: TrainConfig, run_dir: str | Path, *
     nonfinite_in_a_row = 0
     window_start = time.perf_counter()
     model.train()
-    while step < total_steps and stop_reason == "completed":
+    def more_to_do() -> bool:  # epochs bound the run unless max_steps is set (skipped batches count)
+        return step < total_steps and (config.max_steps is not None or epoch < config.epochs)
+
+    while more_to_do() and stop_reason == "completed":
         indices = epoch_indices(num_samples, epoch, config.seed, rank, world)
         remaining = indices[epoch_batch * per_rank: steps_per_epoch * per_rank]
         loader = DataLoader(dataset, batch_size=per_rank, sampler=remaining, drop_last=True,
@@ -296,12 +299,14 @@ def train(model: nn.Module, dataset, config: TrainConfig, run_dir: str | Path, *
                 stop_reason = "interrupted"
                 break
             if step >= total_steps:
-                break
+                break  # max_steps reached mid-epoch
         if stop_reason == "completed" and epoch_batch >= steps_per_epoch:
             epoch, epoch_batch = epoch + 1, 0
             evaluate(epoch - 1)
 
     if stop_reason == "completed":
+        if window_steps:  # steps since the last log row (skipped batches can shift the last one)
+            log(flush_window(step, time.perf_counter() - window_start))
         if evaluated_at != step:
             evaluate(epoch)
         if checkpointed_at != step:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ def read_point_sets(path: str | Path) -> np.ndarray:
             if "points" not in archive.files:
                 raise PointliftDataError(path, f"no key 'points' (keys: {archive.files})")
             points = archive["points"]
-    except (OSError, ValueError, EOFError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise PointliftDataError(path, f"not a readable npz file ({error})") from None
     if points.ndim != 3 or points.shape[2] != 3:
         raise PointliftDataError(path, f"'points' must have shape (N, P, 3), got {points.shape}")

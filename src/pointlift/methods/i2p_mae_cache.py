@@ -1,0 +1,176 @@
+"""Teacher outputs for I2P-MAE: rendering -> 2D teacher -> per-point read-back, and a per-shape cache.
+
+Why a cache: the three depth views of a shape do not change under isotropic scaling and translation
+(the renderer normalises both away), and those are the only augmentations of I2P-MAE pretraining.
+So the teacher runs once per shape; every epoch reuses its low-resolution maps. We store the maps
+(3 views x C x h x w features and 3 x h x w saliency) rather than per-point vectors: they are small
+(h, w = image_size / stride) and the exact per-point values are recovered from them by the same
+bicubic read-back the uncached path uses.
+
+Read-back: upsampling a map to the render size with bicubic interpolation (align_corners=False) is
+separable, up = Wy @ map @ Wx^T with fixed (out, in) matrices, so one pixel's value is
+Wy[v] @ map @ Wx[u]: we never materialise the 224 x 224 upsampled maps.
+
+The cache key hashes the teacher identity, the rendering settings (image size, footprint), the
+storage dtype and the exact bytes of the (un-augmented) point sets: any change makes a new entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pointlift.errors import PointliftConfigError, PointliftDataError
+from pointlift.geometry.render import render_depth_views, views_to_teacher_input
+
+CACHE_FORMAT = 1
+
+
+# --------------------------------------------------------------------------------- read-back
+
+
+def bicubic_weights(in_size: int, out_size: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(out_size, in_size) matrix W with F.interpolate(x, bicubic, align_corners=False) = W @ x per axis."""
+    eye = torch.eye(in_size, device=device, dtype=dtype).reshape(in_size, 1, 1, in_size)
+    up = F.interpolate(eye, size=(1, out_size), mode="bicubic", align_corners=False)
+    return up[:, 0, 0, :].transpose(0, 1).contiguous()
+
+
+def read_back(maps: torch.Tensor, pixels: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Values of maps (B, V, C, h, w), bicubically upsampled to image_size, at pixels (B, V, N, 2) (u, v).
+
+    Returns (B, V, N, C).
+    """
+    height, width = maps.shape[-2:]
+    wy = bicubic_weights(height, image_size, maps.device, maps.dtype)[pixels[..., 1]]  # (B, V, N, h)
+    wx = bicubic_weights(width, image_size, maps.device, maps.dtype)[pixels[..., 0]]  # (B, V, N, w)
+    weights = (wy[..., :, None] * wx[..., None, :]).flatten(-2)  # (B, V, N, h*w)
+    return weights @ maps.flatten(-2).transpose(-1, -2)
+
+
+# --------------------------------------------------------------------------------- teacher maps
+
+
+@torch.no_grad()
+def teacher_maps(teacher, points: torch.Tensor, image_size: int = 224, footprint: int = 5,
+                 with_saliency: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Render points (B, N, 3) into 3 depth views and run the teacher once.
+
+    Returns features (B, 3, C, h, w) and saliency (B, 3, h, w) (None unless asked), float32.
+    """
+    views = render_depth_views(points, image_size=image_size, footprint=footprint)
+    images = views_to_teacher_input(views.images.float(), teacher.mean, teacher.std)
+    features, saliency = teacher.features_and_saliency(images, with_saliency=with_saliency)
+    batch = points.shape[0]
+    features = features.float().reshape(batch, 3, *features.shape[1:])
+    if saliency is not None:
+        saliency = saliency.float().reshape(batch, 3, *saliency.shape[1:])
+    return features, saliency
+
+
+# --------------------------------------------------------------------------------- cache
+
+
+@dataclass
+class TeacherMaps:
+    """Per-shape teacher maps: features (S, 3, C, h, w) and saliency (S, 3, h, w), NumPy (memmap or in RAM)."""
+
+    features: np.ndarray
+    saliency: np.ndarray
+    key: str
+    built: bool  # True when computed in this call, False when read from disk
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def get(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float32 tensors (3, C, h, w) and (3, h, w) for one shape."""
+        return (torch.from_numpy(np.asarray(self.features[index], dtype=np.float32)),
+                torch.from_numpy(np.asarray(self.saliency[index], dtype=np.float32)))
+
+
+def cache_key(teacher_identity: str, image_size: int, footprint: int, storage_dtype: str,
+              points: np.ndarray) -> str:
+    """Hash of everything the cached maps depend on."""
+    digest = hashlib.sha256()
+    settings = {"format": CACHE_FORMAT, "teacher": teacher_identity, "image_size": image_size,
+                "footprint": footprint, "dtype": storage_dtype, "shape": list(points.shape)}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(points, dtype=np.float32).tobytes())
+    return digest.hexdigest()[:24]
+
+
+def build_teacher_cache(teacher, points: np.ndarray, image_size: int = 224, footprint: int = 5,
+                        cache_dir: str | Path | None = None, batch_size: int = 32,
+                        storage_dtype: str = "float16", progress: bool = False) -> TeacherMaps:
+    """Teacher maps for every shape of points (S, N, 3), read from `cache_dir` when present.
+
+    With `cache_dir=None` the maps stay in memory. On disk, each key gets a directory holding
+    `features.npy`, `saliency.npy` and `meta.json`; it is built in a temporary directory and renamed
+    into place, so an interrupted build never leaves a half-written entry.
+    """
+    if storage_dtype not in ("float16", "float32"):
+        raise PointliftConfigError(f"cache storage_dtype must be float16 or float32, got {storage_dtype!r}")
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    if points.ndim != 3 or points.shape[-1] != 3 or len(points) == 0:
+        raise PointliftDataError("<points>", f"expected point sets (S, N, 3), got {points.shape}")
+    key = cache_key(teacher.identity(), image_size, footprint, storage_dtype, points)
+    entry = None if cache_dir is None else Path(cache_dir).expanduser() / key
+    if entry is not None and (entry / "meta.json").is_file():
+        try:
+            features = np.load(entry / "features.npy", mmap_mode="r")
+            saliency = np.load(entry / "saliency.npy", mmap_mode="r")
+        except (OSError, ValueError) as error:
+            raise PointliftDataError(entry, f"unreadable teacher cache ({error}); delete it to rebuild") from None
+        if len(features) != len(points) or len(saliency) != len(points):
+            raise PointliftDataError(entry, "teacher cache does not match the shapes; delete it to rebuild")
+        return TeacherMaps(features, saliency, key, built=False)
+
+    device = next(teacher.parameters()).device
+    dtype = np.float16 if storage_dtype == "float16" else np.float32
+    features = saliency = None
+    tmp = None
+    if entry is not None:
+        tmp = entry.with_name(f"{key}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    starts = range(0, len(points), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="teacher cache", unit="batch")
+    for start in starts:
+        chunk = torch.from_numpy(points[start:start + batch_size]).to(device)
+        feats, sal = teacher_maps(teacher, chunk, image_size, footprint)
+        if features is None:
+            shape_f = (len(points), *feats.shape[1:])
+            shape_s = (len(points), *sal.shape[1:])
+            if tmp is None:
+                features, saliency = np.empty(shape_f, dtype), np.empty(shape_s, dtype)
+            else:
+                features = np.lib.format.open_memmap(tmp / "features.npy", "w+", dtype, shape_f)
+                saliency = np.lib.format.open_memmap(tmp / "saliency.npy", "w+", dtype, shape_s)
+        features[start:start + len(chunk)] = feats.cpu().numpy().astype(dtype)
+        saliency[start:start + len(chunk)] = sal.cpu().numpy().astype(dtype)
+    if tmp is None:
+        return TeacherMaps(features, saliency, key, built=True)
+    features.flush()
+    saliency.flush()
+    del features, saliency
+    meta = {"teacher": teacher.identity(), "image_size": image_size, "footprint": footprint,
+            "dtype": storage_dtype, "num_shapes": len(points), "format": CACHE_FORMAT}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    try:
+        os.replace(tmp, entry)
+    except OSError:  # another process finished the same entry first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return TeacherMaps(np.load(entry / "features.npy", mmap_mode="r"),
+                       np.load(entry / "saliency.npy", mmap_mode="r"), key, built=True)
