@@ -1,11 +1,15 @@
-"""Run by tests/test_ddp.py, alone or under torchrun: train a small MLP and save its final weights.
+"""Used by tests/test_ddp.py: train a small MLP (no BatchNorm) with the engine.
 
-Usage: python ddp_train_helper.py RUN_DIR OUT.safetensors [--interrupt-after N] [--resume]
+Under torchrun (`python -m torch.distributed.run --nproc_per_node 2 ddp_train_helper.py OUT_DIR`) it
+does, in one launch to save start-up time: an uninterrupted run (-> OUT_DIR/straight.safetensors),
+then a run interrupted at step 8 and resumed with a fresh model (-> OUT_DIR/resumed.safetensors).
+The test imports `train_once` to make the single-process reference.
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
+from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
@@ -15,9 +19,12 @@ from pointlift.engine import distributed
 from pointlift.engine.config import OptimConfig, TrainConfig
 from pointlift.engine.trainer import train
 
+CONFIG = TrainConfig(epochs=3, batch_size=8, seed=5, grad_clip=0.5, checkpoint_every=5, log_every=3,
+                     optim=OptimConfig(lr=0.05, weight_decay=0.01, warmup_steps=3))
+
 
 class Data(torch.utils.data.Dataset):
-    def __init__(self, n=52):
+    def __init__(self, n=52):  # 52 // 8 = 6 steps per epoch, with a remainder that must be dropped
         g = torch.Generator().manual_seed(0)
         self.x = torch.randn(n, 5, generator=g)
         self.y = torch.sin(self.x @ torch.randn(5, 2, generator=g))
@@ -39,25 +46,26 @@ class MLP(nn.Module):
         return {"loss": loss}
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("run_dir")
-    parser.add_argument("out")
-    parser.add_argument("--interrupt-after", type=int, default=None)
-    parser.add_argument("--resume", action="store_true")
-    args = parser.parse_args()
+def train_once(run_dir, **kwargs) -> tuple[dict[str, torch.Tensor], int]:
+    """(final weights, steps) of a run from the fixed initial weights."""
     torch.manual_seed(0)
     model = MLP()
-    config = TrainConfig(epochs=3, batch_size=8, seed=5, grad_clip=0.5, checkpoint_every=5, log_every=3,
-                         optim=OptimConfig(lr=0.05, weight_decay=0.01, warmup_steps=3))
-    result = train(model, Data(), config, args.run_dir, device="cpu", progress=False, resume=args.resume,
-                   interrupt_after_step=args.interrupt_after)
+    result = train(model, Data(), CONFIG, run_dir, device="cpu", progress=False, **kwargs)
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, result.step
+
+
+def main(out_dir: Path) -> None:
+    results = {
+        "straight": train_once(out_dir / "straight"),
+        "interrupted": train_once(out_dir / "cut", interrupt_after_step=8),
+        "resumed": train_once(out_dir / "cut", resume=True),
+    }
     if distributed.is_main_process():
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        save_file(state, args.out, metadata={"step": str(result.step),
-                                             "world_size": str(distributed.get_world_size())})
+        for name, (state, step) in results.items():
+            save_file(state, str(out_dir / f"{name}.safetensors"),
+                      metadata={"step": str(step), "world_size": str(distributed.get_world_size())})
     distributed.cleanup()
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]))

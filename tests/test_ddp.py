@@ -3,6 +3,7 @@ batch, and a 2-process run interrupted mid-epoch and resumed ends where an unint
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -16,42 +17,49 @@ from safetensors.torch import load_file
 HELPER = Path(__file__).with_name("ddp_train_helper.py")
 
 
+def load_helper():
+    spec = importlib.util.spec_from_file_location("ddp_train_helper", HELPER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def run_helper(run_dir, out, processes, *extra):
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    if processes == 1:
-        command = [sys.executable, str(HELPER)]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                   "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(HELPER)]
-    done = subprocess.run(command + [str(run_dir), str(out), *extra], env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    with safe_open(str(out), framework="pt") as handle:
+def read(path):
+    with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata()
-    return load_file(str(out)), meta
+    return load_file(str(path)), meta
 
 
 def test_two_processes_match_one_and_resume(tmp_path):
-    single, single_meta = run_helper(tmp_path / "one", tmp_path / "one.safetensors", 1)
-    double, double_meta = run_helper(tmp_path / "two", tmp_path / "two.safetensors", 2)
-    assert single_meta == {"step": "18", "world_size": "1"}  # 52 samples // 8 = 6 steps x 3 epochs
-    assert double_meta == {"step": "18", "world_size": "2"}
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(HELPER), str(tmp_path)]
+    launched = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    helper = load_helper()  # the 1-process reference runs here meanwhile
+    single, single_steps = helper.train_once(tmp_path / "single")
+    assert single_steps == 18  # 52 // 8 = 6 steps x 3 epochs
     torch.manual_seed(0)
-    initial = torch.nn.Linear(5, 32).weight
-    assert not torch.allclose(single["net.0.weight"], initial, atol=1e-3)  # it did train
+    assert not torch.allclose(single["net.0.weight"], helper.MLP().net[0].weight, atol=1e-3)  # it trained
+
+    output, _ = launched.communicate(timeout=240)
+    assert launched.returncode == 0, output[-4000:]
+    double, meta = read(tmp_path / "straight.safetensors")
+    assert meta == {"step": "18", "world_size": "2"}
     for key in single:
         torch.testing.assert_close(double[key], single[key], rtol=0, atol=1e-5, msg=key)
 
-    run_helper(tmp_path / "cut", tmp_path / "cut.safetensors", 2, "--interrupt-after", "8")
-    resumed, resumed_meta = run_helper(tmp_path / "cut", tmp_path / "resumed.safetensors", 2, "--resume")
-    assert resumed_meta["step"] == "18"
+    _, meta = read(tmp_path / "interrupted.safetensors")
+    assert meta["step"] == "8"
+    resumed, meta = read(tmp_path / "resumed.safetensors")
+    assert meta["step"] == "18"
     for key in double:
         torch.testing.assert_close(resumed[key], double[key], rtol=0, atol=1e-7, msg=key)

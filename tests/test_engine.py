@@ -395,3 +395,15 @@ def test_create_run_dir_is_unique_and_saves_config(tmp_path):
     second = create_run_dir("ppkt", root=tmp_path)
     assert first != second and first.name.startswith("ppkt-") and second.is_dir()
     assert load_config(first / "config.yaml", TrainConfig) == make_config()
+
+
+def test_cpu_amp_runs_forward_in_bfloat16_and_learns(tmp_path):
+    model = fresh_model()
+    dtypes = []
+    model.net[0].register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    result = train(model, RegressionData(), make_config(epochs=4, amp=True, grad_clip=1.0), tmp_path / "run",
+                   progress=False)
+    assert set(dtypes) == {torch.bfloat16}
+    assert model.net[0].weight.dtype == torch.float32  # master weights stay float32
+    losses = [row["loss"] for row in result.history]
+    assert losses[-1] < 0.5 * losses[0], losses

@@ -126,41 +126,44 @@ def test_config_validation():
         global_feature(torch.zeros(1, 2, 3), "sum")
 
 
-def synthetic_shapes(n, gen):
-    """Spheres (label 0) and cubes (label 1) surface samples, randomly scaled and shifted."""
+CLASSIFY = dataclasses.replace(TINY, num_points=128, num_centers=(32, 16, 8), group_sizes=(8, 8, 4), embed_hidden=8)
+
+
+def synthetic_shapes(n, gen, num_points=128):
+    """Surface samples of spheres (label 0) and cubes (label 1), randomly scaled."""
     labels = torch.arange(n) % 2
-    directions = torch.randn(n, 256, 3, generator=gen)
+    directions = torch.randn(n, num_points, 3, generator=gen)
     sphere = directions / directions.norm(dim=-1, keepdim=True)
-    cube = torch.rand(n, 256, 3, generator=gen) * 2 - 1
-    face_axis = torch.randint(0, 3, (n, 256), generator=gen)
-    cube.scatter_(2, face_axis[..., None], torch.sign(torch.randn(n, 256, 1, generator=gen)))
+    cube = torch.rand(n, num_points, 3, generator=gen) * 2 - 1
+    face_axis = torch.randint(0, 3, (n, num_points), generator=gen)
+    cube.scatter_(2, face_axis[..., None], torch.sign(torch.randn(n, num_points, 1, generator=gen)))
     points = torch.where(labels[:, None, None] == 0, sphere, cube)
-    points = points * (0.5 + torch.rand(n, 1, 1, generator=gen)) + 0.2 * torch.randn(n, 1, 3, generator=gen)
-    return points, labels
+    return points * (0.4 + 0.2 * torch.rand(n, 1, 1, generator=gen)), labels
 
 
 def test_tiny_classification_loss_falls():
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    model = PointM2AEClassifier(2, TINY, hidden=64, dropout=0.0)
+    model = PointM2AEClassifier(2, CLASSIFY, hidden=64, dropout=0.0)
     test_points, test_labels = synthetic_shapes(32, gen)
     assert model.embed(test_points).shape == (32, 128)
     assert model.embed(test_points, "mean_max").shape == (32, 256)
 
-    def eval_loss():
+    def evaluate():
         model.eval()
         with torch.no_grad():
             logits = model(test_points)
         model.train()
-        return float(torch.nn.functional.cross_entropy(logits, test_labels)), float((logits.argmax(1) == test_labels).float().mean())
+        loss = torch.nn.functional.cross_entropy(logits, test_labels)
+        return float(loss), float((logits.argmax(1) == test_labels).float().mean())
 
-    start_loss, _ = eval_loss()
+    start_loss, _ = evaluate()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    for _ in range(40):
+    for _ in range(30):
         points, labels = synthetic_shapes(16, gen)
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(model(points), labels).backward()
         optimizer.step()
-    end_loss, accuracy = eval_loss()
-    assert end_loss < 0.5 * start_loss
-    assert accuracy >= 0.8
+    end_loss, accuracy = evaluate()
+    assert end_loss < 0.6 * start_loss
+    assert accuracy >= 0.85

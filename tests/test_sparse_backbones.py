@@ -41,8 +41,10 @@ def batch_of(kinds: list[str], grid: int = 16, seed: int = 0) -> SparseTensor:
 def assert_all_parameters_have_gradients(model: torch.nn.Module) -> None:
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"parameters without finite gradient: {missing}"
-    zero = [n for n, p in model.named_parameters() if p.grad.abs().sum() == 0]
-    assert not zero, f"parameters whose gradient is all zero: {zero}"
+    # Biases right before a training-mode BatchNorm may get exactly zero gradient where all sites
+    # are isolated (a constant shift passes the convs unchanged and BN removes it); weights may not.
+    zero = [n for n, p in model.named_parameters() if p.ndim >= 2 and p.grad.abs().sum() == 0]
+    assert not zero, f"weights whose gradient is all zero: {zero}"
 
 
 @pytest.mark.parametrize("name", sorted(RESNET_CONFIGS))

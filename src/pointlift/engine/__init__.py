@@ -1,6 +1,7 @@
 """pointlift.engine: configs, seeding, optimisers, torchrun, checkpoints and the training loop."""
 
-from pointlift.engine.checkpoint import load_checkpoint, load_model_state, model_state_for_checkpoint, save_checkpoint
+from pointlift.engine.checkpoint import (load_checkpoint, load_model_state, model_state_for_checkpoint,
+                                         read_checkpoint_meta, save_checkpoint)
 from pointlift.engine.config import OptimConfig, TrainConfig, config_to_dict, load_config, save_config
 from pointlift.engine.distributed import init_distributed
 from pointlift.engine.metrics import MetricsLogger, read_metrics
@@ -12,7 +13,7 @@ from pointlift.engine.trainer import TrainResult, move_to_device, train
 __all__ = [
     "OptimConfig", "TrainConfig", "load_config", "save_config", "config_to_dict",
     "seed_everything", "build_optimizer", "build_scheduler", "init_distributed",
-    "save_checkpoint", "load_checkpoint", "load_model_state", "model_state_for_checkpoint",
+    "save_checkpoint", "load_checkpoint", "read_checkpoint_meta", "load_model_state", "model_state_for_checkpoint",
     "MetricsLogger", "read_metrics", "create_run_dir", "last_checkpoint",
     "TrainResult", "move_to_device", "train",
 ]

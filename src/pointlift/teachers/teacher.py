@@ -32,7 +32,8 @@ class Teacher(nn.Module):
             match by position); `"random"` = no pretrained weights (smoke tests only).
         stage: index into the model's `feature_info` (CNN stages; ViT blocks), -1 = last.
         half: run in half precision - float16 on CUDA, bfloat16 on CPU (chosen from the device the
-            module sits on at call time). Outputs are always float32.
+            module sits on at call time). Outputs are always float32. Meant for CUDA: on CPU,
+            bfloat16 depthwise convolutions run ~15x slower than float32.
         img_size: input size for fixed-size models (ViTs); default 224. Ignored for CNNs.
     """
 

@@ -1,0 +1,202 @@
+"""`pointlift bench i2p-mae`: I2P-MAE pretraining on ModelNet10, scored by linear SVM and few-shot.
+
+Protocol: occupied voxel centres of ModelNet10 resampled to a fixed count per shape; pretraining on
+training shapes without labels; linear SVM (C by CV on the training features only) fit on training
+features and scored once on the test split. Variants, all from the same initial weights and the
+same steps: I2P-MAE (2D-guided masking + 2D feature targets), the 3D-only Point-M2AE baseline
+(random masking, no 2D target) and the random-init encoder. Few-shot 10-way 10-shot (10 folds, 20
+queries per class) on the I2P-MAE features. `overhead_ratio` = one training step with the teacher
+run on the fly / (teacher forward + student forward-backward, each timed alone in the same run).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pointlift.bench import BenchResult
+from pointlift.engine.config import OptimConfig, TrainConfig, config_to_dict
+from pointlift.errors import PointliftConfigError, PointliftDataError
+from pointlift.methods.i2p_mae import (I2PMAE, DataConfig, I2PMAEConfig, I2PMAEExperiment, TeacherConfig,
+                                       build_teacher, embed_array, prepare_point_sets, pretrain)
+from pointlift.methods.i2p_mae_cache import teacher_maps
+from pointlift.models.point_m2ae import PointM2AEConfig
+from pointlift.tasks.fewshot import fewshot_eval
+from pointlift.tasks.svm import svm_accuracy
+
+DINO_WEIGHTS = "weights/vit_small_patch14_dinov2.imgfocus.fp16.safetensors"
+
+PRESETS = {
+    # seconds: a handful of steps on a ModelNet10 subset; checks the whole pipeline
+    "smoke": dict(
+        model=dict(num_points=256, num_centers=(64, 32, 16), group_sizes=(8, 8, 4), encoder_dims=(32, 64, 128),
+                   encoder_depths=(1, 1, 1), num_heads=4, embed_hidden=16, decoder_dims=(128, 64),
+                   decoder_depths=(1, 1), drop_path=0.0),
+        image_size=64, teacher=("tf_efficientnet_lite0", None, -2), pretrain_shapes=64, steps=8, batch_size=16,
+        lr=1e-3, warmup=2, train_per_class=30, test_per_class=20, fewshot_folds=2, variants=("i2pmae", "3d_only")),
+    # under 60 minutes on 2 CPU cores
+    "cpu": dict(
+        model=dict(num_points=512, num_centers=(128, 64, 32), group_sizes=(16, 8, 8), encoder_dims=(64, 128, 256),
+                   encoder_depths=(1, 1, 1), num_heads=4, embed_hidden=32, decoder_dims=(256, 128),
+                   decoder_depths=(1, 1), drop_path=0.1),
+        image_size=128, teacher=("tf_efficientnet_lite0", None, -2), pretrain_shapes=1600, steps=500,
+        batch_size=32, lr=1e-3, warmup=25, train_per_class=None, test_per_class=None, fewshot_folds=10,
+        variants=("i2pmae", "3d_only")),
+    # paper-sized backbone, DINOv2 ViT-S/14 teacher (the offline stand-in for CLIP ViT-B/16)
+    "gpu": dict(
+        model={}, image_size=224, teacher=("vit_small_patch14_dinov2", DINO_WEIGHTS, -1), pretrain_shapes=None,
+        steps=100 * 31, batch_size=128, lr=1e-3, warmup=310, train_per_class=None, test_per_class=None,
+        fewshot_folds=10, variants=("i2pmae", "3d_only", "guided_only", "feature_only")),
+}
+
+# variant -> (guided_masking, feature_target)
+VARIANTS = {"i2pmae": (True, True), "3d_only": (False, False), "guided_only": (True, False),
+            "feature_only": (False, True)}
+
+
+def shared_path(relative: str) -> Path:
+    root = Path(os.environ.get("POINTLIFT_SHARED", Path(__file__).resolve().parents[3].parent / "shared"))
+    return root / relative
+
+
+def _stratified(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
+    if per_class is None:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), min(per_class, (labels == c).sum()),
+                                              replace=False) for c in np.unique(labels)]))
+
+
+def _median_seconds(function, repeats: int = 3) -> float:
+    function()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def measure_overhead(model: I2PMAE, points: torch.Tensor, repeats: int = 3) -> dict:
+    """Seconds of: a full step with the teacher on the fly, the teacher alone, the student alone."""
+    model = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    config = model.config
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        model({"points": points})["loss"].backward()
+        optimizer.step()
+
+    features, saliency = teacher_maps(model.teacher, points, config.image_size, config.footprint)
+
+    def student():
+        model.zero_grad(set_to_none=True)
+        model({"points": points, "teacher_features": features, "teacher_saliency": saliency})["loss"].backward()
+
+    seconds = {"step_s": _median_seconds(step, repeats),
+               "teacher_s": _median_seconds(lambda: teacher_maps(model.teacher, points, config.image_size,
+                                                                 config.footprint), repeats),
+               "student_s": _median_seconds(student, repeats)}
+    seconds["overhead_ratio"] = seconds["step_s"] / (seconds["teacher_s"] + seconds["student_s"])
+    return seconds
+
+
+def run(preset: str, out_dir) -> BenchResult:
+    if preset not in PRESETS:
+        raise PointliftConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    spec = PRESETS[preset]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_path = shared_path("data/modelnet10_vox32.npz")
+    if not data_path.is_file():
+        raise PointliftDataError(data_path, "ModelNet10 voxel file not found (set POINTLIFT_SHARED)")
+    from pointlift.data.shapes import load_modelnet10_vox
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    seed = 0
+    wall_start = time.perf_counter()
+    model_config = PointM2AEConfig(**spec["model"])
+    num_points = model_config.num_points
+    train_set = load_modelnet10_vox(data_path, "train")
+    test_set = load_modelnet10_vox(data_path, "test")
+    train_pick = _stratified(train_set.labels, spec["train_per_class"], seed)
+    test_pick = _stratified(test_set.labels, spec["test_per_class"], seed + 1)
+    train_points = prepare_point_sets([train_set.points[i] for i in train_pick], num_points, seed)
+    train_labels = train_set.labels[train_pick]
+    test_points = prepare_point_sets([test_set.points[i] for i in test_pick], num_points, seed)
+    test_labels = test_set.labels[test_pick]
+    pretrain_count = spec["pretrain_shapes"] or len(train_set)
+    pretrain_pick = np.random.default_rng(seed).permutation(len(train_set))[:pretrain_count]
+    pretrain_points = prepare_point_sets([train_set.points[i] for i in pretrain_pick], num_points, seed)
+
+    teacher_name, weights, stage = spec["teacher"]
+    if weights is not None:
+        weights = str(shared_path(weights)) if shared_path(weights).is_file() else None
+        if weights is None:  # no DINOv2 file: the bundled CNN teacher
+            teacher_name, stage = "tf_efficientnet_lite0", -2
+    teacher_config = TeacherConfig(name=teacher_name, weights=weights, stage=stage, half=device.type == "cuda")
+    teacher = build_teacher(teacher_config, spec["image_size"]).to(device)
+
+    metrics: dict[str, float] = {}
+    details: dict[str, dict] = {}
+    models: dict[str, torch.nn.Module] = {}
+    for variant in spec["variants"]:
+        guided, feature = VARIANTS[variant]
+        experiment = I2PMAEExperiment(
+            name=f"bench_{variant}",
+            method=I2PMAEConfig(model=copy.deepcopy(model_config), guided_masking=guided, feature_target=feature,
+                                image_size=spec["image_size"]),
+            teacher=teacher_config,
+            data=DataConfig(num_points=num_points, cache_dir="~/.cache/pointlift/i2p_mae"),
+            train=TrainConfig(max_steps=spec["steps"], batch_size=spec["batch_size"], seed=seed, log_every=10,
+                              checkpoint_every=0, grad_clip=10.0, amp=device.type == "cuda",
+                              optim=OptimConfig(lr=spec["lr"], weight_decay=0.05, warmup_steps=spec["warmup"])),
+            device=str(device))
+        torch.manual_seed(seed)  # every variant starts from the same backbone weights
+        model, result, info = pretrain(experiment, out_dir / variant, progress=False, points=pretrain_points,
+                                       teacher=teacher)
+        rows = [row for row in result.history if "loss" in row]
+        info["loss_first"], info["loss_last"] = rows[0]["loss"], rows[-1]["loss"]
+        info["samples_per_s"] = result.step * spec["batch_size"] / info["train_seconds"]
+        details[variant] = info
+        models[variant] = model
+    torch.manual_seed(seed)
+    models["random"] = I2PMAE(I2PMAEConfig(model=copy.deepcopy(model_config), guided_masking=False,
+                                           feature_target=False)).to(device)
+
+    features = {}
+    for name, model in models.items():
+        start = time.perf_counter()
+        features[name] = (embed_array(model, train_points), embed_array(model, test_points))
+        accuracy, C = svm_accuracy(features[name][0], train_labels, features[name][1], test_labels, seed=seed)
+        key = {"i2pmae": "svm_acc_i2pmae", "3d_only": "svm_acc_3d_only", "random": "svm_acc_random"}.get(
+            name, f"svm_acc_{name}")
+        metrics[key] = accuracy
+        details.setdefault(name, {}).update({"svm_C": C, "embed_svm_seconds": time.perf_counter() - start})
+
+    shots = fewshot_eval(features["i2pmae"][0], train_labels, features["i2pmae"][1], test_labels, n_way=10,
+                         k_shot=10, folds=spec["fewshot_folds"], test_per_class=20, seed=seed)
+    metrics["fewshot_10w10s_mean"] = shots.mean
+    metrics["fewshot_10w10s_std"] = shots.std
+    metrics["samples_per_s"] = details["i2pmae"]["samples_per_s"]
+    batch = torch.from_numpy(pretrain_points[:spec["batch_size"]]).to(device)
+    timing = measure_overhead(models["i2pmae"], batch)
+    metrics["overhead_ratio"] = timing["overhead_ratio"]
+    metrics["wall_seconds"] = time.perf_counter() - wall_start
+
+    config = {
+        "preset": preset, "device": str(device), "teacher": teacher.identity(),
+        "teacher_saliency": "ViT CLS->patch attention" if teacher.is_vit else "CNN feature L2 norm",
+        "model": config_to_dict(model_config), "image_size": spec["image_size"],
+        "pretrain_shapes": int(len(pretrain_points)), "steps": spec["steps"], "batch_size": spec["batch_size"],
+        "svm_train_shapes": int(len(train_points)), "svm_test_shapes": int(len(test_points)),
+        "fewshot_folds": spec["fewshot_folds"], "fewshot_accuracies": shots.accuracies,
+        "timing": timing, "variants": details, "torch_threads": torch.get_num_threads(),
+    }
+    return BenchResult(metrics=metrics, config=config)

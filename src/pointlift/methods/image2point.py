@@ -1,0 +1,256 @@
+"""Image2Point (Xu et al., ECCV 2022): 2D ConvNet weights as 3D weights, then fine-tune a few layers.
+
+1. `build_network`: a timm 2D CNN (ImageNet weights) -> `inflate_network` (pointlift.models.inflate)
+   -> a sparse 3D network of the same shape; `weights="random"` gives the same architecture trained
+   from scratch (3D default initialisation), the paper's baseline.
+2. `apply_fip`: "fine-tuning image-pretrained" modes. `io`: only the input layer (stem conv + its BN)
+   and the output layer (classifier) train, everything inside is frozen *including* its BN running
+   statistics; `ioms`: as io but the BN running statistics update; `iobn`: all conv kernels frozen
+   except the io layers, every BN affine trains (statistics update); `all`: full fine-tuning.
+3. `finetune`: voxelised shape classification (pointlift.tasks.shape_classification) with the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from pointlift.engine.config import TrainConfig, OptimConfig, config_to_dict, load_config
+from pointlift.errors import PointliftConfigError
+from pointlift.models.inflate import create_2d_network, format_report, inflate_network
+from pointlift.sparse import SparseBatchNorm, SparseConv3d, SubMConv3d
+from pointlift.tasks.shape_classification import (ShapeDataConfig, SparseShapeClassifier, batch_to_sparse,
+                                                  build_datasets, points_to_batch, train_classifier)
+
+FIP_MODES = ("io", "ioms", "iobn", "all")
+
+
+@dataclass
+class InflationConfig:
+    teacher: str = "tf_efficientnet_lite0"  # any timm ResNet / MobileNetV2 / EfficientNet(-Lite) name
+    weights: Optional[str] = None  # local file; None = bundled package or timm hub; "random" = from scratch
+    mode: Literal["copy", "center", "average"] = "copy"
+    axis: Literal["x", "y", "z"] = "z"
+
+
+@dataclass
+class Image2PointConfig:
+    name: str = "image2point"
+    inflation: InflationConfig = field(default_factory=InflationConfig)
+    fip: Literal["io", "ioms", "iobn", "all"] = "io"
+    init_checkpoint: Optional[str] = None  # start from `pointlift inflate` output (head re-initialised)
+    data: ShapeDataConfig = field(default_factory=ShapeDataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        epochs=100, batch_size=32, optim=OptimConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4)))
+    eval_every_epoch: bool = True
+    eval_batch_size: int = 64
+    target_accuracy: float = 0.85  # for epochs-to-target (benchmark)
+    device: Optional[str] = None
+
+
+# ------------------------------------------------------------------------------------ the network
+
+
+def _reinitialise(module: nn.Module) -> None:
+    """Fresh default initialisation of every layer (3D fan-in for sparse convs), BN statistics reset."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.reset_parameters()  # also resets the running statistics
+        elif layer is not module and hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+
+
+def build_network(teacher: str, weights: str | None, mode: str, axis: str,
+                  num_classes: int | None) -> tuple[nn.Module, list]:
+    """(3D network SparseTensor -> logits, inflation report). `weights="random"`: trained from scratch."""
+    net_2d = create_2d_network(teacher, weights=weights, num_classes=num_classes)
+    net_3d, report = inflate_network(net_2d, mode=mode, axis=axis)
+    if weights == "random":
+        _reinitialise(net_3d)
+    return net_3d, report
+
+
+def _input_output_layers(net: nn.Module) -> tuple[list[str], list[str]]:
+    """Names of the input layer (first conv and first norm) and output layer (the classifier)."""
+    modules = list(net.named_modules())
+    first_conv = next(n for n, m in modules if isinstance(m, (SubMConv3d, SparseConv3d)))
+    first_norm = next(n for n, m in modules if isinstance(m, SparseBatchNorm))
+    classifier = net.get_classifier()
+    head = [n for n, m in modules if m is classifier]
+    return [first_conv, first_norm], head
+
+
+def apply_fip(model: SparseShapeClassifier, fip: str) -> dict[str, int]:
+    """Set requires_grad and the frozen-statistics norms for an FIP mode; returns parameter counts."""
+    if fip not in FIP_MODES:
+        raise PointliftConfigError(f"fip must be one of {FIP_MODES}, got {fip!r}")
+    net = model.backbone
+    io_names = [n for group in _input_output_layers(net) for n in group]
+    modules = dict(net.named_modules())
+    io_modules = {id(modules[n]) for n in io_names}
+    frozen_norms = []
+    for name, module in net.named_modules():
+        own = list(module.parameters(recurse=False))
+        is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
+        if fip == "all" or id(module) in io_modules:
+            trainable = True
+        elif fip == "iobn":
+            trainable = is_norm
+        else:  # io, ioms
+            trainable = False
+        for p in own:
+            p.requires_grad_(trainable)
+        if fip == "io" and is_norm and id(module) not in io_modules:
+            frozen_norms.append(name)
+    model.frozen_norms = tuple(frozen_norms)
+    model.train(model.training)
+    total = sum(p.numel() for p in model.parameters())
+    trainable_count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trainable_count, "total_params": total, "frozen_bn_layers": len(frozen_norms)}
+
+
+def _load_init_checkpoint(model: SparseShapeClassifier, path: str) -> int:
+    """Load an inflated checkpoint, skipping tensors whose shape differs (the classifier); returns loaded count."""
+    from pointlift.engine.checkpoint import load_checkpoint
+
+    state, _ = load_checkpoint(path)
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(usable, strict=False)
+    return len(usable)
+
+
+def build_classifier(config: Image2PointConfig, num_classes: int) -> tuple[SparseShapeClassifier, dict]:
+    """The FIP-configured classifier and {trainable_params, total_params, ...}."""
+    inflation = config.inflation
+    torch.manual_seed(config.train.seed)
+    net, _ = build_network(inflation.teacher, inflation.weights, inflation.mode, inflation.axis, num_classes)
+    model = SparseShapeClassifier(net)
+    if config.init_checkpoint:
+        _load_init_checkpoint(model, config.init_checkpoint)
+    counts = apply_fip(model, config.fip)
+    return model, counts
+
+
+def model_spec(config: Image2PointConfig, num_classes: int) -> dict:
+    return {"kind": "image2point", "config": {
+        "teacher": config.inflation.teacher, "mode": config.inflation.mode, "axis": config.inflation.axis,
+        "num_classes": num_classes, "voxel_size": config.data.voxel_size, "input_scale": config.data.input_scale}}
+
+
+# -------------------------------------------------------------------------------------- training
+
+
+def finetune(config: Image2PointConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+             train_split=None, test_split=None) -> dict:
+    """Fine-tune on shape classification; returns last-epoch metrics, the per-epoch curve and counts."""
+    train_set, test_set, class_names = build_datasets(config.data, train_split, test_split)
+    num_classes = len(class_names)
+    model, counts = build_classifier(config, num_classes)
+    print(f"[image2point] fip={config.fip} teacher={config.inflation.teacher} weights={config.inflation.weights} "
+          f"trainable parameters {counts['trainable_params']:,} of {counts['total_params']:,}")
+    start = time.perf_counter()
+    result = train_classifier(model, train_set, test_set, config.data, config.train, run_dir,
+                              eval_every_epoch=config.eval_every_epoch, eval_batch_size=config.eval_batch_size,
+                              resume=resume, progress=progress, config_for_checkpoint=config_to_dict(config),
+                              model_spec=model_spec(config, num_classes), device=config.device)
+    summary = {"overall_acc": result["final"]["overall_acc"], "mean_class_acc": result["final"]["mean_class_acc"],
+               "curve": result["curve"], "train_shapes": len(train_set), "test_shapes": len(test_set),
+               "seconds": time.perf_counter() - start, **counts}
+    (Path(run_dir) / "results.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def finetune_command(config_path, resume: bool = False, run_dir=None) -> dict:
+    """`pointlift finetune image2point --config FILE [--resume] [--run-dir DIR]`."""
+    from pointlift.engine.rundir import create_run_dir
+
+    config = load_config(config_path, Image2PointConfig)
+    if resume and run_dir is None:
+        raise PointliftConfigError("--resume needs --run-dir (the run to continue)")
+    run_dir = create_run_dir(config.name, run_dir=run_dir, config=config)
+    summary = finetune(config, run_dir, resume=resume)
+    print(f"[image2point] overall accuracy {summary['overall_acc']:.4f}, mean-class {summary['mean_class_acc']:.4f} "
+          f"(last epoch) -> {run_dir}")
+    return summary
+
+
+def inflate_command(teacher: str, weights=None, mode: str = "copy", axis: str = "z", out=None) -> Path:
+    """`pointlift inflate`: save the inflated network (ImageNet classifier kept) as a checkpoint."""
+    from pointlift.engine.checkpoint import model_state_for_checkpoint, save_checkpoint
+
+    net, report = build_network(teacher, str(weights) if weights is not None else None, mode, axis, None)
+    print(format_report(report))
+    model = SparseShapeClassifier(net)
+    spec = {"kind": "image2point", "config": {"teacher": teacher, "mode": mode, "axis": axis,
+                                              "num_classes": int(net.get_classifier().out_features),
+                                              "voxel_size": 0.05, "input_scale": 1.0}}
+    path = save_checkpoint(out, model_state_for_checkpoint(model), config={"teacher": teacher,
+                           "weights": str(weights) if weights else None, "mode": mode, "axis": axis},
+                           step=0, model_spec=spec,
+                           extra={"report": [[r.name_2d, r.name_3d, list(r.shape_2d), list(r.shape_3d), r.mode]
+                                             for r in report]})
+    print(f"[image2point] inflated {len(report)} layers of {teacher} ({mode}, axis {axis}) -> {path}")
+    return path
+
+
+# ------------------------------------------------------------------------------------- embedding
+
+
+class Image2PointEmbedder(SparseShapeClassifier):
+    """The inflated network as a feature extractor: `.embed(points (B,P,3)) -> (B, F)` pooled features."""
+
+    def __init__(self, backbone: nn.Module, voxel_size: float, input_scale: float):
+        super().__init__(backbone)
+        self.voxel_size = voxel_size
+        self.input_scale = input_scale
+
+    @torch.no_grad()
+    def embed(self, points: torch.Tensor) -> torch.Tensor:
+        batch = points_to_batch(points.float(), self.voxel_size, self.input_scale)
+        features = self.backbone.forward_features(batch_to_sparse(batch))
+        return self.backbone.forward_head(features, pre_logits=True)
+
+
+def build_embedder(model_spec_config: dict) -> Image2PointEmbedder:
+    """Architecture from a checkpoint's model_spec config (weights are loaded by the caller)."""
+    cfg = dict(model_spec_config)
+    net, _ = build_network(cfg.get("teacher", "tf_efficientnet_lite0"), "random", cfg.get("mode", "copy"),
+                           cfg.get("axis", "z"), cfg.get("num_classes"))
+    return Image2PointEmbedder(net, float(cfg.get("voxel_size", 0.05)), float(cfg.get("input_scale", 1.0))).eval()
+
+
+# ------------------------------------------------------------------------------------ quickstart
+
+
+def quickstart(run_dir, progress: bool = True) -> dict:
+    """~1 minute on 2 CPU cores: inflated vs random MobileNetV2-sized net (EfficientNet-Lite0) on
+    synthetic shapes, fip=io, a few steps each; returns accuracies and parameter counts."""
+    from pointlift.data.shapes import ShapeSet
+    from pointlift.data.synthetic import make_shapes
+
+    run_dir = Path(run_dir)
+    points, labels, names = make_shapes(num_per_class=6, num_points=512, seed=0)
+    test_points, test_labels, _ = make_shapes(num_per_class=4, num_points=512, seed=1)
+    train_split = ShapeSet(list(points), labels, names, "train", Path("<synthetic>"))
+    test_split = ShapeSet(list(test_points), test_labels, names, "test", Path("<synthetic>"))
+    figures = {}
+    for label, weights in (("inflated", None), ("random", "random")):
+        config = Image2PointConfig(
+            name=f"quickstart-{label}", inflation=InflationConfig(teacher="tf_efficientnet_lite0", weights=weights),
+            fip="io", data=ShapeDataConfig(voxel_size=0.2, augment=False),
+            train=TrainConfig(epochs=3, batch_size=16, log_every=1, checkpoint_every=0,
+                              optim=OptimConfig(name="adamw", lr=3e-3, weight_decay=1e-4)),
+            eval_every_epoch=False)
+        summary = finetune(config, run_dir / label, progress=progress, train_split=train_split,
+                           test_split=test_split)
+        figures[f"acc_{label}_io"] = summary["overall_acc"]
+        figures[f"trainable_params_{label}"] = summary["trainable_params"]
+    return figures

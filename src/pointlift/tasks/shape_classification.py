@@ -1,0 +1,267 @@
+"""Classification of voxelised shapes with a sparse 3D network (Image2Point; PPKT's downstream check).
+
+Pipeline: a `ShapeSet` (points per shape) -> `VoxelShapeDataset` (unit-sphere normalisation and the
+official Image2Point augmentations: anisotropic scale 0.9-1.1, translation +-0.2, clipped Gaussian
+jitter 0.025) -> `VoxelCollate` (one batched voxelisation, features = mean xyz per voxel, as the
+official code feeds xyz to the 3-channel stem) -> `SparseShapeClassifier` (cross-entropy, trained
+by the engine's trainer) -> `evaluate_classifier` (overall and mean-class accuracy).
+
+The few-shot protocol samples K training shapes per class with a seed (`few_shot_indices`).
+Accuracies are those of the last epoch: nothing here selects a model by its test score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pointlift.errors import PointliftConfigError, PointliftDataError
+from pointlift.geometry.voxel import average_per_voxel, voxelize
+from pointlift.sparse import SparseTensor
+
+
+@dataclass
+class ShapeDataConfig:
+    """Which shapes, how they are voxelised and which training subset is used."""
+
+    dataset: Literal["modelnet10", "modelnet40"] = "modelnet10"
+    path: str = "../shared/data/modelnet10_vox32.npz"  # modelnet40: the folder of ply_data_*.h5
+    voxel_size: float = 0.05  # on unit-sphere-normalised shapes (official ModelNet40 setting)
+    augment: bool = True
+    input_scale: float = 1.0  # multiplies the xyz features fed to the stem
+    max_points: Optional[int] = None  # random subset of points per shape (None = all)
+    train_per_class: Optional[int] = None  # few-shot K (or a budget subset); None = every shape
+    subset_seed: int = 0
+    test_per_class: Optional[int] = None  # evaluate on a class-balanced test subset (budget)
+
+    def __post_init__(self):
+        if self.voxel_size <= 0:
+            raise PointliftConfigError(f"data.voxel_size: must be > 0, got {self.voxel_size}")
+        for key in ("train_per_class", "test_per_class", "max_points"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise PointliftConfigError(f"data.{key}: must be >= 1 or null, got {value}")
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+def load_shape_split(config: ShapeDataConfig, split: str):
+    """The `ShapeSet` of one split (ModelNet10 voxel npz or ModelNet40 HDF5 folder)."""
+    from pointlift.data.shapes import load_modelnet10_vox, load_modelnet40_h5
+
+    if config.dataset == "modelnet10":
+        return load_modelnet10_vox(config.path, split)
+    return load_modelnet40_h5(config.path, split)
+
+
+def few_shot_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """`per_class` random indices of every class (sorted), reproducible from `seed`."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) < per_class:
+            raise PointliftDataError("<labels>", f"class {label} has {len(members)} shapes, fewer than {per_class}")
+        chosen.append(rng.choice(members, size=per_class, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def capped_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """At most `per_class` random indices per class (all of a smaller class): a budget test subset."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        chosen.append(rng.choice(members, size=min(per_class, len(members)), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
+    """Centre on the centroid and scale so the farthest point lies on the unit sphere."""
+    centred = points - points.mean(0, keepdims=True)
+    radius = float(np.linalg.norm(centred, axis=1).max())
+    return centred / radius if radius > 0 else centred
+
+
+class VoxelShapeDataset(torch.utils.data.Dataset):
+    """Normalised (and, for training, augmented) point sets with labels: {"points", "label"}."""
+
+    def __init__(self, points: list[np.ndarray], labels: np.ndarray, augment: bool = False,
+                 max_points: int | None = None):
+        if len(points) != len(labels):
+            raise PointliftDataError("<shapes>", f"{len(points)} point sets but {len(labels)} labels")
+        self.points = [normalize_unit_sphere(np.asarray(p, dtype=np.float32)).astype(np.float32) for p in points]
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.augment = augment
+        self.max_points = max_points
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __getitem__(self, index: int) -> dict:
+        points = torch.from_numpy(self.points[index])
+        if self.max_points is not None and len(points) > self.max_points:
+            points = points[torch.randperm(len(points))[: self.max_points]]
+        if self.augment:
+            points = augment_points(points)
+        return {"points": points, "label": int(self.labels[index])}
+
+
+def augment_points(points: torch.Tensor) -> torch.Tensor:
+    """Official Image2Point augmentation: scale U(0.9, 1.1) per axis, shift U(-0.2, 0.2), jitter.
+
+    Jitter is N(0, 0.01) clipped to +-0.025. Uses torch's global RNG, which the trainer seeds.
+    """
+    scale = torch.empty(1, 3).uniform_(0.9, 1.1)
+    shift = torch.empty(1, 3).uniform_(-0.2, 0.2)
+    jitter = (torch.randn_like(points) * 0.01).clamp_(-0.025, 0.025)
+    return points * scale + shift + jitter
+
+
+class VoxelCollate:
+    """A list of {"points", "label"} -> one batched voxelisation: coords (M,4), features (M,3), labels (B,)."""
+
+    def __init__(self, voxel_size: float, input_scale: float = 1.0):
+        self.voxel_size = voxel_size
+        self.input_scale = input_scale
+
+    def __call__(self, items: list[dict]) -> dict:
+        points = torch.cat([item["points"] for item in items])
+        batch_index = torch.cat([torch.full((len(item["points"]),), i, dtype=torch.long)
+                                 for i, item in enumerate(items)])
+        voxels = voxelize(points, self.voxel_size, batch_index)
+        features = average_per_voxel(points, voxels) * self.input_scale
+        labels = torch.tensor([item["label"] for item in items], dtype=torch.long)
+        return {"coords": voxels.coords, "features": features, "labels": labels}
+
+
+def points_to_batch(points: torch.Tensor, voxel_size: float, input_scale: float = 1.0) -> dict:
+    """(B, P, 3) point sets -> the classifier's batch (normalised per set, no augmentation, no labels)."""
+    items = [{"points": torch.from_numpy(normalize_unit_sphere(p.detach().cpu().numpy()).astype(np.float32)),
+              "label": -1} for p in points]
+    batch = VoxelCollate(voxel_size, input_scale)(items)
+    return {k: v.to(points.device) for k, v in batch.items()}
+
+
+# --------------------------------------------------------------------------------------- model
+
+
+def batch_to_sparse(batch: dict) -> SparseTensor:
+    return SparseTensor(batch["features"], batch["coords"], batch_size=int(batch["labels"].shape[0]))
+
+
+class SparseShapeClassifier(nn.Module):
+    """Wraps a backbone `SparseTensor -> logits (B, classes)` for the trainer: batch -> {"loss", "acc"}.
+
+    `frozen_norms` names modules that stay in eval mode even while training (frozen BN statistics).
+    """
+
+    def __init__(self, backbone: nn.Module, frozen_norms: tuple[str, ...] = ()):
+        super().__init__()
+        self.backbone = backbone
+        self.frozen_norms = tuple(frozen_norms)
+        self.checkpoint_exclude: tuple[str, ...] = ()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.frozen_norms:
+            modules = dict(self.backbone.named_modules())
+            for name in self.frozen_norms:
+                modules[name].eval()
+        return self
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        return self.backbone(batch_to_sparse(batch))
+
+    def forward(self, batch: dict) -> dict:
+        logits = self.logits(batch)
+        loss = F.cross_entropy(logits.float(), batch["labels"])
+        acc = (logits.argmax(1) == batch["labels"]).float().mean()
+        return {"loss": loss, "acc": acc.detach()}
+
+
+def accuracy_metrics(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Overall accuracy and mean of the per-class accuracies (classes present in `labels`)."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    overall = float((predictions == labels).mean()) if len(labels) else float("nan")
+    per_class = [float((predictions[labels == c] == c).mean()) for c in range(num_classes) if (labels == c).any()]
+    return {"overall_acc": overall, "mean_class_acc": float(np.mean(per_class)) if per_class else float("nan")}
+
+
+@torch.no_grad()
+def evaluate_classifier(model: SparseShapeClassifier, dataset: VoxelShapeDataset, collate: VoxelCollate,
+                        batch_size: int = 64, device: str | torch.device | None = None) -> dict[str, float]:
+    """Overall / mean-class accuracy of `model` on `dataset` (eval mode restored to the previous mode)."""
+    if device is None:
+        device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    predictions = []
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        predictions.append(model.logits(batch).argmax(1).cpu())
+    model.train(was_training)
+    num_classes = int(dataset.labels.max()) + 1 if len(dataset) else 0
+    return accuracy_metrics(torch.cat(predictions).numpy(), dataset.labels, num_classes)
+
+
+def build_datasets(config: ShapeDataConfig, train_split=None, test_split=None):
+    """(train dataset, test dataset, class names) following the subset settings of `config`."""
+    train_split = train_split if train_split is not None else load_shape_split(config, "train")
+    test_split = test_split if test_split is not None else load_shape_split(config, "test")
+    train_index = np.arange(len(train_split.labels))
+    if config.train_per_class is not None:
+        train_index = few_shot_indices(train_split.labels, config.train_per_class, config.subset_seed)
+    test_index = np.arange(len(test_split.labels))
+    if config.test_per_class is not None:
+        test_index = capped_indices(test_split.labels, config.test_per_class, seed=12345)
+    train = VoxelShapeDataset([train_split.points[i] for i in train_index], train_split.labels[train_index],
+                              augment=config.augment, max_points=config.max_points)
+    test = VoxelShapeDataset([test_split.points[i] for i in test_index], test_split.labels[test_index],
+                             augment=False, max_points=config.max_points)
+    return train, test, list(train_split.class_names)
+
+
+def train_classifier(model: SparseShapeClassifier, train_set: VoxelShapeDataset, test_set: VoxelShapeDataset,
+                     data: ShapeDataConfig, train_config, run_dir: str | Path, *, eval_every_epoch: bool = True,
+                     eval_batch_size: int = 64, resume: bool = False, progress: bool = True,
+                     config_for_checkpoint=None, model_spec: dict | None = None,
+                     device: str | torch.device | None = None) -> dict:
+    """Train with the engine's trainer; returns {"history", "final": last-epoch metrics, "curve": per-epoch acc}."""
+    from pointlift.engine.trainer import train
+
+    collate = VoxelCollate(data.voxel_size, data.input_scale)
+    eval_collate = VoxelCollate(data.voxel_size, data.input_scale)
+    curve: list[dict] = []
+
+    def eval_fn(module, epoch):
+        if not eval_every_epoch and epoch < train_config.epochs - 1:
+            return {}
+        metrics = evaluate_classifier(module, test_set, eval_collate, eval_batch_size)
+        curve.append({"epoch": epoch, **metrics})
+        return metrics
+
+    result = train(model, train_set, train_config, run_dir, collate_fn=collate, resume=resume, device=device,
+                   progress=progress, eval_fn=eval_fn, config_for_checkpoint=config_for_checkpoint,
+                   model_spec=model_spec)
+    final = curve[-1] if curve else evaluate_classifier(model, test_set, eval_collate, eval_batch_size)
+    return {"history": result.history, "final": final, "curve": curve, "step": result.step,
+            "checkpoint": result.checkpoint_path}
+
+
+def epochs_to_target(curve: list[dict], target: float, key: str = "overall_acc") -> float:
+    """First epoch count (1-based) whose accuracy reaches `target`; NaN if never reached."""
+    for row in curve:
+        if row[key] >= target:
+            return float(row["epoch"] + 1)
+    return float("nan")
