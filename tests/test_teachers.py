@@ -262,3 +262,17 @@ def test_learned_upl_starts_as_bilinear_and_learns():
     assert any(step.weight.abs().sum() > 0 for step in learned.refinements)
     with pytest.raises(PointliftConfigError):
         UpsamplingProjection(8, mode="nearest")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_same_code_on_cuda_with_float16():
+    cpu = teacher("tf_efficientnet_lite0")
+    gpu = Teacher("tf_efficientnet_lite0", half=True).to("cuda")
+    images = cpu.normalize(F.interpolate(grace_hopper(), size=(128, 128), mode="bilinear", antialias=True))
+    features = gpu.features(images.cuda())
+    assert features.device.type == "cuda" and features.dtype == torch.float32
+    assert next(gpu.model.parameters()).dtype == torch.float16
+    cosine = F.cosine_similarity(features.cpu().flatten(1), cpu.features(images).flatten(1)).item()
+    assert cosine > 0.99
+    upl = UpsamplingProjection(cpu.channels, mode="learned").cuda()
+    assert upl(features, (128, 128)).device.type == "cuda"

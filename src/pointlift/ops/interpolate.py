@@ -18,6 +18,9 @@ def three_nn_interpolate(target: torch.Tensor, source: torch.Tensor, source_feat
     """
     k = min(3, source.shape[1])
     dist2, idx = knn(target, source, k)
+    # At least float32: a target on a source point gives 1 / eps, which overflows half precision.
+    dist2 = dist2.to(torch.promote_types(dist2.dtype, torch.float32))
     weights = 1.0 / (dist2 + eps)
     weights = weights / weights.sum(dim=-1, keepdim=True)
-    return (gather(source_feats, idx) * weights[..., None]).sum(dim=-2)
+    blended = (gather(source_feats, idx) * weights[..., None]).sum(dim=-2)
+    return blended.to(source_feats.dtype)

@@ -26,8 +26,10 @@ def _query_chunks(batch: int, num_queries: int, num_ref: int, chunk_size: int | 
 
 
 def _pairwise_dist2(query: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Exact squared distances (B, M, N); the non-matmul path avoids cancellation errors."""
-    return torch.cdist(query, ref, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
+    """Exact squared distances (B, M, N), in at least float32 (half has no CPU cdist and too
+    little precision to rank neighbours); the non-matmul path avoids cancellation errors."""
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    return torch.cdist(query.to(dtype), ref.to(dtype), compute_mode="donot_use_mm_for_euclid_dist").pow(2)
 
 
 def knn(query: torch.Tensor, ref: torch.Tensor, k: int, chunk_size: int | None = None):

@@ -19,7 +19,7 @@ def farthest_point_sample(xyz: torch.Tensor, m: int) -> torch.Tensor:
     if not 0 < m <= num_points:
         raise PointliftConfigError(f"farthest_point_sample: cannot pick m={m} of {num_points} points")
     with torch.no_grad():
-        points = xyz.detach()
+        points = xyz.detach().to(torch.promote_types(xyz.dtype, torch.float32))
         chosen = torch.zeros(batch, m, dtype=torch.long, device=xyz.device)
         nearest_chosen = torch.full((batch, num_points), float("inf"), dtype=points.dtype, device=xyz.device)
         rows = torch.arange(batch, device=xyz.device)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pointlift.errors import PointliftConfigError
@@ -55,6 +54,7 @@ class Teacher(nn.Module):
 
         self.weights_path: Path | None = None
         self.weights_source: str
+        self.key_matching: str | None = None  # how a local file's tensors were matched (for tests/logs)
         if weights is None:
             self.weights_path = bundled_weights_path(name)
         elif str(weights) != RANDOM_WEIGHTS:
