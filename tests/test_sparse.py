@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from pointlift.errors import PointliftConfigError, PointliftDataError
+from pointlift.sparse import conv as conv_module
 from pointlift.sparse import (
     SparseBatchNorm,
     SparseConv3d,
@@ -25,6 +26,15 @@ from pointlift.sparse import (
     use_backend,
 )
 from pointlift.sparse.kernel_map import decode_keys, encode_keys
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These inputs are tiny: intra-op threads only add OpenMP waits (severe on a shared 2-core box)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 GRID = 9  # odd on purpose: exercises borders that do not divide by the stride
@@ -80,9 +90,12 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("path", ["batched", "looped"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_conv_matches_dense(case, device):
+def test_conv_matches_dense(case, device, path, monkeypatch):
+    """Both execution paths: all offsets in one batched matmul, and one matmul per offset."""
+    monkeypatch.setattr(conv_module, "BATCHED_OFFSETS_MAX_ELEMENTS", 1 << 40 if path == "batched" else 0)
     name, cls, cin, cout, kwargs = case
     torch.manual_seed(1)
     k = kwargs["kernel_size"]
@@ -226,6 +239,8 @@ def test_spconv_backend_matches_pure(device):
             y = layers[1](layers[0](x))
             y = layers[2](y)
             out = layers[4](layers[3](y))
+        if backend == "spconv":  # spconv really ran: its maps sit in the shared manager
+            assert {"subm_1_1_k3_d1", "down_1_2_k2_d1", "subm_2_2_k3_d1"} <= set(out.manager.backend_state["spconv"]["indice_dict"])
         order = torch.argsort(encode_keys(out.coords))
         result = out.features[order]
         layers.zero_grad()

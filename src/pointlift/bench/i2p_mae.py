@@ -39,12 +39,12 @@ PRESETS = {
                    decoder_depths=(1, 1), drop_path=0.0),
         image_size=64, teacher=("tf_efficientnet_lite0", None, -2), pretrain_shapes=64, steps=8, batch_size=16,
         lr=1e-3, warmup=2, train_per_class=30, test_per_class=20, fewshot_folds=2, variants=("i2pmae", "3d_only")),
-    # under 60 minutes on 2 CPU cores (about 20 min uncontended): a small backbone on 256 voxel-centre points
+    # under 60 minutes on 2 CPU cores (about 15 min uncontended): a small backbone on 256 voxel-centre points
     "cpu": dict(
         model=dict(num_points=256, num_centers=(64, 32, 16), group_sizes=(8, 8, 4), encoder_dims=(48, 96, 192),
                    encoder_depths=(1, 1, 1), num_heads=4, embed_hidden=16, decoder_dims=(192, 96),
                    decoder_depths=(1, 1), drop_path=0.1),
-        image_size=96, teacher=("tf_efficientnet_lite0", None, -2), pretrain_shapes=960, steps=200,
+        image_size=96, teacher=("tf_efficientnet_lite0", None, -2), pretrain_shapes=960, steps=120,
         batch_size=32, lr=1e-3, warmup=10, train_per_class=60, test_per_class=40, fewshot_folds=10,
         variants=("i2pmae", "3d_only")),
     # paper-sized backbone, DINOv2 ViT-S/14 teacher (the offline stand-in for CLIP ViT-B/16)

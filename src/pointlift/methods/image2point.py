@@ -231,26 +231,32 @@ def build_embedder(model_spec_config: dict) -> Image2PointEmbedder:
 
 
 def quickstart(run_dir, progress: bool = True) -> dict:
-    """~1 minute on 2 CPU cores: inflated vs random MobileNetV2-sized net (EfficientNet-Lite0) on
-    synthetic shapes, fip=io, a few steps each; returns accuracies and parameter counts."""
+    """About a minute on 2 CPU cores: ImageNet EfficientNet-Lite0 (bundled weights) inflated vs the same
+    network from scratch, centre inflation (its BN statistics fit 3D input best), fip=io, 6 steps each on
+    24 synthetic shapes (4 classes), tested on 16 others.
+    Returns {"acc_inflated_io", "acc_random_io", "trainable_params_*", "seconds"}."""
     from pointlift.data.shapes import ShapeSet
     from pointlift.data.synthetic import make_shapes
 
     run_dir = Path(run_dir)
-    points, labels, names = make_shapes(num_per_class=6, num_points=512, seed=0)
-    test_points, test_labels, _ = make_shapes(num_per_class=4, num_points=512, seed=1)
+    classes = ("sphere", "cube", "torus", "table")
+    points, labels, names = make_shapes(num_per_class=6, num_points=300, classes=classes, seed=0)
+    test_points, test_labels, _ = make_shapes(num_per_class=4, num_points=300, classes=classes, seed=1)
     train_split = ShapeSet(list(points), labels, names, "train", Path("<synthetic>"))
     test_split = ShapeSet(list(test_points), test_labels, names, "test", Path("<synthetic>"))
     figures = {}
+    start = time.perf_counter()
     for label, weights in (("inflated", None), ("random", "random")):
         config = Image2PointConfig(
-            name=f"quickstart-{label}", inflation=InflationConfig(teacher="tf_efficientnet_lite0", weights=weights),
-            fip="io", data=ShapeDataConfig(voxel_size=0.2, augment=False),
-            train=TrainConfig(epochs=3, batch_size=16, log_every=1, checkpoint_every=0,
-                              optim=OptimConfig(name="adamw", lr=3e-3, weight_decay=1e-4)),
+            name=f"quickstart-{label}",
+            inflation=InflationConfig(teacher="tf_efficientnet_lite0", weights=weights, mode="center"),
+            fip="io", data=ShapeDataConfig(voxel_size=0.3, augment=False),
+            train=TrainConfig(epochs=3, batch_size=12, log_every=1, checkpoint_every=0,
+                              optim=OptimConfig(name="adamw", lr=1e-2, weight_decay=1e-4)),
             eval_every_epoch=False)
         summary = finetune(config, run_dir / label, progress=progress, train_split=train_split,
                            test_split=test_split)
         figures[f"acc_{label}_io"] = summary["overall_acc"]
         figures[f"trainable_params_{label}"] = summary["trainable_params"]
+    figures["seconds"] = time.perf_counter() - start
     return figures

@@ -181,9 +181,10 @@ def open_lidar_frames(data: PPKTDataConfig) -> list:
         frames = []
         for bin_path in sorted(root.glob("*.bin")):
             image = next((bin_path.with_suffix(s) for s in (".png", ".jpg") if bin_path.with_suffix(s).is_file()), None)
-            calib = bin_path.with_suffix(".txt")
-            if image is None or not calib.is_file():
-                raise PointliftDataError(bin_path, "needs an image (.png/.jpg) and a calibration (.txt) beside it")
+            # an info .pkl carries lidar2img; a .txt may be the official calib file (or P2 only)
+            calib = next((bin_path.with_suffix(s) for s in (".pkl", ".txt") if bin_path.with_suffix(s).is_file()), None)
+            if image is None or calib is None:
+                raise PointliftDataError(bin_path, "needs an image (.png/.jpg) and a calibration (.pkl/.txt) beside it")
             frames.append(read_kitti_frame(bin_path, image, calib))
         if not frames:
             raise PointliftDataError(root, "no KITTI .bin sweeps found")
@@ -656,9 +657,9 @@ def build_embedder(model_spec_config: dict) -> nn.Module:
 def quickstart_config(run_root: Path | str = "runs", steps: int = 30) -> PPKTConfig:
     """A ~1 minute CPU run on a synthetic room: small images, a tiny U-Net, cached teacher maps."""
     return load_config({
-        "data": {"kind": "synthetic", "synthetic_frames": 12, "synthetic_hw": [96, 128], "pixel_stride": 2,
-                 "image_size": [96, 128], "holdout_fraction": 0.25},
-        "model": {"student": "spunet-tiny", "voxel_size": 0.08, "teacher_stage": 3},
+        "data": {"kind": "synthetic", "synthetic_frames": 10, "synthetic_hw": [72, 96], "pixel_stride": 2,
+                 "image_size": [72, 96], "holdout_fraction": 0.2},
+        "model": {"student": "spunet-tiny", "voxel_size": 0.1, "teacher_stage": 3},
         "loss": {"num_pairs": 1024},
         "train": {"max_steps": steps, "batch_size": 2, "log_every": 5, "checkpoint_every": 0,
                   "optim": {"name": "adamw", "lr": 0.003, "weight_decay": 0.0001}},

@@ -7,8 +7,8 @@ teacher's own, approximate, flip symmetry). So the teacher forward - most of a t
 a CPU - only has to run once per view. Maps are stored before the UPL (it trains) as one float16
 `features.npy` (V, C, h, w) read memory-mapped, beside `cache.json` holding the key.
 
-The key hashes the teacher identity (model, weights fingerprint, stage, precision), the image size
-and the view names: any change makes a new cache instead of silently reusing stale features.
+The key hashes the teacher identity (model, weights file, stage, precision), a hash of the teacher's
+actual parameter values, the image size and the view names: any change makes a new cache instead of silently reusing stale features.
 """
 
 from __future__ import annotations
@@ -29,9 +29,19 @@ FEATURES_FILE = "features.npy"
 META_FILE = "cache.json"
 
 
-def cache_key(teacher_identity: str, image_hw: tuple[int, int], view_names: list[str]) -> str:
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """Hash of the module's actual parameter values: two teachers with the same identity string but
+    different weights (e.g. two random initialisations) must not share a cache."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(teacher_identity: str, image_hw: tuple[int, int], view_names: list[str], weights: str = "") -> str:
     """Hash of everything the cached maps depend on."""
-    payload = json.dumps({"teacher": teacher_identity, "image_hw": list(map(int, image_hw)),
+    payload = json.dumps({"teacher": teacher_identity, "weights": weights, "image_hw": list(map(int, image_hw)),
                           "views": list(view_names)}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
@@ -79,7 +89,7 @@ def open_teacher_cache(directory: str | Path, teacher, image_hw: tuple[int, int]
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    key = cache_key(teacher.identity(), image_hw, view_names)
+    key = cache_key(teacher.identity(), image_hw, view_names, weights_fingerprint(teacher))
     existing = _valid_existing(directory, key, len(view_names))
     if existing is not None:
         return TeacherFeatureCache(directory, key, existing, built_now=False, build_seconds=0.0)

@@ -51,6 +51,21 @@ def _grouped_weight_grad(x: torch.Tensor, grad: torch.Tensor, groups: int) -> to
     return torch.bmm(xg, gg)
 
 
+# Maps whose padded gather (offsets x longest pair list x channels) stays under this many
+# elements run all offsets in one batched matmul; larger ones loop over offsets (no padding
+# waste, bounded memory). Small maps are dominated by per-op overhead, large ones by the matmuls.
+BATCHED_OFFSETS_MAX_ELEMENTS = 1 << 22
+
+
+def _use_batched(kmap: KernelMap, channels: int) -> bool:
+    ids, pad_in, _ = kmap.padded()
+    return bool(ids) and pad_in.numel() * channels <= BATCHED_OFFSETS_MAX_ELEMENTS
+
+
+def _with_zero_row(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, x.new_zeros(1, x.shape[1])])
+
+
 class _SparseConvFunction(torch.autograd.Function):
     """out[out_index[k]] += features[in_index[k]] @ W[k] for every kernel offset k."""
 
@@ -59,12 +74,21 @@ class _SparseConvFunction(torch.autograd.Function):
         # weight: (K, G, Ci, Co)
         ctx.kmap = kmap
         ctx.save_for_backward(features, weight)
-        groups, cout = weight.shape[1], weight.shape[3]
+        groups, cin, cout = weight.shape[1:]
         out = features.new_zeros(kmap.num_out, groups * cout)
+        if kmap.identity is not None:
+            out += _grouped_matmul(features, weight[kmap.identity])
+        ctx.batched = _use_batched(kmap, groups * max(cin, cout))
+        if ctx.batched:
+            ids, pad_in, pad_out = kmap.padded()
+            gathered = _with_zero_row(features)[pad_in.view(-1)].view(len(ids), -1, groups, cin)
+            result = torch.einsum("kpgi,kgio->kpgo", gathered, weight[ids])
+            scattered = out.new_zeros(kmap.num_out + 1, groups * cout)
+            scattered.index_add_(0, pad_out.view(-1), result.reshape(-1, groups * cout))
+            out += scattered[: kmap.num_out]
+            return out
         for k, (in_idx, out_idx) in enumerate(zip(kmap.in_index, kmap.out_index)):
-            if k == kmap.identity:
-                out += _grouped_matmul(features, weight[k])
-            elif in_idx.numel():
+            if k != kmap.identity and in_idx.numel():
                 out.index_add_(0, out_idx, _grouped_matmul(features.index_select(0, in_idx), weight[k]))
         return out
 
@@ -73,28 +97,37 @@ class _SparseConvFunction(torch.autograd.Function):
         features, weight = ctx.saved_tensors
         kmap: KernelMap = ctx.kmap
         grad_out = grad_out.contiguous()
-        groups = weight.shape[1]
+        groups, cin, cout = weight.shape[1:]
         weight_t = weight.transpose(2, 3)  # (K, G, Co, Ci)
-        grad_features = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_features = torch.zeros_like(features)
-        if ctx.needs_input_grad[1]:
-            grad_weight = torch.zeros_like(weight)
+        need_features, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_features = torch.zeros_like(features) if need_features else None
+        grad_weight = torch.zeros_like(weight) if need_weight else None
+        if kmap.identity is not None:
+            k = kmap.identity
+            if need_features:
+                grad_features += _grouped_matmul(grad_out, weight_t[k])
+            if need_weight:
+                grad_weight[k] = _grouped_weight_grad(features, grad_out, groups)
+        if ctx.batched:
+            ids, pad_in, pad_out = kmap.padded()
+            g = _with_zero_row(grad_out)[pad_out.view(-1)].view(len(ids), -1, groups, cout)
+            if need_features:
+                back = torch.einsum("kpgo,kgio->kpgi", g, weight[ids])
+                scattered = features.new_zeros(kmap.num_in + 1, groups * cin)
+                scattered.index_add_(0, pad_in.view(-1), back.reshape(-1, groups * cin))
+                grad_features += scattered[: kmap.num_in]
+            if need_weight:
+                x = _with_zero_row(features)[pad_in.view(-1)].view(len(ids), -1, groups, cin)
+                grad_weight[ids] = torch.einsum("kpgi,kpgo->kgio", x, g)
+            return grad_features, grad_weight, None
         for k, (in_idx, out_idx) in enumerate(zip(kmap.in_index, kmap.out_index)):
-            if k == kmap.identity:
-                g, x = grad_out, features
-            elif in_idx.numel():
-                g, x = grad_out.index_select(0, out_idx), features.index_select(0, in_idx)
-            else:
+            if k == kmap.identity or not in_idx.numel():
                 continue
-            if grad_features is not None:
-                back = _grouped_matmul(g, weight_t[k])
-                if k == kmap.identity:
-                    grad_features += back
-                else:
-                    grad_features.index_add_(0, in_idx, back)
-            if grad_weight is not None:
-                grad_weight[k] = _grouped_weight_grad(x, g, groups)
+            g = grad_out.index_select(0, out_idx)
+            if need_features:
+                grad_features.index_add_(0, in_idx, _grouped_matmul(g, weight_t[k]))
+            if need_weight:
+                grad_weight[k] = _grouped_weight_grad(features.index_select(0, in_idx), g, groups)
         return grad_features, grad_weight, None
 
 

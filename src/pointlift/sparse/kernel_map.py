@@ -91,12 +91,35 @@ class KernelMap:
     identity: int | None = None
 
     def transposed(self) -> "KernelMap":
-        """The same pairs read backwards: the map of the matching transposed convolution."""
-        return KernelMap(self.out_index, self.in_index, self.num_out, self.num_in, self.identity)
+        """The same pairs read backwards: the map of the matching transposed convolution (cached)."""
+        if getattr(self, "_transposed", None) is None:
+            self._transposed = KernelMap(self.out_index, self.in_index, self.num_out, self.num_in, self.identity)
+            self._transposed._transposed = self
+        return self._transposed
 
     @property
     def num_pairs(self) -> int:
         return sum(int(i.numel()) for i in self.in_index)
+
+    def padded(self) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """Non-identity offsets with pairs, and their pairs padded to one length: (ids, in (K', P), out (K', P)).
+
+        Padding pairs read row `num_in` (a zero row) and write row `num_out` (a discarded row), so
+        all offsets go through one gather, one batched matmul and one scatter: far fewer kernel
+        launches when sites or channels are few. Cached.
+        """
+        if getattr(self, "_padded", None) is None:
+            ids = [k for k, idx in enumerate(self.in_index) if k != self.identity and idx.numel()]
+            length = max((self.in_index[k].numel() for k in ids), default=0)
+            device = self.in_index[0].device if self.in_index else torch.device("cpu")
+            pad_in = torch.full((len(ids), length), self.num_in, dtype=torch.long, device=device)
+            pad_out = torch.full((len(ids), length), self.num_out, dtype=torch.long, device=device)
+            for row, k in enumerate(ids):
+                n = self.in_index[k].numel()
+                pad_in[row, :n] = self.in_index[k]
+                pad_out[row, :n] = self.out_index[k]
+            self._padded = (ids, pad_in, pad_out)
+        return self._padded
 
 
 def build_kernel_map(

@@ -1,0 +1,174 @@
+"""Image2Point method and voxelised shape classification: FIP freezing, data pipeline, training,
+checkpoint -> embedder round trip, config file."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pointlift.data.shapes import ShapeSet
+from pointlift.data.synthetic import make_shapes
+from pointlift.engine.checkpoint import load_checkpoint
+from pointlift.engine.config import OptimConfig, TrainConfig, load_config
+from pointlift.errors import PointliftConfigError, PointliftDataError
+from pointlift.methods.image2point import (Image2PointConfig, InflationConfig, apply_fip, build_embedder,
+                                           build_network, finetune)
+from pointlift.tasks.shape_classification import (ShapeDataConfig, SparseShapeClassifier, VoxelCollate,
+                                                  VoxelShapeDataset, accuracy_metrics, augment_points,
+                                                  build_datasets, epochs_to_target, few_shot_indices)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "mobilenetv2_035"
+
+
+def _synthetic_splits(per_class=4, test_per_class=2, classes=("sphere", "cube", "cylinder", "torus")):
+    points, labels, names = make_shapes(per_class, num_points=300, classes=classes, seed=0)
+    test_points, test_labels, _ = make_shapes(test_per_class, num_points=300, classes=classes, seed=1)
+    return (ShapeSet(list(points), labels, names, "train", Path("<synthetic>")),
+            ShapeSet(list(test_points), test_labels, names, "test", Path("<synthetic>")))
+
+
+def _tiny_batch(num_classes=4):
+    train, _ = _synthetic_splits()
+    dataset = VoxelShapeDataset(train.points[:6], train.labels[:6], augment=True)
+    return VoxelCollate(voxel_size=0.25)([dataset[i] for i in range(6)])
+
+
+@pytest.fixture(scope="module")
+def tiny_network_and_batch():
+    torch.manual_seed(0)
+    net, _ = build_network(TINY, "random", "copy", "z", num_classes=4)
+    return net, _tiny_batch()
+
+
+@pytest.mark.parametrize("fip", ["io", "ioms", "iobn", "all"])
+def test_fip_modes_train_exactly_the_intended_parameters_and_statistics(fip, tiny_network_and_batch):
+    net, batch = tiny_network_and_batch
+    model = SparseShapeClassifier(copy.deepcopy(net))
+    counts = apply_fip(model, fip)
+    before_params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    before_buffers = {n: b.clone() for n, b in model.named_buffers() if "running_mean" in n}
+    model.train()
+    model(batch)["loss"].backward()
+
+    # a frozen random network passes very little signal, so check gradients rather than updates
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    without_grad = {n for n, p in model.named_parameters() if p.grad is None}
+    assert with_grad | without_grad == set(before_params)
+    stats_changed = {n for n, b in model.named_buffers() if n in before_buffers and not torch.equal(b, before_buffers[n])}
+    stem_conv, stem_bn, head = "backbone.conv_stem.weight", "backbone.bn1.weight", "backbone.classifier.weight"
+    inner_conv, inner_bn = "backbone.blocks.1.0.conv_pw.weight", "backbone.blocks.1.0.bn1.weight"
+    inner_stats = "backbone.blocks.1.0.bn1.running_mean"
+    assert {stem_conv, stem_bn, head} <= with_grad
+    assert (inner_conv in with_grad) == (fip == "all")
+    assert (inner_bn in with_grad) == (fip in ("iobn", "all"))
+    assert (inner_stats in stats_changed) == (fip != "io")
+    assert "backbone.bn1.running_mean" in stats_changed  # the input layer's BN always adapts
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert counts["trainable_params"] == trainable
+    if fip == "all":
+        assert trainable == counts["total_params"]
+    else:
+        assert trainable < counts["total_params"] / 10
+
+
+def test_fip_rejects_unknown_mode(tiny_network_and_batch):
+    with pytest.raises(PointliftConfigError, match="fip"):
+        apply_fip(SparseShapeClassifier(copy.deepcopy(tiny_network_and_batch[0])), "everything")
+
+
+def test_few_shot_indices_are_per_class_reproducible_and_seeded():
+    labels = np.repeat(np.arange(4), [5, 7, 3, 9])
+    a = few_shot_indices(labels, 3, seed=0)
+    assert np.array_equal(a, few_shot_indices(labels, 3, seed=0))
+    assert np.array_equal(np.bincount(labels[a]), [3, 3, 3, 3])
+    assert any(not np.array_equal(a, few_shot_indices(labels, 3, seed=s)) for s in range(1, 5))
+    with pytest.raises(PointliftDataError, match="fewer than 4"):
+        few_shot_indices(labels, 4, seed=0)
+
+
+def test_accuracy_metrics_match_a_loop():
+    rng = np.random.default_rng(0)
+    labels, predictions = rng.integers(0, 5, 200), rng.integers(0, 5, 200)
+    predictions[:80] = labels[:80]
+    per_class = []
+    for c in range(5):
+        hits = [p == l for p, l in zip(predictions, labels) if l == c]
+        per_class.append(sum(hits) / len(hits))
+    metrics = accuracy_metrics(predictions, labels, 5)
+    assert metrics["overall_acc"] == pytest.approx(sum(p == l for p, l in zip(predictions, labels)) / 200)
+    assert metrics["mean_class_acc"] == pytest.approx(sum(per_class) / 5)
+
+
+def test_augmentation_stays_in_the_official_ranges():
+    torch.manual_seed(0)
+    ones = torch.ones(50, 3)
+    for _ in range(20):
+        out = augment_points(ones)  # = scale + shift + jitter per axis
+        assert (out >= 0.9 - 0.2 - 0.025 - 1e-6).all() and (out <= 1.1 + 0.2 + 0.025 + 1e-6).all()
+        spread = out.max(0).values - out.min(0).values  # only jitter differs between points
+        assert (spread <= 0.05 + 1e-6).all()
+
+
+def test_voxel_batches_of_real_modelnet10(shared):
+    config = ShapeDataConfig(path=str(shared("data/modelnet10_vox32.npz")), voxel_size=0.125, train_per_class=2,
+                             test_per_class=1, augment=False)
+    from pointlift.tasks.shape_classification import load_shape_split
+
+    split = load_shape_split(config, "train")
+    train, test, names = build_datasets(config, split, split)
+    assert len(train) == 20 and len(test) == 10 and names[0] == "bathtub"
+    assert np.array_equal(np.bincount(train.labels), np.full(10, 2))
+    batch = VoxelCollate(0.125)([train[i] for i in range(len(train))])
+    coords, features = batch["coords"], batch["features"]
+    assert coords.min() >= 0 and coords[:, 1:].max() <= 16  # 2 / 0.125 cells across the unit sphere
+    assert features.norm(dim=1).max() <= 1 + 1e-5
+    # the feature of each voxel lies inside that voxel (mean of its points)
+    assert torch.equal(torch.bincount(coords[:, 0]).gt(0), torch.ones(20, dtype=torch.bool))
+
+
+def _tiny_config(fip="all", weights="random", epochs=6):
+    return Image2PointConfig(
+        inflation=InflationConfig(teacher=TINY, weights=weights), fip=fip,
+        data=ShapeDataConfig(voxel_size=0.25, augment=False),
+        train=TrainConfig(epochs=epochs, batch_size=8, log_every=1, checkpoint_every=0,
+                          optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.0, schedule="constant")),
+        eval_every_epoch=False, eval_batch_size=16)
+
+
+def test_finetune_loss_falls_and_checkpoint_rebuilds_as_embedder(tmp_path):
+    train, test = _synthetic_splits(per_class=4, test_per_class=2, classes=("sphere", "cube"))
+    summary = finetune(_tiny_config(), tmp_path, progress=False, train_split=train, test_split=test)
+    losses = [row["loss"] for row in __import__("pointlift.engine.metrics", fromlist=["read_metrics"])
+              .read_metrics(tmp_path / "metrics.csv") if "loss" in row and row["loss"] == row["loss"]]
+    # full-batch steps on the same 8 shapes (no augmentation): the loss must fall
+    assert len(losses) == 6 and np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2])
+    assert len(summary["curve"]) == 1 and 0.0 <= summary["overall_acc"] <= 1.0
+
+    state, meta = load_checkpoint(tmp_path / "checkpoints" / "last")
+    assert meta["model_spec"]["kind"] == "image2point"
+    embedder = build_embedder(meta["model_spec"]["config"])
+    result = embedder.load_state_dict(state, strict=False)
+    assert not result.missing_keys and not result.unexpected_keys
+    points = torch.from_numpy(np.stack(test.points[:3]))
+    features = embedder.embed(points)
+    assert features.shape == (3, embedder.backbone.num_features)
+    # the classifier head on the embedding equals the trained model's logits
+    logits = embedder.backbone.get_classifier()(features)
+    from pointlift.tasks.shape_classification import points_to_batch
+    batch = points_to_batch(points, 0.25)
+    batch["labels"] = torch.zeros(3, dtype=torch.long)
+    torch.testing.assert_close(logits, embedder.eval().logits(batch))
+
+
+def test_config_file_loads_and_is_validated(tmp_path):
+    config = load_config(REPO / "configs" / "image2point_modelnet10.yaml", Image2PointConfig)
+    assert config.fip in ("io", "ioms", "iobn", "all") and config.data.voxel_size > 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("fip: sometimes\n")
+    with pytest.raises(PointliftConfigError, match="fip"):
+        load_config(bad, Image2PointConfig)
