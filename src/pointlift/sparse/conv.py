@@ -1,4 +1,4 @@
-"""Sparse 3D convolutions in pure PyTorch: gather -> matmul -> scatter-add per kernel offset.
+"""Sparse 3D convolutions in pure PyTorch: gather -> matmul -> scatter-add over kernel offsets.
 
 Weights use torch `Conv3d`'s layout `(out_channels, in_channels / groups, k, k, k)` for every
 module, so 2D->3D inflation and comparisons with dense `conv3d` are direct. Dense meaning
@@ -10,8 +10,10 @@ module, so 2D->3D inflation and comparisons with dense `conv3d` are direct. Dens
 - `SparseInverseConv3d` (stride s): dense `conv_transpose3d` with the same stride/padding and
   weight `w.transpose(0, 1)` (per group), read at the cached sites of the finer stride.
 
-The autograd function saves only the input features and weights (not the per-offset gathers)
-and recomputes the gathers in backward: much less memory on large scenes, same speed.
+Execution: small maps run all kernel offsets at once (one padded gather, one batched matmul,
+one scatter-add), large maps loop over offsets (gather -> matmul -> index_add_ each). The
+autograd function saves only the input features and weights (not the gathers) and recomputes
+the gathers in backward: much less memory on large scenes, same speed.
 """
 
 from __future__ import annotations
