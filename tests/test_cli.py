@@ -61,3 +61,53 @@ def test_embed_rejects_bad_point_files(tmp_path, capsys, content, problem):
     code = main(["embed", "--checkpoint", str(tmp_path / "none"), "--points", str(path), "--out", str(tmp_path / "f.npy")])
     assert code == 2
     assert "none" in capsys.readouterr().err
+
+
+def test_bench_writes_the_documented_json(tmp_path, shared):
+    shared("data/7scenes-redkitchen")
+    out = tmp_path / "sparse.json"
+    result = run_cli("bench", "sparse", "--preset", "smoke", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(out.read_text())  # strict JSON: json.loads would accept NaN, so check below
+    assert set(record) == {"name", "preset", "metrics", "config", "env", "seconds"}
+    assert record["name"] == "sparse" and record["preset"] == "smoke"
+    assert "NaN" not in out.read_text()
+    for key in ("parity_max_abs_err", "unet_fwd_bwd_s_pointlift", "unet_fwd_bwd_s_spconv", "ratio_vs_spconv", "peak_mem_mb"):
+        assert key in record["metrics"]
+        assert record["metrics"][key] is None or isinstance(record["metrics"][key], float)
+    assert record["metrics"]["unet_fwd_bwd_s_pointlift"] > 0
+    assert record["env"]["torch"] and record["seconds"] > 0
+
+
+def test_embed_cli_gives_one_row_per_point_set(tmp_path):
+    """A real (tiny, 3D-only) I2P-MAE checkpoint through `pointlift embed` equals embedding in Python."""
+    import torch
+
+    from pointlift.data.synthetic import make_shapes
+    from pointlift.engine.config import OptimConfig, TrainConfig
+    from pointlift.methods.i2p_mae import DataConfig, I2PMAEConfig, I2PMAEExperiment, build_embedder, pretrain
+    from pointlift.models.point_m2ae import PointM2AEConfig
+
+    config = PointM2AEConfig(num_points=64, num_centers=(16, 8, 4), group_sizes=(4, 4, 2),
+                             encoder_dims=(16, 32, 48), encoder_depths=(1, 1, 1), num_heads=2, embed_hidden=8,
+                             decoder_dims=(48, 32), decoder_depths=(1, 1), drop_path=0.0)
+    points, _, _ = make_shapes(2, num_points=64, seed=1)
+    experiment = I2PMAEExperiment(
+        method=I2PMAEConfig(model=config, guided_masking=False, feature_target=False),
+        data=DataConfig(source="synthetic", cache_dir=str(tmp_path / "cache")),
+        train=TrainConfig(epochs=1, batch_size=8, checkpoint_every=0, optim=OptimConfig(lr=1e-3)),
+        device="cpu")
+    _, result, _ = pretrain(experiment, tmp_path / "run", progress=False, points=points)
+    np.savez(tmp_path / "sets.npz", points=points[:5] * 3.0)
+    out = tmp_path / "feats.npy"
+    assert main(["embed", "--checkpoint", str(result.checkpoint_path), "--points", str(tmp_path / "sets.npz"),
+                 "--out", str(out), "--batch-size", "2", "--device", "cpu"]) == 0
+    features = np.load(out)
+    from pointlift.engine.checkpoint import load_checkpoint
+
+    state, meta = load_checkpoint(result.checkpoint_path)
+    model = build_embedder(meta["model_spec"]["config"])
+    model.load_state_dict(state)
+    expected = model.eval().embed(torch.from_numpy(points[:5] * 3.0)).detach().numpy()
+    assert features.shape == (5, expected.shape[1])
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-5)

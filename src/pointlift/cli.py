@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -74,6 +75,11 @@ def environment_summary() -> dict:
     return env
 
 
+def _finite_or_none(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def _run_one_bench(name: str, preset: str, out_dir: Path) -> dict:
     from pointlift.bench import load_benchmark
 
@@ -83,7 +89,8 @@ def _run_one_bench(name: str, preset: str, out_dir: Path) -> dict:
     return {
         "name": name,
         "preset": preset,
-        "metrics": {key: float(value) for key, value in result.metrics.items()},
+        # A figure that could not be measured (e.g. spconv absent) is null: strict JSON has no NaN.
+        "metrics": {key: _finite_or_none(value) for key, value in result.metrics.items()},
         "config": result.config,
         "env": environment_summary(),
         "seconds": round(time.perf_counter() - start, 3),
@@ -161,7 +168,7 @@ def _cmd_eval(args) -> int:
 def _write_json_atomic(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(record, indent=2, default=str, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
