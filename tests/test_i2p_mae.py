@@ -178,3 +178,25 @@ def test_config_file_loads_and_rejects_bad_values(tmp_path):
         load_config({"method": {"temperature": 0.0}}, I2PMAEExperiment)
     with pytest.raises(PointliftConfigError, match="teacher_channels"):
         I2PMAE(I2PMAEConfig(model=tiny_model()), teacher=None)
+
+
+def test_layer_batch_targets_remove_the_shared_component():
+    """"layer_batch" = per-token LayerNorm, then per-channel z-score over the batch's tokens (reference
+    computed channel by channel); a component shared by every token disappears from the targets."""
+    from pointlift.methods.i2p_mae import normalize_targets
+
+    generator = torch.Generator().manual_seed(0)
+    shared_part = 5.0 * torch.randn(1, 1, 12, generator=generator)
+    features = shared_part + 0.3 * torch.randn(4, 6, 12, generator=generator, dtype=torch.float32)
+    layer = normalize_targets(features, "layer")
+    both = normalize_targets(features, "layer_batch")
+    reference = torch.empty_like(layer)
+    for channel in range(12):
+        column = layer[..., channel]
+        reference[..., channel] = (column - column.mean()) / column.std()
+    torch.testing.assert_close(both, reference, rtol=1e-5, atol=1e-5)
+    # with "layer" alone the constant mean target already explains most of the variance; not after
+    assert float(layer.var(dim=(0, 1)).mean()) < 0.2
+    torch.testing.assert_close(both.var(dim=(0, 1)), torch.ones(12), rtol=1e-4, atol=1e-4)
+    with pytest.raises(PointliftConfigError, match="target_norm"):
+        normalize_targets(features, "channel")

@@ -131,12 +131,12 @@ def test_voxel_batches_of_real_modelnet10(shared):
     assert torch.equal(torch.bincount(coords[:, 0]).gt(0), torch.ones(20, dtype=torch.bool))
 
 
-def _tiny_config(fip="all", weights="random", epochs=6):
+def _tiny_config(fip="all", weights="random", epochs=10):
     return Image2PointConfig(
         inflation=InflationConfig(teacher=TINY, weights=weights), fip=fip,
         data=ShapeDataConfig(voxel_size=0.25, augment=False),
         train=TrainConfig(epochs=epochs, batch_size=8, log_every=1, checkpoint_every=0,
-                          optim=OptimConfig(name="adamw", lr=5e-4, weight_decay=0.0, schedule="constant")),
+                          optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.0, schedule="constant")),
         eval_every_epoch=False, eval_batch_size=16)
 
 
@@ -146,7 +146,7 @@ def test_finetune_loss_falls_and_checkpoint_rebuilds_as_embedder(tmp_path):
     losses = [row["loss"] for row in __import__("pointlift.engine.metrics", fromlist=["read_metrics"])
               .read_metrics(tmp_path / "metrics.csv") if "loss" in row and row["loss"] == row["loss"]]
     # full-batch steps on the same 8 shapes (no augmentation): the loss must fall
-    assert len(losses) == 6 and np.mean(losses[3:]) < 0.85 * np.mean(losses[:2]), losses
+    assert len(losses) == 10 and np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2]), losses
     assert len(summary["curve"]) == 1 and 0.0 <= summary["overall_acc"] <= 1.0
 
     state, meta = load_checkpoint(tmp_path / "checkpoints" / "last")

@@ -107,10 +107,30 @@ def measure_overhead(model: I2PMAE, points: torch.Tensor, repeats: int = 3) -> d
     return seconds
 
 
-def run(preset: str, out_dir) -> BenchResult:
+def evaluation_split(train_labels: np.ndarray, test_labels: np.ndarray, fit_per_class: int | None,
+                     score_per_class: int | None, validation: bool, seed: int = 0):
+    """Indices (fit from train, score from `"train"` or `"test"`, score split name) for the SVM probes.
+
+    validation=True carves the scored shapes from the *training* split, disjoint from the fitted
+    ones, so settings can be compared without ever looking at the test split."""
+    fit = _stratified(train_labels, fit_per_class, seed)
+    if not validation:
+        return fit, _stratified(test_labels, score_per_class, seed + 1), "test"
+    rest = np.setdiff1d(np.arange(len(train_labels)), fit)
+    if score_per_class is None:
+        return fit, rest, "train"
+    return fit, rest[_stratified(train_labels[rest], score_per_class, seed + 1)], "train"
+
+
+def run(preset: str, out_dir, validation: bool = False, seed: int = 0, method_overrides: dict | None = None,
+        spec_overrides: dict | None = None, measure_timing: bool = True) -> BenchResult:
+    """Pretrain every variant of the preset and probe it. `validation=True` scores on held-out training
+    shapes instead of the test split (for choosing settings); `seed` seeds initialisation, masking and
+    batches (the shape picks stay fixed); overrides replace I2PMAEConfig fields / preset entries."""
     if preset not in PRESETS:
         raise PointliftConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    spec = PRESETS[preset]
+    spec = {**PRESETS[preset], **(spec_overrides or {})}
+    method_overrides = dict(spec.get("method", {}), **(method_overrides or {}))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_path = shared_path("data/modelnet10_vox32.npz")
@@ -119,29 +139,33 @@ def run(preset: str, out_dir) -> BenchResult:
     from pointlift.data.shapes import load_modelnet10_vox
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    seed = 0
+    data_seed = 0
     wall_start = time.perf_counter()
     model_config = PointM2AEConfig(**spec["model"])
     num_points = model_config.num_points
     train_set = load_modelnet10_vox(data_path, "train")
     test_set = load_modelnet10_vox(data_path, "test")
-    train_pick = _stratified(train_set.labels, spec["train_per_class"], seed)
-    test_pick = _stratified(test_set.labels, spec["test_per_class"], seed + 1)
-    train_points = prepare_point_sets([train_set.points[i] for i in train_pick], num_points, seed)
+    train_pick, test_pick, scored_split = evaluation_split(train_set.labels, test_set.labels,
+                                                          spec["train_per_class"], spec["test_per_class"],
+                                                          validation, data_seed)
+    scored_set = train_set if scored_split == "train" else test_set
+    train_points = prepare_point_sets([train_set.points[i] for i in train_pick], num_points, data_seed)
     train_labels = train_set.labels[train_pick]
-    test_points = prepare_point_sets([test_set.points[i] for i in test_pick], num_points, seed)
-    test_labels = test_set.labels[test_pick]
+    test_points = prepare_point_sets([scored_set.points[i] for i in test_pick], num_points, data_seed)
+    test_labels = scored_set.labels[test_pick]
     pretrain_count = spec["pretrain_shapes"] or len(train_set)
-    pretrain_pick = np.random.default_rng(seed).permutation(len(train_set))[:pretrain_count]
-    pretrain_points = prepare_point_sets([train_set.points[i] for i in pretrain_pick], num_points, seed)
+    pretrain_pick = np.random.default_rng(data_seed).permutation(len(train_set))[:pretrain_count]
+    pretrain_points = prepare_point_sets([train_set.points[i] for i in pretrain_pick], num_points, data_seed)
 
     teacher_name, weights, stage = spec["teacher"]
+    image_size = spec["image_size"]
     if weights is not None:
         weights = str(shared_path(weights)) if shared_path(weights).is_file() else None
         if weights is None:  # no DINOv2 file: the bundled CNN teacher
             teacher_name, stage = "tf_efficientnet_lite0", -2
+            image_size = spec.get("fallback_image_size", image_size)
     teacher_config = TeacherConfig(name=teacher_name, weights=weights, stage=stage, half=device.type == "cuda")
-    teacher = build_teacher(teacher_config, spec["image_size"]).to(device)
+    teacher = build_teacher(teacher_config, image_size).to(device)
 
     metrics: dict[str, float] = {}
     details: dict[str, dict] = {}
@@ -150,8 +174,8 @@ def run(preset: str, out_dir) -> BenchResult:
         guided, feature = VARIANTS[variant]
         experiment = I2PMAEExperiment(
             name=f"bench_{variant}",
-            method=I2PMAEConfig(model=copy.deepcopy(model_config), guided_masking=guided, feature_target=feature,
-                                image_size=spec["image_size"]),
+            method=I2PMAEConfig(**{**method_overrides, "model": copy.deepcopy(model_config),
+                                   "guided_masking": guided, "feature_target": feature, "image_size": image_size}),
             teacher=teacher_config,
             data=DataConfig(num_points=num_points, cache_dir="~/.cache/pointlift/i2p_mae"),
             train=TrainConfig(max_steps=spec["steps"], batch_size=spec["batch_size"], seed=seed, log_every=10,
@@ -167,8 +191,9 @@ def run(preset: str, out_dir) -> BenchResult:
         details[variant] = info
         models[variant] = model
     torch.manual_seed(seed)
-    models["random"] = I2PMAE(I2PMAEConfig(model=copy.deepcopy(model_config), guided_masking=False,
-                                           feature_target=False)).to(device)
+    if spec.get("with_random", True):
+        models["random"] = I2PMAE(I2PMAEConfig(model=copy.deepcopy(model_config), guided_masking=False,
+                                               feature_target=False)).to(device)
 
     features = {}
     for name, model in models.items():
@@ -180,20 +205,25 @@ def run(preset: str, out_dir) -> BenchResult:
         metrics[key] = accuracy
         details.setdefault(name, {}).update({"svm_C": C, "embed_svm_seconds": time.perf_counter() - start})
 
-    shots = fewshot_eval(features["i2pmae"][0], train_labels, features["i2pmae"][1], test_labels, n_way=10,
+    first = spec["variants"][0]  # "i2pmae" in every preset
+    shots = fewshot_eval(features[first][0], train_labels, features[first][1], test_labels, n_way=10,
                          k_shot=10, folds=spec["fewshot_folds"], test_per_class=20, seed=seed)
     metrics["fewshot_10w10s_mean"] = shots.mean
     metrics["fewshot_10w10s_std"] = shots.std
-    metrics["samples_per_s"] = details["i2pmae"]["samples_per_s"]
-    batch = torch.from_numpy(pretrain_points[:spec["batch_size"]]).to(device)
-    timing = measure_overhead(models["i2pmae"], batch)
-    metrics["overhead_ratio"] = timing["overhead_ratio"]
+    metrics["samples_per_s"] = details[first]["samples_per_s"]
+    timing = {}
+    if measure_timing:
+        batch = torch.from_numpy(pretrain_points[:spec["batch_size"]]).to(device)
+        timing = measure_overhead(models[first], batch)
+        metrics["overhead_ratio"] = timing["overhead_ratio"]
     metrics["wall_seconds"] = time.perf_counter() - wall_start
 
     config = {
         "preset": preset, "device": str(device), "teacher": teacher.identity(),
         "teacher_saliency": "ViT CLS->patch attention" if teacher.is_vit else "CNN feature L2 norm",
-        "model": config_to_dict(model_config), "image_size": spec["image_size"],
+        "model": config_to_dict(model_config), "image_size": image_size,
+        "method": config_to_dict(models[first].config), "seed": seed,
+        "scored_split": scored_split + (" (held-out validation shapes)" if validation else ""),
         "pretrain_shapes": int(len(pretrain_points)), "steps": spec["steps"], "batch_size": spec["batch_size"],
         "svm_train_shapes": int(len(train_points)), "svm_test_shapes": int(len(test_points)),
         "fewshot_folds": spec["fewshot_folds"], "fewshot_accuracies": shots.accuracies,
