@@ -159,7 +159,10 @@ def downstream(model_config: ppkt.PPKTModelConfig, pretrained_state: dict | None
     if pretrained_state is not None:
         student = {k[len("student."):]: v for k, v in pretrained_state.items() if k.startswith("student.")}
         backbone.student.load_state_dict(student)
-    config = load_config({"max_steps": spec["max_steps"], "batch_size": min(spec["batch_size"], len(train_set)),
+    # Whole epochs (about max_steps steps): train_classifier then evaluates once, after the last epoch.
+    batch_size = min(spec["batch_size"], len(train_set))
+    epochs = max(1, -(-spec["max_steps"] // (len(train_set) // batch_size)))
+    config = load_config({"epochs": epochs, "batch_size": batch_size,
                           "seed": seed, "log_every": 10, "checkpoint_every": 0,
                           "optim": {"name": "adamw", "lr": 0.002, "weight_decay": 0.01}}, TrainConfig)
     result = train_classifier(SparseShapeClassifier(backbone), train_set, test_set, data, config, run_dir,
