@@ -19,7 +19,8 @@ from pointlift.methods.image2point import (Image2PointConfig, InflationConfig, a
                                            build_network, finetune)
 from pointlift.tasks.shape_classification import (ShapeDataConfig, SparseShapeClassifier, VoxelCollate,
                                                   VoxelShapeDataset, accuracy_metrics, augment_points,
-                                                  build_datasets, epochs_to_target, few_shot_indices)
+                                                  build_datasets, build_datasets_with_validation,
+                                                  epochs_to_target, few_shot_indices)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "mobilenetv2_035"
@@ -131,18 +132,22 @@ def test_voxel_batches_of_real_modelnet10(shared):
     assert torch.equal(torch.bincount(coords[:, 0]).gt(0), torch.ones(20, dtype=torch.bool))
 
 
-def _tiny_config(fip="all", weights="random", epochs=10):
+def _tiny_config(fip="all", weights="random", epochs=10, val_per_class=None, lr=1e-3):
     return Image2PointConfig(
         inflation=InflationConfig(teacher=TINY, weights=weights), fip=fip,
-        data=ShapeDataConfig(voxel_size=0.25, augment=False),
+        data=ShapeDataConfig(voxel_size=0.25, augment=False, val_per_class=val_per_class),
         train=TrainConfig(epochs=epochs, batch_size=8, log_every=1, checkpoint_every=0,
-                          optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.0, schedule="constant")),
+                          optim=OptimConfig(name="adamw", lr=lr, weight_decay=0.0, schedule="constant")),
         eval_every_epoch=False, eval_batch_size=16)
 
 
 def test_finetune_loss_falls_and_checkpoint_rebuilds_as_embedder(tmp_path):
-    train, test = _synthetic_splits(per_class=4, test_per_class=2, classes=("sphere", "cube"))
-    summary = finetune(_tiny_config(), tmp_path, progress=False, train_split=train, test_split=test)
+    train, test = _synthetic_splits(per_class=5, test_per_class=2, classes=("sphere", "cube"))
+    # fip io on the frozen random network: full-batch steps on fixed features, so the loss falls steadily
+    summary = finetune(_tiny_config(fip="io", val_per_class=1, lr=0.1), tmp_path, progress=False, train_split=train, test_split=test)
+    # one validation shape per class carved from train: 8 left to train on, the curve is on validation
+    assert (summary["train_shapes"], summary["val_shapes"], summary["test_shapes"]) == (8, 2, 4)
+    assert summary["curve_split"] == "val" and summary["val_overall_acc"] == summary["curve"][-1]["overall_acc"]
     losses = [row["loss"] for row in __import__("pointlift.engine.metrics", fromlist=["read_metrics"])
               .read_metrics(tmp_path / "metrics.csv") if "loss" in row and row["loss"] == row["loss"]]
     # full-batch steps on the same 8 shapes (no augmentation): the loss must fall
@@ -163,6 +168,40 @@ def test_finetune_loss_falls_and_checkpoint_rebuilds_as_embedder(tmp_path):
     batch = points_to_batch(points, 0.25)
     batch["labels"] = torch.zeros(3, dtype=torch.long)
     torch.testing.assert_close(logits, embedder.eval().logits(batch))
+
+
+def test_validation_is_carved_from_train_disjoint_balanced_and_fixed_across_subset_seeds():
+    points = [np.random.default_rng(i).normal(size=(20, 3)).astype(np.float32) + i for i in range(40)]
+    labels = np.repeat(np.arange(4), 10)
+    split = ShapeSet(points, labels, ["a", "b", "c", "d"], "train", Path("<synthetic>"))
+    key = lambda dataset: {float(p[0, 0]) for p in dataset.points}  # normalised points identify a shape
+    seen_val = []
+    for seed in (0, 1, 2):
+        config = ShapeDataConfig(train_per_class=3, val_per_class=2, subset_seed=seed, augment=False)
+        train, val, test, _ = build_datasets_with_validation(config, split, split)
+        assert np.array_equal(np.bincount(val.labels), [2, 2, 2, 2])
+        assert np.array_equal(np.bincount(train.labels), [3, 3, 3, 3])
+        assert not key(train) & key(val)
+        seen_val.append(key(val))
+    assert seen_val[0] == seen_val[1] == seen_val[2]
+
+
+def test_random_baseline_uses_he_initialisation_with_3d_fan_out():
+    """The from-scratch network gets the standard He-normal (fan-out) init, not PyTorch's ~6x smaller
+    default, and BN starts from identity statistics."""
+    from pointlift.sparse import SparseConv3d, SubMConv3d
+
+    torch.manual_seed(0)
+    net, _ = build_network(TINY, "random", "copy", "z", num_classes=4)
+    checked = 0
+    for module in net.modules():
+        if isinstance(module, (SubMConv3d, SparseConv3d)) and module.weight.numel() > 5000:
+            fan_out = module.out_channels * module.kernel_size**3 // module.groups
+            assert float(module.weight.detach().std()) == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.1)
+            checked += 1
+    assert checked >= 5
+    assert all(torch.equal(m.running_var, torch.ones_like(m.running_var)) for m in net.modules()
+               if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
 
 
 def test_config_file_loads_and_is_validated(tmp_path):

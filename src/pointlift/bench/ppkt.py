@@ -47,7 +47,7 @@ PRESETS = {
             "eval_points_per_frame": 64,
         },
         "throughput_steps": 2, "fractions": [1, 5, 10], "seeds": [0],
-        "finetune": {"max_steps": 4, "batch_size": 8, "test_per_class": 2, "max_points": 512},
+        "finetune": {"max_steps": 4, "batch_size": 8, "test_per_class": 2, "max_points": 512, "max_per_class": 2},
     },
     "cpu": {
         "pretrain": {
@@ -150,6 +150,7 @@ def downstream(model_config: ppkt.PPKTModelConfig, pretrained_state: dict | None
 
     train_split, test_split = splits
     per_class = max(1, int(round(fraction / 100 * len(train_split.labels) / len(train_split.class_names))))
+    per_class = min(per_class, spec.get("max_per_class") or per_class)  # smoke: a few shapes only
     data = ShapeDataConfig(path=str(shared_path("data/modelnet10_vox32.npz")), voxel_size=0.05 / SHAPE_UNIT_METRES, augment=True,
                            train_per_class=per_class, subset_seed=seed, test_per_class=spec["test_per_class"],
                            max_points=spec["max_points"])

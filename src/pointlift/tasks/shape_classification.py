@@ -12,6 +12,7 @@ Accuracies are those of the last epoch: nothing here selects a model by its test
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -39,11 +40,14 @@ class ShapeDataConfig:
     train_per_class: Optional[int] = None  # few-shot K (or a budget subset); None = every shape
     subset_seed: int = 0
     test_per_class: Optional[int] = None  # evaluate on a class-balanced test subset (budget)
+    # validation shapes per class carved from the *training* split (fixed seed, disjoint from the training
+    # subset): settings and epochs-to-target are judged on it, never on the test split. None = no validation.
+    val_per_class: Optional[int] = None
 
     def __post_init__(self):
         if self.voxel_size <= 0:
             raise PointliftConfigError(f"data.voxel_size: must be > 0, got {self.voxel_size}")
-        for key in ("train_per_class", "test_per_class", "max_points"):
+        for key in ("train_per_class", "test_per_class", "max_points", "val_per_class"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise PointliftConfigError(f"data.{key}: must be >= 1 or null, got {value}")
@@ -215,48 +219,117 @@ def evaluate_classifier(model: SparseShapeClassifier, dataset: VoxelShapeDataset
     return accuracy_metrics(torch.cat(predictions).numpy(), dataset.labels, num_classes)
 
 
-def build_datasets(config: ShapeDataConfig, train_split=None, test_split=None):
-    """(train dataset, test dataset, class names) following the subset settings of `config`."""
+VALIDATION_SEED = 54321  # the validation shapes are the same whatever the few-shot subset seed
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: SparseShapeClassifier, dataset: VoxelShapeDataset, collate: VoxelCollate,
+                          batch_size: int = 64) -> int:
+    """"Precise BN": re-estimate the running statistics of every BN layer that trains its statistics, as
+    the exact average over one pass of `dataset` (frozen-statistics layers, `model.frozen_norms`, are
+    left alone). Why: after a few dozen steps the momentum-0.1 running averages still carry much of the
+    ImageNet (or initial) statistics, which do not fit voxelised xyz, so eval-mode accuracy can sit at
+    chance while the training loss falls. Running statistics do not affect train-mode steps, so this
+    changes evaluation only. Returns the number of recalibrated layers."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.train()  # frozen norms stay in eval mode (SparseShapeClassifier.train)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+             and m.track_running_stats]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    for batch in loader:
+        model.logits({k: v.to(device) for k, v in batch.items()})
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+    return len(norms)
+
+
+def build_datasets_with_validation(config: ShapeDataConfig, train_split=None, test_split=None):
+    """(train, validation or None, test, class names). Validation = `val_per_class` shapes per class of the
+    training split, removed before the training subset is drawn, so the two never overlap."""
     train_split = train_split if train_split is not None else load_shape_split(config, "train")
     test_split = test_split if test_split is not None else load_shape_split(config, "test")
-    train_index = np.arange(len(train_split.labels))
+    labels = np.asarray(train_split.labels)
+    available = np.arange(len(labels))
+    val_index = None
+    if config.val_per_class is not None:
+        val_index = few_shot_indices(labels, config.val_per_class, VALIDATION_SEED)
+        available = np.setdiff1d(available, val_index)
+    train_index = available
     if config.train_per_class is not None:
-        train_index = few_shot_indices(train_split.labels, config.train_per_class, config.subset_seed)
+        train_index = available[few_shot_indices(labels[available], config.train_per_class, config.subset_seed)]
     test_index = np.arange(len(test_split.labels))
     if config.test_per_class is not None:
         test_index = capped_indices(test_split.labels, config.test_per_class, seed=12345)
-    train = VoxelShapeDataset([train_split.points[i] for i in train_index], train_split.labels[train_index],
+    train = VoxelShapeDataset([train_split.points[i] for i in train_index], labels[train_index],
                               augment=config.augment, max_points=config.max_points)
+    val = None
+    if val_index is not None:
+        val = VoxelShapeDataset([train_split.points[i] for i in val_index], labels[val_index],
+                                augment=False, max_points=config.max_points)
     test = VoxelShapeDataset([test_split.points[i] for i in test_index], test_split.labels[test_index],
                              augment=False, max_points=config.max_points)
-    return train, test, list(train_split.class_names)
+    return train, val, test, list(train_split.class_names)
+
+
+def build_datasets(config: ShapeDataConfig, train_split=None, test_split=None):
+    """(train dataset, test dataset, class names) following the subset settings of `config`."""
+    train, _, test, names = build_datasets_with_validation(config, train_split, test_split)
+    return train, test, names
 
 
 def train_classifier(model: SparseShapeClassifier, train_set: VoxelShapeDataset, test_set: VoxelShapeDataset,
                      data: ShapeDataConfig, train_config, run_dir: str | Path, *, eval_every_epoch: bool = True,
                      eval_batch_size: int = 64, resume: bool = False, progress: bool = True,
                      config_for_checkpoint=None, model_spec: dict | None = None,
-                     device: str | torch.device | None = None) -> dict:
-    """Train with the engine's trainer; returns {"history", "final": last-epoch metrics, "curve": per-epoch acc}."""
+                     device: str | torch.device | None = None, val_set: VoxelShapeDataset | None = None,
+                     precise_bn: bool = False) -> dict:
+    """Train with the engine's trainer; returns {"history", "final": last-epoch test metrics, "curve",
+    "curve_split"}. With `val_set`, the per-epoch curve is on validation and the test set is scored once,
+    after the last epoch; without it, the curve is on the test set (for reporting only, never selection).
+    `precise_bn`: before each evaluation, re-estimate the trainable BN statistics on the (unaugmented)
+    training shapes (`recalibrate_batchnorm`)."""
     from pointlift.engine.trainer import train
 
     collate = VoxelCollate(data.voxel_size, data.input_scale)
     eval_collate = VoxelCollate(data.voxel_size, data.input_scale)
     curve: list[dict] = []
+    final: dict = {}
+    curve_set = val_set if val_set is not None else test_set
+
+    calibration_set = None
+    if precise_bn:
+        calibration_set = copy.copy(train_set)  # the same shapes, without augmentation
+        calibration_set.augment = False
 
     def eval_fn(module, epoch):
-        if not eval_every_epoch and epoch < train_config.epochs - 1:
-            return {}
-        metrics = evaluate_classifier(module, test_set, eval_collate, eval_batch_size)
-        curve.append({"epoch": epoch, **metrics})
-        return metrics
+        last = epoch >= train_config.epochs - 1
+        logged = {}
+        if precise_bn and (eval_every_epoch or last):
+            recalibrate_batchnorm(module, calibration_set, eval_collate, eval_batch_size)
+        if eval_every_epoch or last:
+            metrics = evaluate_classifier(module, curve_set, eval_collate, eval_batch_size)
+            curve.append({"epoch": epoch, **metrics})
+            logged.update({("val_" if val_set is not None else "") + k: v for k, v in metrics.items()})
+        if last:
+            final.update(metrics if val_set is None else
+                         evaluate_classifier(module, test_set, eval_collate, eval_batch_size))
+            if val_set is not None:
+                logged.update({f"test_{k}": v for k, v in final.items()})
+        return logged
 
     result = train(model, train_set, train_config, run_dir, collate_fn=collate, resume=resume, device=device,
                    progress=progress, eval_fn=eval_fn, config_for_checkpoint=config_for_checkpoint,
                    model_spec=model_spec)
-    final = curve[-1] if curve else evaluate_classifier(model, test_set, eval_collate, eval_batch_size)
+    if not final:  # e.g. stopped early by max_steps
+        final = evaluate_classifier(model, test_set, eval_collate, eval_batch_size)
     return {"history": result.history, "final": final, "curve": curve, "step": result.step,
-            "checkpoint": result.checkpoint_path}
+            "curve_split": "val" if val_set is not None else "test", "checkpoint": result.checkpoint_path}
 
 
 def epochs_to_target(curve: list[dict], target: float, key: str = "overall_acc") -> float:
