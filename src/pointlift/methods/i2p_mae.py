@@ -522,35 +522,46 @@ def quickstart(run_dir, progress: bool = True) -> dict:
                           optim=OptimConfig(lr=1e-3, weight_decay=0.05, warmup_steps=10)),
         device="cpu")
     train_points, train_labels, _ = load_pretrain_points(experiment.data, "train")
-    test_points, test_labels, _ = load_pretrain_points(experiment.data, "test")
+    test_points, test_labels, class_names = load_pretrain_points(experiment.data, "test")
     untrained = I2PMAE(I2PMAEConfig(model=quickstart_model_config(), feature_target=False,
                                     guided_masking=False))
     model, result, info = pretrain(experiment, run_dir / "pretrain", progress=progress, points=train_points)
-    scores = {}
+    scores, features = {}, {}
     for name, network in (("untrained", untrained), ("i2p_mae", model)):
+        features[name] = embed_array(network, test_points)
         accuracy, _ = svm_accuracy(embed_array(network, train_points), train_labels,
-                                   embed_array(network, test_points), test_labels, folds=3)
+                                   features[name], test_labels, folds=3)
         scores[name] = accuracy
     losses = [row["loss"] for row in result.history if "loss" in row]
-    plots = []
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        figure, axis = plt.subplots(figsize=(5, 3))
-        axis.plot(losses)
-        axis.set_xlabel(f"log window ({experiment.train.log_every} steps)")
-        axis.set_ylabel("pretraining loss")
-        figure.tight_layout()
-        png = run_dir / "i2p_mae_loss.png"
-        figure.savefig(png, dpi=100)
-        plt.close(figure)
-        plots.append(("I2P-MAE pretraining loss", png))
-    except Exception:  # plotting is a nicety; never fail the quickstart on it
-        pass
+    plots = _quickstart_plots(run_dir, model, test_points, test_labels, class_names, features, experiment)
     figures = {"svm_acc_untrained": scores["untrained"], "svm_acc_i2p_mae": scores["i2p_mae"],
                "loss_first": losses[0] if losses else float("nan"),
                "loss_last": losses[-1] if losses else float("nan")}
     return {"figures": figures, "plots": plots}
+
+
+def _quickstart_plots(run_dir: Path, model: "I2PMAE", points: np.ndarray, labels: np.ndarray,
+                      class_names: list, features: dict, experiment: I2PMAEExperiment) -> list:
+    """What the 2D teacher sees (depth views + saliency), the loss curves, and a t-SNE of frozen
+    features before and after pretraining."""
+    from pointlift.geometry.render import render_depth_views, views_to_teacher_input
+    from pointlift.report import plot_curves, plot_depth_views, plot_tsne, read_metrics_csv
+
+    plots = []
+    views = render_depth_views(torch.from_numpy(points[:1]), experiment.method.image_size, experiment.method.footprint)
+    saliency = None
+    if model.teacher is not None:
+        images = views_to_teacher_input(views.images, model.teacher.mean, model.teacher.std)
+        saliency = model.teacher.saliency(images).numpy()
+    plots.append(("the three depth views of a shape and the teacher's saliency",
+                  plot_depth_views(views.images[0].numpy(), saliency, run_dir / "i2p_mae_views.png",
+                                   title=f"a {class_names[int(labels[0])]} as the 2D teacher sees it")))
+    curves = {k: v for k, v in read_metrics_csv(run_dir / "pretrain" / "metrics.csv").items()
+              if k.startswith("loss")}
+    if curves:
+        plots.append(("pretraining losses", plot_curves(curves, run_dir / "i2p_mae_losses.png",
+                                                        title="I2P-MAE pretraining")))
+    plots.append(("t-SNE of frozen encoder features on test shapes, before and after pretraining",
+                  plot_tsne({"untrained": features["untrained"], "after I2P-MAE": features["i2p_mae"]},
+                            labels, class_names, run_dir / "i2p_mae_tsne.png")))
+    return plots

@@ -261,7 +261,7 @@ def quickstart(run_dir, progress: bool = True) -> dict:
     (`precise_bn`: after 8 momentum-0.1 updates 43% of the ImageNet statistics would remain) gave
     validation accuracy 0.66 inflated vs 0.38 random (training loss 1.52 -> 0.61 vs 1.47 -> 1.49).
     Returns {"figures": {"acc_inflated_ioms", "acc_random_ioms", "chance", "trainable_params_*", "seconds",
-    "cpu_seconds"}, "plots": []} (the shape pointlift.quickstart expects)."""
+    "cpu_seconds"}, "plots": [(caption, png)]} (the shape pointlift.quickstart expects)."""
     from pointlift.data.shapes import ShapeSet
     from pointlift.data.synthetic import make_shapes
 
@@ -287,4 +287,18 @@ def quickstart(run_dir, progress: bool = True) -> dict:
         figures[f"trainable_params_{label}"] = summary["trainable_params"]
     figures["seconds"] = time.perf_counter() - start
     figures["cpu_seconds"] = time.process_time() - cpu_start
-    return {"figures": figures, "plots": []}
+    return {"figures": figures, "plots": _quickstart_plots(run_dir, figures)}
+
+
+def _quickstart_plots(run_dir: Path, figures: dict) -> list:
+    """Training loss of both arms side by side, and their test accuracy against chance."""
+    from pointlift.report import plot_bars, plot_curves, read_metrics_csv
+
+    curves = {f"loss, {arm}": read_metrics_csv(run_dir / arm / "metrics.csv").get("loss", [])
+              for arm in ("inflated", "random")}
+    accuracy = {"test accuracy": {"inflated": figures["acc_inflated_ioms"], "random init": figures["acc_random_ioms"],
+                                  "chance": figures["chance"]}}
+    return [("training loss, inflated vs random init", plot_curves(curves, run_dir / "image2point_loss.png",
+                                                                    title="Image2Point fine-tuning (ioms)")),
+            ("test accuracy", plot_bars(accuracy, run_dir / "image2point_accuracy.png",
+                                        title="Image2Point on synthetic shapes"))]

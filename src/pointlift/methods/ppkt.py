@@ -669,16 +669,31 @@ def quickstart_config(run_root: Path | str = "runs", steps: int = 30) -> PPKTCon
 
 
 def quickstart(run_dir: str | Path, progress: bool = True) -> dict:
-    """PPKT on a synthetic room for ~1 minute; figures comparing the pretrained and untrained networks."""
+    """PPKT on a synthetic room for ~1 minute: retrieval of the pretrained vs the untrained network,
+    with the pixel-point pairs of one frame and the loss curve as plots."""
+    from pointlift.data.synthetic import make_rgbd_scene
+    from pointlift.methods.ppkt_pairs import rgbd_pairs
+    from pointlift.report import plot_correspondences, plot_curves, read_metrics_csv
+
     run_dir = Path(run_dir)
     config = quickstart_config(run_dir.parent)
     results = pretrain(config, run_dir, progress=progress, device="cpu")
     history = results["history"]
-    return {
-        "ppkt.retrieval_top1_pretrained": results["retrieval_pretrained"]["top1"],
-        "ppkt.retrieval_top1_untrained": results["retrieval_untrained"]["top1"],
-        "ppkt.retrieval_chance": results["retrieval_chance"],
-        "ppkt.loss_first": history[0]["loss"] if history else float("nan"),
-        "ppkt.loss_last": history[-1]["loss"] if history else float("nan"),
-        "ppkt.train_seconds": results["train_seconds"],
+    frame = make_rgbd_scene(num_frames=1, height=config.data.synthetic_hw[0], width=config.data.synthetic_hw[1])[0]
+    pairs = rgbd_pairs([frame], pixel_stride=config.data.pixel_stride)
+    plots = [
+        ("pixel-point pairs of one frame (colour = point depth in metres)",
+         plot_correspondences(frame.color, pairs.pair_pixel.numpy(), pairs.points[pairs.pair_point, 2].numpy(),
+                              run_dir / "ppkt_pairs.png", title="3D points drawn at their pixels")),
+    ]
+    curves = {k: v for k, v in read_metrics_csv(run_dir / "metrics.csv").items() if k in ("loss", "pair_accuracy")}
+    if curves:
+        plots.append(("pretraining curves", plot_curves(curves, run_dir / "ppkt_curves.png", title="PPKT pretraining")))
+    figures = {
+        "retrieval_top1_pretrained": results["retrieval_pretrained"]["top1"],
+        "retrieval_top1_untrained": results["retrieval_untrained"]["top1"],
+        "retrieval_chance": results["retrieval_chance"],
+        "loss_first": history[0]["loss"] if history else float("nan"),
+        "loss_last": history[-1]["loss"] if history else float("nan"),
     }
+    return {"figures": figures, "plots": plots}
