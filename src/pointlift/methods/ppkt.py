@@ -654,8 +654,9 @@ def build_embedder(model_spec_config: dict) -> nn.Module:
 # ---------------------------------------------------------------------------------------- quickstart
 
 
-def quickstart_config(run_root: Path | str = "runs", steps: int = 30) -> PPKTConfig:
-    """A ~1 minute CPU run on a synthetic room: small images, a tiny U-Net, cached teacher maps."""
+def quickstart_config(run_root: Path | str = "runs", steps: int = 100) -> PPKTConfig:
+    """A ~1 minute CPU run on a synthetic room: small images, a tiny U-Net, cached teacher maps
+    (100 steps: 30 left held-out retrieval at chance, 120 reached 13x chance, measured)."""
     return load_config({
         "data": {"kind": "synthetic", "synthetic_frames": 10, "synthetic_hw": [72, 96], "pixel_stride": 2,
                  "image_size": [72, 96], "holdout_fraction": 0.2},
