@@ -13,14 +13,6 @@ from pointlift.ops import ball_query, chamfer_l2, farthest_point_sample, gather,
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """These ops are many small kernels: on a shared, loaded CPU, extra threads only spin (5x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def dist2(p, q):
     return sum((float(a) - float(b)) ** 2 for a, b in zip(p, q))

@@ -15,14 +15,6 @@ from pointlift.models.point_m2ae import (
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """These ops are many small kernels: on a shared, loaded CPU, extra threads only spin (5x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 TINY = PointM2AEConfig(num_points=256, num_centers=(64, 32, 16), group_sizes=(8, 8, 4),
                        encoder_dims=(32, 64, 128), encoder_depths=(1, 1, 1), num_heads=4,
                        embed_hidden=16, decoder_dims=(128, 64), decoder_depths=(1, 1), drop_path=0.0)

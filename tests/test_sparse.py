@@ -28,14 +28,6 @@ from pointlift.sparse import (
 from pointlift.sparse.kernel_map import decode_keys, encode_keys
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These inputs are tiny: intra-op threads only add OpenMP waits (severe on a shared 2-core box)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 GRID = 9  # odd on purpose: exercises borders that do not divide by the stride
 

@@ -17,14 +17,6 @@ from pointlift.models.sparse_unet import SparseUNet, sparse_unet
 from pointlift.sparse import SparseTensor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These inputs are tiny: intra-op threads only add OpenMP waits (severe on a shared 2-core box)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def shell(kind: str, grid: int, gen: torch.Generator) -> torch.Tensor:
     """Voxel coords (M, 3) of a random sphere or box surface inside a grid^3 cube."""
