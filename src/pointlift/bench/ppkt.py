@@ -58,7 +58,7 @@ PRESETS = {
                       "optim": {"name": "adamw", "lr": 0.002, "weight_decay": 0.0001, "warmup_steps": 10}},
             "eval_points_per_frame": 256,
         },
-        "throughput_steps": 3, "fractions": [1, 5, 10], "seeds": [0, 1, 2],
+        "throughput_steps": 8, "fractions": [1, 5, 10], "seeds": [0, 1, 2],
         "finetune": {"max_steps": 25, "batch_size": 16, "test_per_class": 10, "max_points": 1024},
     },
     "gpu": {
@@ -92,8 +92,9 @@ def measure_throughput(model: ppkt.PPKTModel, dataset: ppkt.PPKTDataset, cache, 
 
     Each timed step loads its frames (reading files, building pairs), collates, and runs a training
     step (forward, backward, update of a throw-away zero-lr optimiser). Cached and uncached steps
-    alternate on the same frames, so load from other processes hits both alike; one untimed
-    warm-up step each.
+    alternate on the same frames with the same random state (same augmentations, same sampled pairs),
+    so the only difference is where the teacher maps come from, and load from other processes hits
+    both alike; one untimed warm-up step each.
     """
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
     model.train().to(device)
@@ -103,6 +104,7 @@ def measure_throughput(model: ppkt.PPKTModel, dataset: ppkt.PPKTDataset, cache, 
         frames = indices[step * batch_size:(step + 1) * batch_size]
         for name, use in (("cached", cache), ("uncached", None)):
             dataset.cache = use
+            torch.manual_seed(1000 + step)  # identical augmentations and sampled pairs in both arms
             start = time.perf_counter()
             batch = ppkt.collate_ppkt([dataset[i] for i in frames])
             batch = {k: v.to(device) for k, v in batch.items()}
