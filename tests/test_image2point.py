@@ -14,6 +14,7 @@ from pointlift.data.shapes import ShapeSet
 from pointlift.data.synthetic import make_shapes
 from pointlift.engine.checkpoint import load_checkpoint
 from pointlift.engine.config import OptimConfig, TrainConfig, load_config
+from pointlift.engine.metrics import read_metrics
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.methods.image2point import (Image2PointConfig, InflationConfig, apply_fip, build_embedder,
                                            build_network, finetune)
@@ -148,8 +149,8 @@ def test_finetune_loss_falls_and_checkpoint_rebuilds_as_embedder(tmp_path):
     # one validation shape per class carved from train: 8 left to train on, the curve is on validation
     assert (summary["train_shapes"], summary["val_shapes"], summary["test_shapes"]) == (8, 2, 4)
     assert summary["curve_split"] == "val" and summary["val_overall_acc"] == summary["curve"][-1]["overall_acc"]
-    losses = [row["loss"] for row in __import__("pointlift.engine.metrics", fromlist=["read_metrics"])
-              .read_metrics(tmp_path / "metrics.csv") if "loss" in row and row["loss"] == row["loss"]]
+    losses = [row["loss"] for row in read_metrics(tmp_path / "metrics.csv")
+              if "loss" in row and row["loss"] == row["loss"]]
     # full-batch steps on the same 8 shapes (no augmentation): the loss must fall
     assert len(losses) == 10 and np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2]), losses
     assert len(summary["curve"]) == 1 and 0.0 <= summary["overall_acc"] <= 1.0

@@ -30,21 +30,17 @@ def _save(fig, path: Path) -> Path:
 
 
 def read_metrics_csv(path: str | Path) -> dict[str, list[tuple[float, float]]]:
-    """metric name -> [(step, value)] from an engine metrics.csv (columns step, ... )."""
+    """metric name -> [(step, value)] from an engine metrics.csv; empty when the run logged nothing."""
+    from pointlift.engine.metrics import read_metrics
+
     series: dict[str, list[tuple[float, float]]] = {}
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         return series
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            step = float(row.get("step") or 0)
-            for key, value in row.items():
-                if key in ("step", "epoch", "time", "split") or value in (None, ""):
-                    continue
-                try:
-                    series.setdefault(key, []).append((step, float(value)))
-                except ValueError:
-                    continue
+    for row in read_metrics(path):
+        step = float(row.get("step", 0))
+        for key, value in row.items():
+            if key not in ("step", "epoch", "time", "split") and isinstance(value, (int, float)):
+                series.setdefault(key, []).append((step, float(value)))
     return series
 
 

@@ -7,10 +7,18 @@ Each benchmark lives in its own module `pointlift.bench.<name>` with a function
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 PRESETS = ("smoke", "cpu", "gpu")
+
+
+def shared_path(relative: str) -> Path:
+    """A path under the shared data folder: $POINTLIFT_SHARED, or ../shared beside the repository."""
+    root = Path(os.environ.get("POINTLIFT_SHARED", Path(__file__).resolve().parents[3].parent / "shared"))
+    return root / relative
 
 
 @dataclass

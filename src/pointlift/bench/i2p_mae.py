@@ -12,14 +12,13 @@ run on the fly / (teacher forward + student forward-backward, each timed alone i
 from __future__ import annotations
 
 import copy
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pointlift.bench import BenchResult
+from pointlift.bench import BenchResult, shared_path
 from pointlift.engine.config import OptimConfig, TrainConfig, config_to_dict
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.methods.i2p_mae import (I2PMAE, DataConfig, I2PMAEConfig, I2PMAEExperiment, TeacherConfig,
@@ -59,17 +58,13 @@ VARIANTS = {"i2pmae": (True, True), "3d_only": (False, False), "guided_only": (T
             "feature_only": (False, True)}
 
 
-def shared_path(relative: str) -> Path:
-    root = Path(os.environ.get("POINTLIFT_SHARED", Path(__file__).resolve().parents[3].parent / "shared"))
-    return root / relative
-
-
 def _stratified(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
+    """All indices, or at most `per_class` per class."""
+    from pointlift.tasks.shape_classification import few_shot_indices
+
     if per_class is None:
         return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    return np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), min(per_class, (labels == c).sum()),
-                                              replace=False) for c in np.unique(labels)]))
+    return few_shot_indices(labels, per_class, seed, allow_fewer=True)
 
 
 def _median_seconds(function, repeats: int = 3) -> float:

@@ -12,13 +12,12 @@ The teacher is torchvision's ImageNet MobileNetV2 from ../shared/weights (timm m
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from pointlift.bench import BenchResult
+from pointlift.bench import BenchResult, shared_path
 from pointlift.engine.config import OptimConfig, TrainConfig
 from pointlift.errors import PointliftConfigError
 from pointlift.tasks.shape_classification import ShapeDataConfig, epochs_to_target, load_shape_split
@@ -44,11 +43,6 @@ PRESETS = {
                 batch_size=32, fewshot_k=10, fewshot_epochs=100, fewshot_batch=20, seeds=(0, 1, 2),
                 target_fraction=0.8, lr=0.1, warmup_epochs=0.0),
 }
-
-
-def shared_path(relative: str) -> Path:
-    root = Path(os.environ.get("POINTLIFT_SHARED", Path(__file__).resolve().parents[3].parent / "shared"))
-    return root / relative
 
 
 def _config(preset: dict, weights: str | None, fip: str, epochs: int, batch: int, train_per_class, seed: int,

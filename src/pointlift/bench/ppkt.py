@@ -16,7 +16,6 @@ RGB stem gets a constant mid-grey (0.5) for both the pretrained and the scratch 
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -24,17 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pointlift.bench import BenchResult
+from pointlift.bench import BenchResult, shared_path
 from pointlift.engine import load_config
 from pointlift.engine.config import TrainConfig, config_to_dict
 from pointlift.methods import ppkt
 
 
 
-def shared_path(relative: str) -> Path:
-    """A file under ../shared (or $POINTLIFT_SHARED), as the other benchmarks find it."""
-    root = Path(os.environ.get("POINTLIFT_SHARED", Path(__file__).resolve().parents[3].parent / "shared"))
-    return root / relative
 
 PRESETS = {
     "smoke": {

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pointlift.bench import PRESETS, BenchResult
+from pointlift.bench import PRESETS, BenchResult, shared_path
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.models.sparse_unet import sparse_unet
 from pointlift.sparse import SparseTensor, spconv_available, use_backend
@@ -28,8 +27,7 @@ from pointlift.sparse.kernel_map import encode_keys
 
 
 def default_data_root() -> Path:
-    shared = Path(os.environ.get("POINTLIFT_SHARED", Path(__file__).resolve().parents[3].parent / "shared"))
-    return shared / "data" / "7scenes-redkitchen"
+    return shared_path("data/7scenes-redkitchen")
 
 
 SETTINGS = {

@@ -57,7 +57,7 @@ def embed_file(checkpoint: str | Path, points_path: str | Path, out: str | Path,
     # The embedder may be a part of the trained model (an encoder without its pretraining heads):
     # every weight it has must be in the checkpoint, extra checkpoint entries are ignored.
     missing = model.load_state_dict(state, strict=False).missing_keys
-    missing = [k for k in missing if not k.startswith(excluded_prefixes(model) or ("\0",))]
+    missing = [k for k in missing if not k.startswith(excluded_prefixes(model))]
     if missing:
         raise PointliftDataError(checkpoint, f"checkpoint lacks weights the network needs: {missing[:5]}")
     features = embed_points(model, read_point_sets(points_path), batch_size, device)

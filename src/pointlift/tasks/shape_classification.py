@@ -65,26 +65,16 @@ def load_shape_split(config: ShapeDataConfig, split: str):
     return load_modelnet40_h5(config.path, split)
 
 
-def few_shot_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    """`per_class` random indices of every class (sorted), reproducible from `seed`."""
+def few_shot_indices(labels: np.ndarray, per_class: int, seed: int, allow_fewer: bool = False) -> np.ndarray:
+    """`per_class` random indices of every class (sorted), reproducible from `seed`. A class with fewer
+    shapes is an error, or with `allow_fewer` gives all its shapes (a budget subset of a test split)."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     chosen = []
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        if len(members) < per_class:
+        if len(members) < per_class and not allow_fewer:
             raise PointliftDataError("<labels>", f"class {label} has {len(members)} shapes, fewer than {per_class}")
-        chosen.append(rng.choice(members, size=per_class, replace=False))
-    return np.sort(np.concatenate(chosen))
-
-
-def capped_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    """At most `per_class` random indices per class (all of a smaller class): a budget test subset."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
         chosen.append(rng.choice(members, size=min(per_class, len(members)), replace=False))
     return np.sort(np.concatenate(chosen))
 
@@ -265,7 +255,7 @@ def build_datasets_with_validation(config: ShapeDataConfig, train_split=None, te
         train_index = available[few_shot_indices(labels[available], config.train_per_class, config.subset_seed)]
     test_index = np.arange(len(test_split.labels))
     if config.test_per_class is not None:
-        test_index = capped_indices(test_split.labels, config.test_per_class, seed=12345)
+        test_index = few_shot_indices(test_split.labels, config.test_per_class, seed=12345, allow_fewer=True)
     train = VoxelShapeDataset([train_split.points[i] for i in train_index], labels[train_index],
                               augment=config.augment, max_points=config.max_points)
     val = None
