@@ -212,3 +212,32 @@ def test_config_file_loads_and_is_validated(tmp_path):
     bad.write_text("fip: sometimes\n")
     with pytest.raises(PointliftConfigError, match="fip"):
         load_config(bad, Image2PointConfig)
+
+
+def test_benchmark_smoke_reports_every_documented_metric(shared, tmp_path):
+    """`bench image2point` end to end at smoke size: each arm at its own learning rate, the documented
+    metric names, a target both arms' mean validation curves reach, and the curve plot."""
+    from pointlift.bench.image2point import PRESETS, run
+
+    shared("data/modelnet10_vox32.npz")
+    shared("weights/mobilenet_v2.torchvision_in1k.safetensors")
+    result = run("smoke", tmp_path)
+    k = PRESETS["smoke"]["fewshot_k"]
+    for name in ("acc_inflated_io", "acc_random_io", "acc_inflated_all", "acc_random_all",
+                 f"fewshot{k}_inflated_mean", f"fewshot{k}_inflated_std", f"fewshot{k}_random_mean",
+                 f"fewshot{k}_random_std", "epochs_to_target_inflated", "epochs_to_target_random",
+                 "speedup_to_target", "target_accuracy"):
+        assert np.isfinite(result.metrics[name]), name
+    curves = result.config["curves"]
+    assert result.metrics["target_accuracy"] <= min(curves["inflated_all_mean"][-1]["overall_acc"],
+                                                    curves["random_all_mean"][-1]["overall_acc"])
+    assert Path(result.config["plot"]).is_file()
+
+
+def test_mean_curve_averages_epochs_across_runs():
+    from pointlift.bench.image2point import mean_curve
+
+    runs = [[{"epoch": e, "overall_acc": a} for e, a in enumerate(accs)] for accs in ([0.1, 0.5], [0.3, 0.7])]
+    assert mean_curve(runs) == [{"epoch": 0, "overall_acc": pytest.approx(0.2)},
+                                {"epoch": 1, "overall_acc": pytest.approx(0.6)}]
+    assert epochs_to_target(mean_curve(runs), 0.55) == 2.0

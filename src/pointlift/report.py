@@ -68,6 +68,25 @@ def plot_curves(curves: dict[str, Sequence[tuple[float, float]]], path: Path, ti
     return _save(fig, path)
 
 
+def plot_overlaid(curves: dict[str, Sequence[tuple[float, float]]], path: Path, title: str,
+                  xlabel: str = "epoch", ylabel: str = "accuracy", level: tuple[str, float] | None = None) -> Path:
+    """Several named curves ([(x, y)]) on one axis, e.g. two arms' validation accuracy, with an optional
+    labelled horizontal level (a target accuracy)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for name, points in curves.items():
+        if len(points):
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", ms=3, lw=1.4, label=name)
+    if level is not None:
+        ax.axhline(level[1], color="grey", ls="--", lw=1, label=level[0])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def plot_bars(groups: dict[str, dict[str, float]], path: Path, title: str, ylabel: str = "accuracy",
               errors: dict[str, dict[str, float]] | None = None) -> Path:
     """Grouped bars: groups[group][series] = value (e.g. {'1 %': {'ppkt': .4, 'scratch': .3}})."""
