@@ -4,9 +4,11 @@ Protocol: occupied voxel centres of ModelNet10 resampled to a fixed count per sh
 training shapes without labels; linear SVM (C by CV on the training features only) fit on training
 features and scored once on the test split. Variants, all from the same initial weights and the
 same steps: I2P-MAE (2D-guided masking + 2D feature targets), the 3D-only Point-M2AE baseline
-(random masking, no 2D target) and the random-init encoder. Few-shot 10-way 10-shot (10 folds, 20
-queries per class) on the I2P-MAE features. `overhead_ratio` = one training step with the teacher
-run on the fly / (teacher forward + student forward-backward, each timed alone in the same run).
+(random masking, no 2D target) and the random-init encoder; once per seed, SVM figures are means over
+seeds (`_std` beside them) and `svm_gap_i2pmae_vs_3d_only` the mean of the per-seed differences.
+Few-shot 10-way 10-shot (10 folds, 20 queries per class) on the first seed's I2P-MAE features.
+`overhead_ratio` = one training step with the teacher run on the fly / (teacher forward + student
+forward-backward, each timed alone in the same run).
 """
 
 from __future__ import annotations
@@ -37,20 +39,25 @@ PRESETS = {
                    encoder_depths=(1, 1, 1), num_heads=4, embed_hidden=16, decoder_dims=(128, 64),
                    decoder_depths=(1, 1), drop_path=0.0),
         image_size=64, teacher=("tf_efficientnet_lite0", None, -2), pretrain_shapes=64, steps=8, batch_size=16,
-        lr=1e-3, warmup=2, train_per_class=30, test_per_class=20, fewshot_folds=2, variants=("i2pmae", "3d_only")),
-    # under 60 minutes on 2 CPU cores (about 15 min uncontended): a small backbone on 256 voxel-centre points
+        lr=1e-3, warmup=2, train_per_class=30, test_per_class=20, fewshot_folds=2, variants=("i2pmae", "3d_only"),
+        seeds=(0,)),
+    # under 60 minutes on 2 CPU cores (about 15 min on a quiet machine, one thread): a small backbone on
+    # 256 voxel-centre points, 600 steps of 32 (20 epochs of 960 shapes), 3 seeds. The step count was
+    # chosen on validation shapes carved from the training split (3 seeds, EfficientNet-Lite0 teacher):
+    # at 120 steps no pretrained variant separated from random init; at 600 I2P-MAE led 3D-only in every
+    # seed (BENCHMARKS.md).
     "cpu": dict(
         model=dict(num_points=256, num_centers=(64, 32, 16), group_sizes=(8, 8, 4), encoder_dims=(48, 96, 192),
                    encoder_depths=(1, 1, 1), num_heads=4, embed_hidden=16, decoder_dims=(192, 96),
                    decoder_depths=(1, 1), drop_path=0.1),
-        image_size=96, teacher=("tf_efficientnet_lite0", None, -2), pretrain_shapes=960, steps=120,
-        batch_size=32, lr=1e-3, warmup=10, train_per_class=60, test_per_class=40, fewshot_folds=10,
-        variants=("i2pmae", "3d_only")),
+        image_size=96, teacher=("tf_efficientnet_lite0", None, -2), pretrain_shapes=960, steps=600,
+        batch_size=32, lr=1e-3, warmup=30, train_per_class=60, test_per_class=40, fewshot_folds=10,
+        variants=("i2pmae", "3d_only"), seeds=(0, 1, 2)),
     # paper-sized backbone, DINOv2 ViT-S/14 teacher (the offline stand-in for CLIP ViT-B/16)
     "gpu": dict(
         model={}, image_size=224, teacher=("vit_small_patch14_dinov2", DINO_WEIGHTS, -1), pretrain_shapes=None,
         steps=100 * 31, batch_size=128, lr=1e-3, warmup=310, train_per_class=None, test_per_class=None,
-        fewshot_folds=10, variants=("i2pmae", "3d_only", "guided_only", "feature_only")),
+        fewshot_folds=10, variants=("i2pmae", "3d_only", "guided_only", "feature_only"), seeds=(0,)),
 }
 
 # variant -> (guided_masking, feature_target)
@@ -117,14 +124,17 @@ def evaluation_split(train_labels: np.ndarray, test_labels: np.ndarray, fit_per_
     return fit, rest[_stratified(train_labels[rest], score_per_class, seed + 1)], "train"
 
 
-def run(preset: str, out_dir, validation: bool = False, seed: int = 0, method_overrides: dict | None = None,
-        spec_overrides: dict | None = None, measure_timing: bool = True) -> BenchResult:
-    """Pretrain every variant of the preset and probe it. `validation=True` scores on held-out training
-    shapes instead of the test split (for choosing settings); `seed` seeds initialisation, masking and
-    batches (the shape picks stay fixed); overrides replace I2PMAEConfig fields / preset entries."""
+def run(preset: str, out_dir, validation: bool = False, seeds: tuple[int, ...] | None = None,
+        method_overrides: dict | None = None, spec_overrides: dict | None = None,
+        measure_timing: bool = True) -> BenchResult:
+    """Pretrain every variant of the preset once per seed and probe it; SVM figures are means over the
+    seeds (`_std` beside them). `validation=True` scores on held-out training shapes instead of the test
+    split (for choosing settings); a seed seeds initialisation, masking and batches (the shape picks stay
+    fixed); overrides replace I2PMAEConfig fields / preset entries."""
     if preset not in PRESETS:
         raise PointliftConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     spec = {**PRESETS[preset], **(spec_overrides or {})}
+    seeds = tuple(seeds if seeds is not None else spec.get("seeds", (0,)))
     method_overrides = dict(spec.get("method", {}), **(method_overrides or {}))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -162,10 +172,7 @@ def run(preset: str, out_dir, validation: bool = False, seed: int = 0, method_ov
     teacher_config = TeacherConfig(name=teacher_name, weights=weights, stage=stage, half=device.type == "cuda")
     teacher = build_teacher(teacher_config, image_size).to(device)
 
-    metrics: dict[str, float] = {}
-    details: dict[str, dict] = {}
-    models: dict[str, torch.nn.Module] = {}
-    for variant in spec["variants"]:
+    def pretrain_variant(variant: str, seed: int):
         guided, feature = VARIANTS[variant]
         experiment = I2PMAEExperiment(
             name=f"bench_{variant}",
@@ -178,38 +185,52 @@ def run(preset: str, out_dir, validation: bool = False, seed: int = 0, method_ov
                               optim=OptimConfig(lr=spec["lr"], weight_decay=0.05, warmup_steps=spec["warmup"])),
             device=str(device))
         torch.manual_seed(seed)  # every variant starts from the same backbone weights
-        model, result, info = pretrain(experiment, out_dir / variant, progress=False, points=pretrain_points,
-                                       teacher=teacher)
+        model, result, info = pretrain(experiment, out_dir / f"{variant}_seed{seed}", progress=False,
+                                       points=pretrain_points, teacher=teacher)
         rows = [row for row in result.history if "loss" in row]
         info["loss_first"], info["loss_last"] = rows[0]["loss"], rows[-1]["loss"]
         info["samples_per_s"] = result.step * spec["batch_size"] / info["train_seconds"]
-        details[variant] = info
-        models[variant] = model
-    torch.manual_seed(seed)
-    if spec.get("with_random", True):
-        models["random"] = I2PMAE(I2PMAEConfig(model=copy.deepcopy(model_config), guided_masking=False,
-                                               feature_target=False)).to(device)
+        return model, info
 
-    features = {}
-    for name, model in models.items():
-        start = time.perf_counter()
-        features[name] = (embed_array(model, train_points), embed_array(model, test_points))
-        accuracy, C = svm_accuracy(features[name][0], train_labels, features[name][1], test_labels, seed=seed)
-        key = {"i2pmae": "svm_acc_i2pmae", "3d_only": "svm_acc_3d_only", "random": "svm_acc_random"}.get(
-            name, f"svm_acc_{name}")
-        metrics[key] = accuracy
-        details.setdefault(name, {}).update({"svm_C": C, "embed_svm_seconds": time.perf_counter() - start})
+    accuracies: dict[str, list[float]] = {}
+    details: dict[str, dict] = {}
+    shots = first_model = None
+    for seed in seeds:
+        models: dict[str, torch.nn.Module] = {}
+        for variant in spec["variants"]:
+            models[variant], details[f"{variant}_seed{seed}"] = pretrain_variant(variant, seed)
+        torch.manual_seed(seed)
+        if spec.get("with_random", True):
+            models["random"] = I2PMAE(I2PMAEConfig(model=copy.deepcopy(model_config), guided_masking=False,
+                                                   feature_target=False)).to(device)
+        for name, model in models.items():
+            start = time.perf_counter()
+            features = (embed_array(model, train_points), embed_array(model, test_points))
+            accuracy, C = svm_accuracy(features[0], train_labels, features[1], test_labels, seed=seed)
+            accuracies.setdefault(name, []).append(accuracy)
+            details.setdefault(f"{name}_seed{seed}", {}).update(
+                {"svm_acc": accuracy, "svm_C": C, "embed_svm_seconds": time.perf_counter() - start})
+            if seed == seeds[0] and name == spec["variants"][0]:  # few-shot on I2P-MAE ("i2pmae" in every preset)
+                shots = fewshot_eval(features[0], train_labels, features[1], test_labels, n_way=10, k_shot=10,
+                                     folds=spec["fewshot_folds"], test_per_class=20, seed=seed)
+                first_model = model
 
-    first = spec["variants"][0]  # "i2pmae" in every preset
-    shots = fewshot_eval(features[first][0], train_labels, features[first][1], test_labels, n_way=10,
-                         k_shot=10, folds=spec["fewshot_folds"], test_per_class=20, seed=seed)
+    metrics: dict[str, float] = {}
+    for name, values in accuracies.items():
+        key = f"svm_acc_{name}"
+        metrics[key] = float(np.mean(values))
+        metrics[f"{key}_std"] = float(np.std(values))
+    if "i2pmae" in accuracies and "3d_only" in accuracies:  # paired by seed: same initial weights
+        gaps = np.array(accuracies["i2pmae"]) - np.array(accuracies["3d_only"])
+        metrics["svm_gap_i2pmae_vs_3d_only"] = float(gaps.mean())
     metrics["fewshot_10w10s_mean"] = shots.mean
     metrics["fewshot_10w10s_std"] = shots.std
-    metrics["samples_per_s"] = details[first]["samples_per_s"]
+    first = spec["variants"][0]
+    metrics["samples_per_s"] = details[f"{first}_seed{seeds[0]}"]["samples_per_s"]
     timing = {}
     if measure_timing:
         batch = torch.from_numpy(pretrain_points[:spec["batch_size"]]).to(device)
-        timing = measure_overhead(models[first], batch)
+        timing = measure_overhead(first_model, batch)
         metrics["overhead_ratio"] = timing["overhead_ratio"]
     metrics["wall_seconds"] = time.perf_counter() - wall_start
 
@@ -217,11 +238,13 @@ def run(preset: str, out_dir, validation: bool = False, seed: int = 0, method_ov
         "preset": preset, "device": str(device), "teacher": teacher.identity(),
         "teacher_saliency": "ViT CLS->patch attention" if teacher.is_vit else "CNN feature L2 norm",
         "model": config_to_dict(model_config), "image_size": image_size,
-        "method": config_to_dict(models[first].config), "seed": seed,
+        "method": config_to_dict(first_model.config), "seeds": list(seeds),
+        "svm_acc_per_seed": accuracies,
         "scored_split": scored_split + (" (held-out validation shapes)" if validation else ""),
         "pretrain_shapes": int(len(pretrain_points)), "steps": spec["steps"], "batch_size": spec["batch_size"],
         "svm_train_shapes": int(len(train_points)), "svm_test_shapes": int(len(test_points)),
-        "fewshot_folds": spec["fewshot_folds"], "fewshot_accuracies": shots.accuracies,
-        "timing": timing, "variants": details, "torch_threads": torch.get_num_threads(),
+        "fewshot_folds": spec["fewshot_folds"], "fewshot_on": f"{first}, seed {seeds[0]}",
+        "fewshot_accuracies": shots.accuracies, "timing": timing, "runs": details,
+        "torch_threads": torch.get_num_threads(),
     }
     return BenchResult(metrics=metrics, config=config)
