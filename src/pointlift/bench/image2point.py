@@ -160,6 +160,7 @@ def run(preset: str, out_dir: Path) -> BenchResult:
                                "lag the weights)",
               "validation": f"{settings['val_per_class']} shapes/class of the training split (seed 54321), "
                             "disjoint from every training subset",
+              "target_accuracy": target,
               "target_rule": f"target_accuracy = target_fraction ({settings['target_fraction']}) x min(final "
                              "mean validation accuracy of the two `all` arms); epochs_to_target on the "
                              "seed-averaged validation curves",
