@@ -24,6 +24,7 @@ from pointlift.data import (
     read_point_file,
 )
 from pointlift.data.lidar import load_info_pickle, read_kitti_calibration
+from pointlift.data.guard import NonFinitePointsWarning
 from pointlift.errors import PointliftConfigError, PointliftDataError
 
 RNG = np.random.default_rng(7)
@@ -221,9 +222,17 @@ def test_bad_point_files(tmp_path):
     nan_ply = tmp_path / "nan.ply"
     xyz_nan = xyz.copy()
     xyz_nan[3, 1] = np.nan
-    write_ply(nan_ply, "binary_big_endian", xyz_nan, rgb, normal, intensity)
-    with raises_naming(nan_ply, "non-finite"):
-        read_point_file(nan_ply)
+    normal_nan = normal.copy()
+    normal_nan[5] = np.nan
+    write_ply(nan_ply, "binary_big_endian", xyz_nan, rgb, normal_nan, intensity)
+    # Policy: a point with non-finite coordinates is dropped with a counting warning (or refused
+    # by option); non-finite attributes are kept.
+    with pytest.warns(NonFinitePointsWarning, match="dropped 1 of 20 points"):
+        dropped = read_point_file(nan_ply)
+    np.testing.assert_allclose(dropped.xyz, np.delete(xyz, 3, axis=0), rtol=1e-6)
+    assert np.isnan(dropped.fields["normal"][4]).all() and np.isfinite(np.delete(dropped.fields["normal"], 4, 0)).all()
+    with raises_naming(nan_ply, "1 of 20 points have non-finite"):
+        read_point_file(nan_ply, nonfinite="error")
 
     header_only = tmp_path / "header.ply"
     header_only.write_bytes(b"ply\nformat ascii 1.0\nelement vertex 3\n")
@@ -243,7 +252,7 @@ def test_bad_point_files(tmp_path):
 
     nan_npy = tmp_path / "nan.npy"
     np.save(nan_npy, np.full((4, 3), np.nan, dtype=np.float32))
-    with raises_naming(nan_npy, "non-finite"):
+    with raises_naming(nan_npy, "all 4 points have non-finite"):
         read_point_file(nan_npy)
     corrupt_npz = tmp_path / "corrupt.npz"
     corrupt_npz.write_bytes(b"PK\x03\x04 not really a zip")
@@ -257,9 +266,10 @@ def test_bad_point_files(tmp_path):
     with pytest.raises(PointliftConfigError, match="columns"):
         read_point_file(raw)
     nan_bin = tmp_path / "nan.bin"
-    np.array([0, 1, 2, np.inf], dtype=np.float32).tofile(nan_bin)
-    with raises_naming(nan_bin, "non-finite"):
-        read_point_file(nan_bin, columns=4)
+    np.array([0, 1, 2, np.inf, 0, np.nan, 2, 1], dtype=np.float32).tofile(nan_bin)
+    with pytest.warns(NonFinitePointsWarning, match="dropped 1 of 2"):
+        kept = read_point_file(nan_bin, columns=4)
+    assert len(kept) == 1 and np.isinf(kept.fields["intensity"][0])
 
     flat = tmp_path / "flat.off"
     write_off(flat, [(0, 0, 0), (1, 0, 0), (2, 0, 0)], [(0, 1, 2)])
