@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     except PointliftError as error:
         print(f"pointlift: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
+    except OSError as error:  # missing, unreadable or unwritable files, full disks: one line, no traceback
         print(f"pointlift: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -177,7 +177,7 @@ def read_npz(path: str | Path, keys: list[str] | None = None) -> dict[str, np.nd
                     raise PointliftDataError(path, "archive holds no arrays")
             missing = [k for k in keys if k not in members]
             if missing:
-                raise PointliftDataError(path, f"has no {', '.join(map(repr, missing))} (keys: {', '.join(members)})")
+                raise PointliftDataError(path, f"has no key {', '.join(map(repr, missing))} (keys: {', '.join(members)})")
             arrays = {}
             for key in keys:
                 info = members[key]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pointlift.data.guard import read_text, reading
 from pointlift.data.points import read_raw_bin
 from pointlift.data.rgbd import read_color_image
 from pointlift.errors import PointliftDataError
@@ -101,8 +102,15 @@ def read_kitti_calibration(path: str | Path, camera: str = "CAM2", image_name: s
     - a bare 16- or 12-number text file holding `lidar2img` itself.
     """
     path = Path(path)
+    with reading(path):
+        return _kitti_calibration(path, camera, image_name)
+
+
+def _kitti_calibration(path: Path, camera: str, image_name: str | None) -> np.ndarray:
     if path.suffix == ".pkl":
         entry = load_info_pickle(path)["data_list"][0]
+        if not isinstance(entry, dict) or not isinstance(entry.get("images", {}), dict):
+            raise PointliftDataError(path, "data_list[0] is not a dict with an 'images' dict")
         images = entry.get("images", {})
         if image_name is not None:
             named = [k for k, v in images.items()
@@ -111,9 +119,7 @@ def read_kitti_calibration(path: str | Path, camera: str = "CAM2", image_name: s
         if camera not in images:
             raise PointliftDataError(path, f"has no camera {camera!r} (cameras: {', '.join(images)})")
         return _lidar2img_from_entry(path, images[camera], camera)
-    if not path.is_file():
-        raise PointliftDataError(path, "file not found")
-    text = path.read_text()
+    text = read_text(path, "calibration text")
     if ":" in text:
         rows = {}
         for line in text.splitlines():
@@ -185,17 +191,30 @@ def read_nuscenes_frame(info_pkl: str | Path, root: str | Path, index: int = 0) 
     """One nuScenes sample from an mmdetection3d (v1.1) info pickle: the LIDAR_TOP sweep
     (`num_pts_feats` float32 columns) and every camera, `lidar2img = cam2img @ lidar2cam`."""
     info_pkl, root = Path(info_pkl), Path(root)
+    with reading(info_pkl):
+        return _nuscenes_frame(info_pkl, root, index)
+
+
+def _nuscenes_frame(info_pkl: Path, root: Path, index: int) -> LidarCameraFrame:
     info = load_info_pickle(info_pkl)
     if not 0 <= index < len(info["data_list"]):
         raise PointliftDataError(info_pkl, f"has {len(info['data_list'])} samples, index {index} is out of range")
     entry = info["data_list"][index]
+    if not isinstance(entry, dict):
+        raise PointliftDataError(info_pkl, f"sample {index} is a {type(entry).__name__}, not a dict")
     lidar = entry.get("lidar_points")
     if not isinstance(lidar, dict) or "lidar_path" not in lidar:
         raise PointliftDataError(info_pkl, f"sample {index} has no lidar_points.lidar_path")
     lidar_path = _resolve(root, str(lidar["lidar_path"]), "samples/LIDAR_TOP")
-    points = read_raw_bin(lidar_path, int(lidar.get("num_pts_feats", 5)))
+    columns = lidar.get("num_pts_feats", 5)
+    if not isinstance(columns, (int, np.integer)) or isinstance(columns, bool) or not 3 <= columns <= 64:
+        raise PointliftDataError(info_pkl, f"sample {index} num_pts_feats is {columns!r}, expected an integer 3..64")
+    points = read_raw_bin(lidar_path, int(columns))
+    images = entry.get("images", {})
+    if not isinstance(images, dict):
+        raise PointliftDataError(info_pkl, f"sample {index} 'images' is a {type(images).__name__}, expected a dict")
     cameras = []
-    for camera, camera_info in entry.get("images", {}).items():
+    for camera, camera_info in images.items():
         if not isinstance(camera_info, dict) or not camera_info.get("img_path"):
             continue
         lidar2img = _lidar2img_from_entry(info_pkl, camera_info, camera)

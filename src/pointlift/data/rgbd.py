@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pointlift.data.guard import read_text, reading
 from pointlift.errors import PointliftDataError
 
 __all__ = ["RGBDFrame", "RGBDSequence", "open_rgbd_sequence", "read_pose", "read_depth_png", "read_color_image"]
@@ -99,10 +100,9 @@ def read_pose(path: Path) -> np.ndarray:
 
 
 def _read_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    if not path.is_file():
-        raise PointliftDataError(path, "file not found")
+    text = read_text(path, "matrix text")
     try:
-        values = np.array(path.read_text().split(), dtype=np.float64)
+        values = np.array(text.split(), dtype=np.float64)
     except ValueError:
         raise PointliftDataError(path, "is not a whitespace-separated matrix of numbers") from None
     if values.size != shape[0] * shape[1]:
@@ -118,14 +118,21 @@ def _open_image(path: Path):
     try:
         image = Image.open(path)
         image.load()  # decode now so truncation is reported here, with the file name
-    except (OSError, SyntaxError, ValueError) as error:
-        raise PointliftDataError(path, f"cannot be decoded as an image ({error})") from None
+    except Image.DecompressionBombError as error:
+        raise PointliftDataError(path, f"declares an implausibly large image ({error})") from None
+    except Exception as error:  # noqa: BLE001 - decoders fail in many ways on corrupt files
+        raise PointliftDataError(path, f"cannot be decoded as an image ({type(error).__name__}: {error})") from None
     return image
 
 
 def read_depth_png(path: Path, scale: float = 1000.0, invalid: int = 0) -> np.ndarray:
     """16-bit depth PNG (millimetres) -> `(H, W) float32` metres with 0 for invalid pixels."""
     path = Path(path)
+    with reading(path):
+        return _depth_png(path, scale, invalid)
+
+
+def _depth_png(path: Path, scale: float, invalid: int) -> np.ndarray:
     image = _open_image(path)
     if image.mode not in ("I;16", "I;16B", "I;16L", "I"):
         raise PointliftDataError(path, f"depth image has mode {image.mode!r}, expected 16-bit")
@@ -147,9 +154,14 @@ def read_color_image(path: Path, size_hw: tuple[int, int] | None = None) -> np.n
     Resizing is only allowed between equal aspect ratios: anything else means the files do not
     belong together.
     """
+    path = Path(path)
+    with reading(path):
+        return _color_image(path, size_hw)
+
+
+def _color_image(path: Path, size_hw: tuple[int, int] | None) -> np.ndarray:
     from PIL import Image
 
-    path = Path(path)
     image = _open_image(path).convert("RGB")
     if size_hw is not None and (image.height, image.width) != tuple(size_hw):
         height, width = size_hw

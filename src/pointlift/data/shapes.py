@@ -8,6 +8,7 @@ counts them (they carry no signal and break sampling).
 
 from __future__ import annotations
 
+import math
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pointlift.data.guard import read_text, reading
 from pointlift.errors import PointliftConfigError, PointliftDataError
 
 __all__ = [
@@ -106,9 +108,7 @@ def _check_labels(path: Path, labels: np.ndarray, num_classes: int) -> np.ndarra
 
 
 def _read_names(path: Path) -> list[str]:
-    if not path.is_file():
-        raise PointliftDataError(path, "file not found")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in read_text(path, "list of names").splitlines() if line.strip()]
     if not names:
         raise PointliftDataError(path, "lists no names")
     return names
@@ -185,21 +185,54 @@ def _open_h5(path: Path):
         raise PointliftDataError(path, "file not found")
     try:
         return h5py.File(path, "r")
-    except OSError as error:
+    except Exception as error:  # noqa: BLE001 - OSError mostly; any failure means unreadable
         raise PointliftDataError(path, f"cannot be opened as HDF5 ({error})") from None
+
+
+def _h5_array(path: Path, h5, key: str) -> np.ndarray:
+    """One numeric dataset, its declared size checked against the bytes stored before reading:
+    storage never written (which HDF5 would return as zeros) and data past the end are errors."""
+    import h5py
+
+    dataset = h5.get(key)
+    if dataset is None:
+        raise PointliftDataError(path, f"has no {key!r} dataset (keys: {', '.join(h5.keys())})")
+    if not isinstance(dataset, h5py.Dataset):
+        raise PointliftDataError(path, f"{key!r} is a {type(dataset).__name__}, not a dataset")
+    if dataset.dtype.kind not in "fiub":
+        raise PointliftDataError(path, f"{key!r} has non-numeric dtype {dataset.dtype}")
+    nbytes = math.prod(dataset.shape or ()) * dataset.dtype.itemsize
+    file_size = path.stat().st_size
+    storage = dataset.id.get_storage_size()
+    layout = dataset.id.get_create_plist().get_layout()
+    if layout == h5py.h5d.CONTIGUOUS:
+        offset = dataset.id.get_offset()
+        if nbytes and (storage < nbytes or offset is None):
+            raise PointliftDataError(
+                path, f"{key!r} declares shape {dataset.shape} ({nbytes} bytes) but stores {storage} (never written)"
+            )
+        if nbytes and offset + nbytes > file_size:
+            raise PointliftDataError(path, f"{key!r} lies past the end of the file (truncated: {file_size} bytes)")
+    elif layout == h5py.h5d.CHUNKED:
+        expected = math.prod(-(-n // c) for n, c in zip(dataset.shape, dataset.chunks))
+        written = dataset.id.get_num_chunks()
+        if written < expected:
+            raise PointliftDataError(
+                path, f"{key!r} declares shape {dataset.shape} but {expected - written} of its {expected} chunks "
+                "were never written"
+            )
+        if storage > file_size or nbytes > storage * 1100 + (1 << 20):
+            raise PointliftDataError(path, f"{key!r} stores {storage} bytes for {nbytes} (corrupt or truncated)")
+    elif layout != h5py.h5d.COMPACT:
+        raise PointliftDataError(path, f"{key!r} uses an unsupported storage layout (external or virtual)")
+    return dataset[()]
 
 
 def _read_h5_points(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """`data (B, N, 3+)` and `label (B,)`/(B, 1) from one h5 file, checked for consistency."""
-    with _open_h5(path) as h5:
-        for key in ("data", "label"):
-            if key not in h5:
-                raise PointliftDataError(path, f"has no {key!r} dataset (keys: {', '.join(h5.keys())})")
-        try:
-            data = h5["data"][()]
-            labels = h5["label"][()]
-        except OSError as error:
-            raise PointliftDataError(path, f"is corrupt ({error})") from None
+    with _open_h5(path) as h5, reading(path):
+        data = _h5_array(path, h5, "data")
+        labels = _h5_array(path, h5, "label")
     if data.ndim != 3 or data.shape[2] < 3:
         raise PointliftDataError(path, f"'data' has shape {data.shape}, expected (B, N, 3)")
     labels = np.asarray(labels).reshape(len(labels), -1) if np.ndim(labels) else np.asarray(labels).reshape(-1, 1)
@@ -223,7 +256,7 @@ def load_modelnet40_h5(root: str | Path, split: str) -> ShapeSet:
     listing = root / f"{split}_files.txt"
     if listing.is_file():
         # The official lists carry a "data/modelnet40_ply_hdf5_2048/" prefix: resolve by name.
-        files = [root / Path(line.strip()).name for line in listing.read_text().splitlines() if line.strip()]
+        files = [root / Path(line.strip()).name for line in read_text(listing, "file list").splitlines() if line.strip()]
     else:
         files = sorted(root.glob(f"ply_data_{split}*.h5"))
     if not files:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pointlift.data.guard import read_npz
 from pointlift.engine.checkpoint import excluded_prefixes, load_checkpoint
 from pointlift.errors import PointliftDataError
 from pointlift.models.registry import build_embedder
@@ -17,13 +17,8 @@ from pointlift.models.registry import build_embedder
 def read_point_sets(path: str | Path) -> np.ndarray:
     """The `points` array (N, P, 3) of an npz, checked."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "points" not in archive.files:
-                raise PointliftDataError(path, f"no key 'points' (keys: {archive.files})")
-            points = archive["points"]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise PointliftDataError(path, f"not a readable npz file ({error})") from None
+    # Header and sizes checked before allocation; any corruption is a PointliftDataError.
+    points = read_npz(path, ["points"])["points"]
     if points.ndim != 3 or points.shape[2] != 3:
         raise PointliftDataError(path, f"'points' must have shape (N, P, 3), got {points.shape}")
     if points.shape[0] == 0 or points.shape[1] == 0:
