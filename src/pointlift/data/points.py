@@ -79,7 +79,7 @@ def read_point_file(
             if mesh_points == "vertices":
                 result = PointFile(vertices.astype(np.float32))
             else:
-                result = _sample_off(path, vertices, triangles, num_samples, seed)
+                result = _sample_off(path, vertices, triangles, num_samples, seed, nonfinite)
         elif name.endswith(".bin"):
             if columns is None:
                 raise PointliftConfigError(f"{path}: raw .bin point files need columns= (float32 values per point)")
@@ -357,9 +357,11 @@ def _off_faces(path: Path, rows: list[list[str]], num_vertices: int) -> np.ndarr
     return triangles
 
 
-def _sample_off(path: Path, vertices: np.ndarray, triangles: np.ndarray, num_samples: int, seed: int) -> PointFile:
-    if not np.isfinite(vertices).all():
-        raise PointliftDataError(path, "vertices have non-finite coordinates (cannot sample the surface)")
+def _sample_off(path: Path, vertices: np.ndarray, triangles: np.ndarray, num_samples: int, seed: int,
+                nonfinite: str) -> PointFile:
+    keep = drop_nonfinite_rows(path, vertices, nonfinite)  # the same policy: drop (warn) or refuse
+    if keep is not None:
+        triangles = triangles[keep[triangles].all(axis=1)]  # faces touching a dropped vertex go too
     if not len(triangles):
         raise PointliftDataError(path, "mesh has no faces to sample")
     points, normals = sample_mesh_surface(vertices, triangles, num_samples, seed)
