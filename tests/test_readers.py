@@ -24,7 +24,7 @@ from pointlift.data import (
     read_point_file,
 )
 from pointlift.data.lidar import load_info_pickle, read_kitti_calibration
-from pointlift.data.guard import NonFinitePointsWarning
+from pointlift.data.guard import NonFinitePointsWarning, PointliftDataWarning
 from pointlift.errors import PointliftConfigError, PointliftDataError
 
 RNG = np.random.default_rng(7)
@@ -645,3 +645,81 @@ def test_nuscenes_frame(shared, tmp_path):
     bad_pickle.write_bytes(b"\x80\x04\x95 truncated")
     with raises_naming(bad_pickle):
         read_nuscenes_frame(bad_pickle, folder)
+
+
+# ----------------------------------------------------------------------------------------------
+# header/body agreement (issue 15): wrong counts are refused, long headers read
+
+
+def _edit_count(path, old, new):
+    path.write_bytes(path.read_bytes().replace(old, new, 1))
+
+
+@pytest.mark.parametrize("fmt", ["ascii", "binary_little_endian"])
+@pytest.mark.parametrize("delta", [-1, 1, "-1"])
+def test_ply_wrong_vertex_count_is_refused(tmp_path, fmt, delta):
+    xyz, rgb, normal, intensity = cloud(20)
+    path = tmp_path / "count.ply"
+    write_ply(path, fmt, xyz, rgb, normal, intensity, faces=[(0, 1, 2), (2, 3, 4)])
+    new = b"element vertex -1" if delta == "-1" else b"element vertex %d" % (20 + delta)
+    _edit_count(path, b"element vertex 20", new)
+    with raises_naming(path):
+        read_point_file(path)
+
+
+def test_ply_count_one_short_without_faces_is_never_silent(tmp_path):
+    """Data beyond the last element reads as declared (as plyfile does), with a warning."""
+    xyz, rgb, normal, intensity = cloud(20)
+    path = tmp_path / "short.ply"
+    write_ply(path, "binary_little_endian", xyz, rgb, normal, intensity)
+    _edit_count(path, b"element vertex 20", b"element vertex 19")
+    with pytest.warns(PointliftDataWarning, match="ignored 31 bytes"):
+        assert len(read_point_file(path)) == 19
+
+
+@pytest.mark.parametrize("mode", ["ascii", "binary"])
+@pytest.mark.parametrize("points", [19, 21])
+def test_pcd_wrong_point_count_is_refused(tmp_path, mode, points):
+    xyz, rgb, _, intensity = cloud(20)
+    path = tmp_path / "count.pcd"
+    write_pcd(path, mode, xyz, rgb, intensity)
+    data = path.read_bytes().replace(b"WIDTH 20", b"WIDTH %d" % points).replace(b"POINTS 20", b"POINTS %d" % points)
+    path.write_bytes(data)
+    with raises_naming(path):
+        read_point_file(path)
+
+
+def test_pcd_count_zero_and_repeated_fields_are_refused(tmp_path):
+    xyz, rgb, _, intensity = cloud(5)
+    path = tmp_path / "zero.pcd"
+    write_pcd(path, "ascii", xyz, rgb, intensity)
+    text = path.read_text()
+    count_line = next(line for line in text.splitlines() if line.startswith("COUNT"))
+    path.write_text(text.replace(count_line, "COUNT 0" + count_line[7:]))
+    with raises_naming(path, "COUNT is 0"):
+        read_point_file(path)
+
+
+def test_long_headers_read(tmp_path):
+    xyz, rgb, normal, intensity = cloud(10)
+    ply = tmp_path / "long.ply"
+    write_ply(ply, "binary_big_endian", xyz, rgb, normal, intensity)
+    comments = b"".join(b"comment line %d\n" % i for i in range(400))
+    ply.write_bytes(ply.read_bytes().replace(b"comment written by test\n", comments))
+    np.testing.assert_allclose(read_point_file(ply).xyz, xyz, rtol=1e-6)
+    pcd = tmp_path / "long.pcd"
+    write_pcd(pcd, "binary", xyz, rgb, intensity)
+    pcd.write_bytes(b"".join(b"# comment %d\n" % i for i in range(400)) + pcd.read_bytes())
+    np.testing.assert_allclose(read_point_file(pcd).xyz, xyz, rtol=1e-6)
+
+
+def test_off_face_colours_and_wrong_counts(tmp_path):
+    path = tmp_path / "coloured.off"
+    vertices = [f"{x} {y} {z} 255 0 0 255" for x, y, z in BOX_VERTICES]
+    faces = [" ".join(map(str, [4, *q, 0.5, 0.25, 1.0, 1.0])) for q in BOX_QUADS]
+    path.write_text("COFF\n8 6 0\n" + "\n".join(vertices + faces) + "\n")
+    assert read_point_file(path, mesh_points="vertices").xyz.shape == (8, 3)
+    assert read_point_file(path, num_samples=100).xyz.shape == (100, 3)
+    path.write_text("COFF\n7 6 0\n" + "\n".join(vertices + faces) + "\n")
+    with raises_naming(path, "wrong counts"):
+        read_point_file(path)

@@ -6,6 +6,7 @@ Every camera is reduced to one `lidar2img` 4x4 matrix with `lidar2img @ [x, y, z
 
 from __future__ import annotations
 
+import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,8 @@ def load_info_pickle(path: str | Path) -> dict:
     if not path.is_file():
         raise PointliftDataError(path, "file not found")
     try:
-        with open(path, "rb") as handle:
-            info = _NumpyOnlyUnpickler(handle).load()
+        # From memory: a corrupt length field then reads what is there instead of allocating it.
+        info = _NumpyOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
     except Exception as error:  # a corrupt pickle fails in many ways (even MemoryError)
         raise PointliftDataError(path, f"cannot be read as an info pickle ({error})") from None
     if not isinstance(info, dict) or not isinstance(info.get("data_list"), list) or not info["data_list"]:

@@ -172,6 +172,10 @@ def _compressed(path: Path, body: memoryview, fields, count: int) -> dict[str, n
             path, f"binary_compressed declares {raw} raw bytes, {count} points take {count * point_bytes}: wrong POINTS?"
         )
     check_available(path, compressed, len(body) - 8, "compressed data")
+    # One 3-byte LZF back-reference yields at most 264 bytes: a larger claim is corrupt (and would
+    # allocate before decoding).
+    if raw > 88 * compressed + 32:
+        raise PointliftDataError(path, f"binary_compressed claims {compressed} bytes expand to {raw} (corrupt)")
     _check_padding(path, body[8 + compressed:], "the compressed block")
     decoded = lzf_decompress(path, bytes(body[8:8 + compressed]), raw) if raw else b""
     columns, at = {}, 0

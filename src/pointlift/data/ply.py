@@ -149,7 +149,7 @@ def _trailing(path: Path, what: str, elements: list[_Element]) -> None:
     warnings.warn(
         f"{path}: ignored {what} after the elements its header declares "
         f"({', '.join(f'{e.count} {e.name}' for e in elements)}): is a count wrong?",
-        PointliftDataWarning, stacklevel=4,
+        PointliftDataWarning, stacklevel=5,
     )
 
 
@@ -169,8 +169,6 @@ def _ascii_body(path: Path, body: bytes, elements: list[_Element], vertex: _Elem
             path, f"truncated: header declares {declared} rows "
             f"({', '.join(f'{e.count} {e.name}' for e in elements)}), found {len(lines)} lines"
         )
-    if len(lines) > declared:
-        _trailing(path, f"{len(lines) - declared} lines", elements)
     start = 0
     columns: dict[str, np.ndarray] = {}
     for element in elements:
@@ -194,7 +192,10 @@ def _ascii_body(path: Path, body: bytes, elements: list[_Element], vertex: _Elem
                 except ValueError:
                     raise PointliftDataError(path, "vertex data contains non-numeric values") from None
                 columns = {p.name: table[:, i] for i, p in enumerate(element.props)}
-    return _ascii_types(path, vertex, columns)
+    columns = _ascii_types(path, vertex, columns)
+    if len(lines) > declared:  # only once the declared elements parsed: otherwise the error says it
+        _trailing(path, f"{len(lines) - declared} lines", elements)
+    return columns
 
 
 def _ascii_list_rows(path: Path, element: _Element, rows: list[str]) -> dict[str, np.ndarray]:

@@ -117,7 +117,12 @@ def _open_image(path: Path):
         raise PointliftDataError(path, "file not found")
     try:
         image = Image.open(path)
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and image.width * image.height > limit:  # refuse before decoding, not after a warning
+            raise PointliftDataError(path, f"declares a {image.width}x{image.height} image (more than {limit} pixels)")
         image.load()  # decode now so truncation is reported here, with the file name
+    except PointliftDataError:
+        raise
     except Image.DecompressionBombError as error:
         raise PointliftDataError(path, f"declares an implausibly large image ({error})") from None
     except Exception as error:  # noqa: BLE001 - decoders fail in many ways on corrupt files
