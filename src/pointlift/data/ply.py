@@ -10,6 +10,7 @@ size-checked before allocation (see tests/test_point_files_reference.py).
 
 from __future__ import annotations
 
+import io
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -175,30 +176,71 @@ def _ascii_body(path: Path, body: bytes, elements: list[_Element], vertex: _Elem
         rows = lines[start:start + element.count]
         start += element.count
         if element.has_lists:
-            values = _ascii_list_rows(path, element, rows)
+            values = _ascii_list_rows(path, element, rows, need_values=element is vertex)
             if element is vertex:
                 columns = values
+        elif element is vertex:
+            columns = _ascii_table(path, element, rows)
         else:
-            split = [row.split() for row in rows]
-            width = len(element.props)
-            for number, row in enumerate(split):
-                if len(row) != width:
-                    raise PointliftDataError(
-                        path, f"{element.name} {number} has {len(row)} values, header declares {width}"
-                    )
-            if element is vertex:
-                try:
-                    table = np.array(split, dtype=np.float64).reshape(element.count, width)
-                except ValueError:
-                    raise PointliftDataError(path, "vertex data contains non-numeric values") from None
-                columns = {p.name: table[:, i] for i, p in enumerate(element.props)}
+            _check_widths(path, element, [len(row.split()) for row in rows], len(element.props))
     columns = _ascii_types(path, vertex, columns)
     if len(lines) > declared:  # only once the declared elements parsed: otherwise the error says it
         _trailing(path, f"{len(lines) - declared} lines", elements)
     return columns
 
 
-def _ascii_list_rows(path: Path, element: _Element, rows: list[str]) -> dict[str, np.ndarray]:
+def _check_widths(path: Path, element: _Element, widths: list[int], width: int) -> None:
+    for number, found in enumerate(widths):
+        if found != width:
+            raise PointliftDataError(path, f"{element.name} {number} has {found} values, header declares {width}")
+
+
+def _ascii_table(path: Path, element: _Element, rows: list[str]) -> dict[str, np.ndarray]:
+    """Rows of scalars, parsed by NumPy's C text parser (which checks every row's width)."""
+    width = len(element.props)
+    if not rows:
+        return {p.name: np.zeros(0) for p in element.props}
+    try:
+        table = np.loadtxt(io.StringIO("\n".join(rows)), dtype=np.float64, comments=None, ndmin=2)
+    except ValueError:
+        _check_widths(path, element, [len(row.split()) for row in rows], width)
+        raise PointliftDataError(path, f"{element.name} data contains non-numeric values") from None
+    if table.shape != (element.count, width):
+        _check_widths(path, element, [len(row.split()) for row in rows], width)
+        raise PointliftDataError(path, f"{element.name} rows parse to shape {table.shape}, expected "
+                                       f"({element.count}, {width})")
+    return {p.name: table[:, i] for i, p in enumerate(element.props)}
+
+
+def _ascii_list_rows(path: Path, element: _Element, rows: list[str], need_values: bool) -> dict[str, np.ndarray]:
+    """Rows with list properties; returns the scalar columns (when `need_values`). Fast path: every
+    row has the first row's list lengths (a triangle mesh), parsed as one table by NumPy's C parser
+    and verified; otherwise row by row."""
+    table = None
+    if rows:
+        try:
+            table = np.loadtxt(io.StringIO("\n".join(rows)), dtype=np.float64, comments=None, ndmin=2)
+        except ValueError:  # rows of different lengths (or bad values): walk them one by one
+            table = None
+    if table is not None and table.shape[0] == element.count:
+        at, positions, counts = 0, {}, []
+        for prop in element.props:
+            if prop.count_dtype:
+                length = table[0, at] if at < table.shape[1] else -1.0
+                if not (length >= 0 and length == int(length)):
+                    break
+                counts.append(at)
+                at += 1 + int(length)
+            else:
+                positions[prop.name] = at
+                at += 1
+        else:
+            if at == table.shape[1] and all((table[:, c] == table[0, c]).all() for c in counts):
+                return {name: table[:, column] for name, column in positions.items()} if need_values else {}
+    return _ascii_walk_rows(path, element, rows)
+
+
+def _ascii_walk_rows(path: Path, element: _Element, rows: list[str]) -> dict[str, np.ndarray]:
     """Walk rows with list properties value by value; returns the scalar columns."""
     scalars: dict[str, list[float]] = {p.name: [] for p in element.props if not p.count_dtype}
     for number, row in enumerate(rows):
