@@ -426,13 +426,16 @@ def test_embed_cli_subprocess_has_no_traceback(tmp_path, embed_checkpoint):
 
 @pytest.fixture(scope="module")
 def embed_checkpoint(tmp_path_factory):
+    return make_embed_checkpoint(tmp_path_factory.mktemp("embed"))
+
+
+def make_embed_checkpoint(tmp: Path) -> Path:
     """A tiny real I2P-MAE checkpoint (3D-only, one epoch on two synthetic shapes)."""
     from pointlift.data.synthetic import make_shapes
     from pointlift.engine.config import OptimConfig, TrainConfig
     from pointlift.methods.i2p_mae import DataConfig, I2PMAEConfig, I2PMAEExperiment, pretrain
     from pointlift.models.point_m2ae import PointM2AEConfig
 
-    tmp = tmp_path_factory.mktemp("embed")
     config = PointM2AEConfig(num_points=64, num_centers=(16, 8, 4), group_sizes=(4, 4, 2),
                              encoder_dims=(16, 32, 48), encoder_depths=(1, 1, 1), num_heads=2, embed_hidden=8,
                              decoder_dims=(48, 32), decoder_depths=(1, 1), drop_path=0.0)

@@ -232,16 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message) -> str:
+    """Error texts from parsers (YAML, HDF5) can span lines; the contract is one line."""
+    return " ".join(str(message).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except PointliftError as error:
-        print(f"pointlift: error: {error}", file=sys.stderr)
+        print(f"pointlift: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as error:  # missing, unreadable or unwritable files, full disks: one line, no traceback
-        print(f"pointlift: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        print(f"pointlift: error: {error.filename or ''}: {_one_line(error.strerror or error)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("pointlift: interrupted", file=sys.stderr)

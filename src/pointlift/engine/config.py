@@ -115,7 +115,7 @@ def load_config(source: str | Path | dict, cls: type[T]) -> T:
             raise PointliftConfigError(f"{origin}: config file not found")
         try:
             data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
+        except (yaml.YAMLError, UnicodeDecodeError) as error:  # a non-UTF-8 file is not YAML either
             raise PointliftConfigError(f"{origin}: not valid YAML ({error})") from None
         data = {} if data is None else data
     try:
