@@ -67,6 +67,10 @@ def test_real_file(shared, name):
     scale = max(1.0, float(np.abs(entry["xyz_max"] + entry["xyz_min"]).max()))
     for stat, value in (("xyz_min", xyz.min(0)), ("xyz_max", xyz.max(0)), ("xyz_mean", xyz.mean(0))):
         np.testing.assert_allclose(value, entry[stat], rtol=1e-6, atol=1e-6 * scale, err_msg=stat)
+    if path.suffix == ".off":  # the default reading samples the surface: inside the vertices' box
+        surface = read_point_file(path, num_samples=512).xyz
+        assert surface.shape == (512, 3)
+        assert (surface >= xyz.min(0) - 1e-5 * scale).all() and (surface <= xyz.max(0) + 1e-5 * scale).all()
 
 
 def test_nan_normals_are_kept(shared):

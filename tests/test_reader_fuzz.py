@@ -322,6 +322,7 @@ def test_fuzz_readers(tmp_path):
     per_format = 34
     outcomes: Counter = Counter()
     bad, slow, silent_counts = [], [], []
+    worst_seconds, worst_peak = 0.0, 0
     started = time.perf_counter()
     for name, suffix, seed, marker, reader in formats:
         folder = tmp_path / name
@@ -339,6 +340,7 @@ def test_fuzz_readers(tmp_path):
             outcomes[outcome if outcome in ("ok", "warned", "refused") else "other"] += 1
             if outcome not in ("ok", "warned", "refused"):
                 bad.append((name, kind, path.name, outcome))
+            worst_seconds, worst_peak = max(worst_seconds, seconds), max(worst_peak, peak)
             if seconds > PER_CASE_SECONDS or peak > PEAK_BYTES:
                 slow.append((name, kind, round(seconds, 2), peak))
             # A count edited by +-1 must never read silently (it would drop or invent points).
@@ -346,7 +348,8 @@ def test_fuzz_readers(tmp_path):
                 silent_counts.append((name, path))
     elapsed = time.perf_counter() - started
     total = sum(outcomes.values())
-    print(f"\nfuzz: {total} cases in {elapsed:.1f} s, outcomes {dict(outcomes)}")
+    print(f"\nfuzz: {total} cases in {elapsed:.1f} s, outcomes {dict(outcomes)}, slowest case {worst_seconds:.3f} s, "
+          f"largest traced peak {worst_peak / 2**20:.1f} MiB")
     assert total >= 500
     assert not bad, "exceptions other than PointliftDataError:\n" + "\n".join(map(str, bad))
     assert not slow, f"cases over {PER_CASE_SECONDS} s or {PEAK_BYTES >> 20} MiB: {slow}"
@@ -535,3 +538,15 @@ def test_raw_bin_wrong_column_count(shared):
     assert read_point_file(nuscenes, columns=5).xyz.shape[0] == nuscenes.stat().st_size // 20
     kitti = shared("data/sensor-samples/kitti/000008.bin")
     assert read_point_file(kitti, columns=4).xyz.shape[0] == kitti.stat().st_size // 16
+
+
+@pytest.mark.parametrize("content", [b"a: [\xff\n", b"train:\n  epochs: [1,\n  x: 2\n"])
+def test_cli_config_errors_are_one_line(tmp_path, capsys, content):
+    """A non-UTF-8 config, and YAML whose parser message spans lines: exit 2, one line."""
+    from pointlift.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    assert main(["pretrain", "ppkt", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "bad.yaml" in err, err

@@ -69,6 +69,7 @@ def _header(path: Path, lines: list[str]) -> dict[str, list[str]]:
         if not parts or parts[0].startswith("#"):
             continue
         key = parts[0].upper()
+        key = "FIELDS" if key == "COLUMNS" else key  # early v0.5 files name the fields COLUMNS
         if key not in _KEYS:
             raise PointliftDataError(path, f"unexpected PCD header line {line[:80]!r}")
         if key in header:
