@@ -723,3 +723,18 @@ def test_off_face_colours_and_wrong_counts(tmp_path):
     path.write_text("COFF\n7 6 0\n" + "\n".join(vertices + faces) + "\n")
     with raises_naming(path, "wrong counts"):
         read_point_file(path)
+
+
+@pytest.mark.parametrize("colour", ["", " 7", " 0.5 0.5 0.5", " 1 2 3 255"])
+def test_off_vectorised_faces_equal_row_by_row(tmp_path, monkeypatch, colour):
+    """The vectorised face parse (uniform meshes) gives the triangles of the row-by-row parse."""
+    import pointlift.data.points as points
+
+    path = tmp_path / "quads.off"
+    rows = [" ".join(map(str, [4, *q])) + colour for q in BOX_QUADS]
+    path.write_text("OFF\n8 6 0\n" + "\n".join(" ".join(map(str, v)) for v in BOX_VERTICES) + "\n" + "\n".join(rows) + "\n")
+    fast = points.read_off_mesh(path)[1]
+    monkeypatch.setattr(points, "_uniform_faces", lambda rows: None)
+    slow = points.read_off_mesh(path)[1]
+    assert fast.shape == (12, 3)
+    np.testing.assert_array_equal(fast, slow)
