@@ -538,6 +538,9 @@ def test_raw_bin_wrong_column_count(shared):
     assert read_point_file(nuscenes, columns=5).xyz.shape[0] == nuscenes.stat().st_size // 20
     kitti = shared("data/sensor-samples/kitti/000008.bin")
     assert read_point_file(kitti, columns=4).xyz.shape[0] == kitti.stat().st_size // 16
+    scannet = shared("data/sensor-samples/scannet/scene0000_00.bin")  # x y z r g b
+    with pytest.raises(PointliftDataError, match="repeat every 6 floats"):
+        read_point_file(scannet, columns=3)
 
 
 @pytest.mark.parametrize("content", [b"a: [\xff\n", b"train:\n  epochs: [1,\n  x: 2\n"])
