@@ -25,14 +25,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pointlift.data import load_modelnet40_h5, load_scanobjectnn_h5, read_point_file
+from pointlift.data import load_modelnet10_vox, load_modelnet40_h5, load_scanobjectnn_h5, read_point_file
 from pointlift.data.guard import PointliftDataWarning, read_npz
 from pointlift.data.lidar import load_info_pickle, read_kitti_calibration, read_nuscenes_frame
 from pointlift.data.rgbd import read_depth_png
 from pointlift.errors import PointliftDataError
 
 SEED = 2026
-PER_CASE_SECONDS = 2.0
+PER_CASE_SECONDS = 5.0  # generous: a shared, loaded machine; a hang would take far longer
 PEAK_BYTES = 64 << 20
 
 # ----------------------------------------------------------------------------------------------
@@ -147,6 +147,13 @@ def npz_bytes(rng, compressed):
 def sets_npz_bytes(rng):
     buffer = io.BytesIO()
     np.savez_compressed(buffer, points=rng.normal(size=(3, 64, 3)).astype(np.float32))
+    return buffer.getvalue()
+
+
+def vox_npz_bytes(rng):
+    buffer = io.BytesIO()
+    grids = (rng.random((3, 8, 8, 8)) < 0.3).astype(np.int32)
+    np.savez_compressed(buffer, X_train=grids, y_train=np.array([0, 4, 9], np.int64))
     return buffer.getvalue()
 
 
@@ -294,6 +301,7 @@ def _formats(rng, tmp: Path):
         ("calib", ".txt", calib_bytes(rng), None, lambda p: read_kitti_calibration(p)),
         ("pickle", ".pkl", pickle_bytes(rng), None, nuscenes),
         ("sets-npz", ".npz", sets_npz_bytes(rng), None, lambda p: read_npz(p, ["points"])),
+        ("voxel-npz", ".npz", vox_npz_bytes(rng), None, lambda p: load_modelnet10_vox(p, "train")),
     ]
 
 

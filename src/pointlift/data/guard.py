@@ -163,7 +163,6 @@ def read_npz(path: str | Path, keys: list[str] | None = None) -> dict[str, np.nd
     path = Path(path)
     if not path.is_file():
         raise PointliftDataError(path, "file not found")
-    size = path.stat().st_size
     with reading(path):
         try:
             archive = zipfile.ZipFile(path)
@@ -178,22 +177,29 @@ def read_npz(path: str | Path, keys: list[str] | None = None) -> dict[str, np.nd
             missing = [k for k in keys if k not in members]
             if missing:
                 raise PointliftDataError(path, f"has no key {', '.join(map(repr, missing))} (keys: {', '.join(members)})")
-            arrays = {}
-            for key in keys:
-                info = members[key]
-                label = f"member {info.filename!r}"
-                if not info.filename.endswith(".npy"):
-                    raise PointliftDataError(path, f"{label} is not an .npy array")
-                if info.compress_size > size:
-                    raise PointliftDataError(path, f"{label} claims {info.compress_size} bytes, archive has {size}")
-                ratio_bound = 1 if info.compress_type == zipfile.ZIP_STORED else _MAX_DEFLATE_RATIO
-                if info.file_size > max(info.compress_size, 1) * ratio_bound + 1024:
-                    raise PointliftDataError(
-                        path, f"{label} claims to expand {info.compress_size} to {info.file_size} bytes (corrupt)"
-                    )
-                with archive.open(info) as stream:
-                    arrays[key] = _npy_body(path, stream, info.file_size, label, exact=True)
-            return arrays
+            return {key: read_npz_member(path, archive, members[key]) for key in keys}
+
+
+def read_npz_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """One .npy member of an open archive: the zip's sizes are checked against the archive and
+    the array's declared size against the member's, before anything is allocated."""
+    label = f"member {info.filename!r}"
+    if not info.filename.endswith(".npy"):
+        raise PointliftDataError(path, f"{label} is not an .npy array")
+    check_npz_member_size(path, info)
+    with archive.open(info) as stream:
+        return _npy_body(path, stream, info.file_size, label, exact=True)
+
+
+def check_npz_member_size(path: Path, info: zipfile.ZipInfo) -> None:
+    """A member's stored size must fit the archive, and its expanded size the codec's ratio."""
+    label = f"member {info.filename!r}"
+    size = path.stat().st_size
+    if info.compress_size > size:
+        raise PointliftDataError(path, f"{label} claims {info.compress_size} bytes, archive has {size}")
+    ratio_bound = 1 if info.compress_type == zipfile.ZIP_STORED else _MAX_DEFLATE_RATIO
+    if info.file_size > max(info.compress_size, 1) * ratio_bound + 1024:
+        raise PointliftDataError(path, f"{label} claims to expand {info.compress_size} to {info.file_size} bytes (corrupt)")
 
 
 def drop_nonfinite_rows(path: Path, xyz: np.ndarray, nonfinite: str) -> np.ndarray | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pointlift.data.guard import read_text, reading
+from pointlift.data.guard import check_npz_member_size, read_npz_member, read_text, reading
 from pointlift.errors import PointliftConfigError, PointliftDataError
 
 __all__ = [
@@ -133,10 +133,11 @@ def load_modelnet10_vox(path: str | Path, split: str) -> ShapeSet:
             missing = {f"X_{split}", f"y_{split}"} - keys
             if missing:
                 raise PointliftDataError(path, f"has no {', '.join(sorted(missing))} (keys: {', '.join(sorted(keys))})")
-            with archive.open(f"y_{split}.npy") as member:
-                labels = np.lib.format.read_array(member, allow_pickle=False)
-            with archive.open(f"X_{split}.npy") as member:
-                num_shapes, points = _occupied_voxel_centres(path, member, f"X_{split}")
+            labels = read_npz_member(path, archive, archive.getinfo(f"y_{split}.npy"))
+            grids = archive.getinfo(f"X_{split}.npy")
+            check_npz_member_size(path, grids)
+            with archive.open(grids) as member:
+                num_shapes, points = _occupied_voxel_centres(path, member, f"X_{split}", grids.file_size)
     except PointliftDataError:
         raise
     except Exception as error:  # zip/npy corruption surfaces as several exception types
@@ -148,7 +149,8 @@ def load_modelnet10_vox(path: str | Path, split: str) -> ShapeSet:
     return _drop_empty(shape_set)
 
 
-def _occupied_voxel_centres(path: Path, member, key: str, chunk: int = 256) -> tuple[int, list[np.ndarray]]:
+def _occupied_voxel_centres(path: Path, member, key: str, stored: int,
+                            chunk: int = 256) -> tuple[int, list[np.ndarray]]:
     """Stream `(S, R, R, R)` grids from an open .npy member, `chunk` grids at a time, so the
     500 MB of int32 ModelNet10 grids never sit in memory at once."""
     version = np.lib.format.read_magic(member)
@@ -158,6 +160,8 @@ def _occupied_voxel_centres(path: Path, member, key: str, chunk: int = 256) -> t
         raise PointliftDataError(path, f"{key} has shape {shape}, expected C-ordered (S, R, R, R)")
     resolution = shape[1]
     cells = resolution**3
+    if math.prod(shape) * dtype.itemsize > stored:  # checked before any grid is read
+        raise PointliftDataError(path, f"{key} declares shape {shape}, more than its {stored} stored bytes")
     points: list[np.ndarray] = []
     for start in range(0, shape[0], chunk):
         count = min(chunk, shape[0] - start)
