@@ -732,7 +732,8 @@ def test_off_vectorised_faces_equal_row_by_row(tmp_path, monkeypatch, colour):
 
     path = tmp_path / "quads.off"
     rows = [" ".join(map(str, [4, *q])) + colour for q in BOX_QUADS]
-    path.write_text("OFF\n8 6 0\n" + "\n".join(" ".join(map(str, v)) for v in BOX_VERTICES) + "\n" + "\n".join(rows) + "\n")
+    vertices = "\n".join(" ".join(map(str, v)) for v in BOX_VERTICES)
+    path.write_text("OFF\n8 6 0\n" + vertices + "\n" + "\n".join(rows) + "\n")
     fast = points.read_off_mesh(path)[1]
     monkeypatch.setattr(points, "_uniform_faces", lambda rows: None)
     slow = points.read_off_mesh(path)[1]

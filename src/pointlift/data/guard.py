@@ -71,7 +71,8 @@ def read_text(path: str | Path, what: str = "text") -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise PointliftDataError(path, f"is not UTF-8 {what} (byte {error.start} is {data[error.start]:#04x})") from None
+        problem = f"is not UTF-8 {what} (byte {error.start} is {data[error.start]:#04x})"
+        raise PointliftDataError(path, problem) from None
 
 
 def check_available(path: Path, needed: int, available: int, what: str) -> None:
@@ -176,7 +177,9 @@ def read_npz(path: str | Path, keys: list[str] | None = None) -> dict[str, np.nd
                     raise PointliftDataError(path, "archive holds no arrays")
             missing = [k for k in keys if k not in members]
             if missing:
-                raise PointliftDataError(path, f"has no key {', '.join(map(repr, missing))} (keys: {', '.join(members)})")
+                raise PointliftDataError(
+                    path, f"has no key {', '.join(map(repr, missing))} (keys: {', '.join(members)})"
+                )
             return {key: read_npz_member(path, archive, members[key]) for key in keys}
 
 
@@ -199,7 +202,9 @@ def check_npz_member_size(path: Path, info: zipfile.ZipInfo) -> None:
         raise PointliftDataError(path, f"{label} claims {info.compress_size} bytes, archive has {size}")
     ratio_bound = 1 if info.compress_type == zipfile.ZIP_STORED else _MAX_DEFLATE_RATIO
     if info.file_size > max(info.compress_size, 1) * ratio_bound + 1024:
-        raise PointliftDataError(path, f"{label} claims to expand {info.compress_size} to {info.file_size} bytes (corrupt)")
+        raise PointliftDataError(
+            path, f"{label} claims to expand {info.compress_size} to {info.file_size} bytes (corrupt)"
+        )
 
 
 def drop_nonfinite_rows(path: Path, xyz: np.ndarray, nonfinite: str) -> np.ndarray | None:

@@ -94,7 +94,10 @@ def _one_int(path: Path, header: dict[str, list[str]], key: str, default: int | 
 def read_pcd(path: Path, data: bytes) -> tuple[dict[str, np.ndarray], dict[str, bool]]:
     """(columns by field name, whether each was an integer type); packed rgb/rgba unpacked to
     red/green/blue; multi-count fields as (N, COUNT) columns; PCL's "_" padding dropped."""
-    lines, body_offset = split_header(path, data, lambda line: line[:4].upper() == "DATA" and line[4:5] in ("", " ", "\t"))
+    def is_data_line(line: str) -> bool:
+        return line[:4].upper() == "DATA" and line[4:5] in ("", " ", "\t")
+
+    lines, body_offset = split_header(path, data, is_data_line)
     header = _header(path, lines)
     names, types = header["FIELDS"], [t.upper() for t in header["TYPE"]]
     sizes = [parse_int(path, s, "PCD SIZE", 1) for s in header["SIZE"]]
@@ -170,7 +173,8 @@ def _compressed(path: Path, body: memoryview, fields, count: int) -> dict[str, n
     point_bytes = sum(t.itemsize * c for _, t, c in fields)
     if raw != count * point_bytes:
         raise PointliftDataError(
-            path, f"binary_compressed declares {raw} raw bytes, {count} points take {count * point_bytes}: wrong POINTS?"
+            path, f"binary_compressed declares {raw} raw bytes, {count} points take {count * point_bytes}: "
+            "wrong POINTS?"
         )
     check_available(path, compressed, len(body) - 8, "compressed data")
     # One 3-byte LZF back-reference yields at most 264 bytes: a larger claim is corrupt (and would

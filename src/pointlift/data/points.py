@@ -269,7 +269,8 @@ def read_off_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         try:
             text = data.decode("ascii")
         except UnicodeDecodeError as error:
-            raise PointliftDataError(path, f"is not ASCII text (byte offset {error.start}); binary OFF is not supported") from None
+            problem = f"is not ASCII text (byte offset {error.start}); binary OFF is not supported"
+            raise PointliftDataError(path, problem) from None
         lines = [line.split("#")[0].split() for line in text.splitlines()]
         lines = [line for line in lines if line]
         if not lines:
@@ -303,7 +304,8 @@ def read_off_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         for number, row in enumerate(rows):
             if len(row) not in widths:
                 raise PointliftDataError(
-                    path, f"vertex {number} has {len(row)} values, a {prefix}OFF vertex has {' or '.join(map(str, widths))}"
+                    path, f"vertex {number} has {len(row)} values, "
+                    f"a {prefix}OFF vertex has {' or '.join(map(str, sorted(widths)))}"
                 )
         try:
             vertices = np.array([row[:3] for row in rows], dtype=np.float64).reshape(num_vertices, 3)

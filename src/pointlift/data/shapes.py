@@ -260,7 +260,8 @@ def load_modelnet40_h5(root: str | Path, split: str) -> ShapeSet:
     listing = root / f"{split}_files.txt"
     if listing.is_file():
         # The official lists carry a "data/modelnet40_ply_hdf5_2048/" prefix: resolve by name.
-        files = [root / Path(line.strip()).name for line in read_text(listing, "file list").splitlines() if line.strip()]
+        lines = read_text(listing, "file list").splitlines()
+        files = [root / Path(line.strip()).name for line in lines if line.strip()]
     else:
         files = sorted(root.glob(f"ply_data_{split}*.h5"))
     if not files:
