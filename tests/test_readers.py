@@ -7,6 +7,7 @@ import contextlib
 import shutil
 import struct
 import warnings
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -739,3 +740,35 @@ def test_off_vectorised_faces_equal_row_by_row(tmp_path, monkeypatch, colour):
     slow = points.read_off_mesh(path)[1]
     assert fast.shape == (12, 3)
     np.testing.assert_array_equal(fast, slow)
+
+
+def test_lzf_python_decoder_reads_pcl_files(shared, monkeypatch):
+    """The built-in LZF decoder (used when the optional C module `lzf` is absent) on PCL's own
+    binary_compressed files, against the independent reader's figures."""
+    import json
+
+    import pointlift.data.pcd as pcd
+
+    monkeypatch.setattr(pcd, "_C_LZF", None)
+    root = shared("reference/point-files")
+    expected = json.loads((root / "expected.json").read_text())
+    for name in ("pcl/2d__lena.pcd", "pcl/milk_color.pcd", "pcl/car6.pcd"):
+        xyz = read_point_file(root / name).xyz
+        assert len(xyz) == expected[name]["points"]
+        np.testing.assert_allclose(xyz.min(0), expected[name]["xyz_min"], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(xyz.max(0), expected[name]["xyz_max"], rtol=1e-6, atol=1e-7)
+
+
+def test_lzf_c_decoder_agrees_when_installed(shared):
+    """Where the optional C decoder is installed it must give the Python decoder's bytes, and fall
+    back to it (for the error message) on corrupt data."""
+    lzf = pytest.importorskip("lzf")
+    import pointlift.data.pcd as pcd
+
+    data = shared("reference/point-files/pcl/milk_color.pcd").read_bytes()
+    body = data[data.index(b"DATA binary_compressed\n") + 23:]
+    compressed, raw = struct.unpack("<II", body[:8])
+    source = body[8:8 + compressed]
+    assert lzf.decompress(source, raw) == pcd._lzf_python(Path("milk_color.pcd"), source, raw)
+    with pytest.raises(PointliftDataError):
+        pcd.lzf_decompress(Path("milk_color.pcd"), source[: compressed // 2], raw)
