@@ -45,7 +45,7 @@ from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.geometry.render import released_depth_views, released_teacher_input, render_depth_views
 from pointlift.methods.i2p_mae_cache import TeacherMaps, build_teacher_cache, read_back, teacher_maps
 from pointlift.models.point_m2ae import (PointM2AE, PointM2AEClassifier, PointM2AEConfig, encode_for_features,
-                                         global_feature, random_top_mask)
+                                         global_feature, pointwise, random_top_mask)
 from pointlift.ops import chamfer_l2, farthest_point_sample, gather
 
 KIND = "i2p_mae"
@@ -328,7 +328,7 @@ class I2PMAE(PointM2AE):
         masked = ~masks[scale]
         group = hierarchy.relative[scale]
         rows = final[masked]
-        pred_3d = self.rec_head_3d(rows[..., None]).reshape(rows.shape[0], -1, 3)
+        pred_3d = pointwise(self.rec_head_3d, rows).reshape(rows.shape[0], -1, 3)
         gt_3d = group[masked].to(pred_3d.dtype)
         loss_3d = chamfer_l2(pred_3d, gt_3d).mean() if len(rows) else final.sum() * 0.0
         parts.update(pred_3d=pred_3d, gt_3d=gt_3d, loss_3d=loss_3d)
@@ -345,7 +345,7 @@ class I2PMAE(PointM2AE):
             values = values.reshape(batch_size, -1, count, k, values.shape[-1]).permute(0, 2, 3, 1, 4)  # (B,n,k,V,C)
             target = normalize_targets(values[kept], config.target_norm).flatten(-2)  # (L, k, V*C)
             vis_rows = final[kept]
-            pred_2d = self.rec_head_2d(vis_rows[..., None]).reshape(target.shape)
+            pred_2d = pointwise(self.rec_head_2d, vis_rows).reshape(target.shape)
             loss_2d = F.mse_loss(pred_2d.float(), target)
             parts.update(pred_2d=pred_2d, target_2d=target, member_points=member_points, loss_2d=loss_2d)
             loss = loss + config.feature_weight * loss_2d
