@@ -349,6 +349,10 @@ class I2PMAE(PointM2AE):
             loss_2d = F.mse_loss(pred_2d.float(), target)
             parts.update(pred_2d=pred_2d, target_2d=target, member_points=member_points, loss_2d=loss_2d)
             loss = loss + config.feature_weight * loss_2d
+        # Scales below the reconstruction scale feed no loss (as released); a zero term gives their final
+        # LayerNorm a (zero) gradient so DDP sees every parameter used.
+        for unused in encoded.tokens[:scale]:
+            loss = loss + 0.0 * unused.sum()
         parts["loss"] = loss
         return parts
 
@@ -432,23 +436,31 @@ def prepare_point_sets(point_sets, num_points: int, seed: int = 0) -> np.ndarray
 
 
 class PretrainShapes(torch.utils.data.Dataset):
-    """Fixed point sets with scale-and-translate augmentation, plus their cached teacher maps if given."""
+    """Fixed point sets with scale-and-translate augmentation, plus their cached teacher maps if given.
 
-    def __init__(self, points: np.ndarray, maps: TeacherMaps | None = None, scale_range=(0.8, 1.25),
-                 translate: float = 0.1):
+    augment "per_axis" (official, `PointcloudScaleAndTranslate`): scale U(low, high) and shift
+    U(-translate, translate) drawn per axis; "uniform" (pointlift's, keeps cached maps valid): one scale."""
+
+    def __init__(self, points: np.ndarray, maps: TeacherMaps | None = None, scale_range=(2 / 3, 3 / 2),
+                 translate: float = 0.2, augment: str = "per_axis"):
         if maps is not None and len(maps) != len(points):
             raise PointliftConfigError(f"teacher maps for {len(maps)} shapes, but {len(points)} shapes given")
+        if augment not in ("per_axis", "uniform"):
+            raise PointliftConfigError(f"i2p_mae: unknown augment {augment!r}")
+        if maps is not None and augment != "uniform":
+            raise PointliftConfigError("i2p_mae: cached teacher maps need uniform scaling")
         self.points = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
         self.maps = maps
         self.scale_range = scale_range
         self.translate = translate
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.points)
 
     def __getitem__(self, index: int) -> dict:
         low, high = self.scale_range
-        scale = low + (high - low) * torch.rand(())
+        scale = low + (high - low) * torch.rand(3 if self.augment == "per_axis" else 1)
         shift = (torch.rand(3) * 2 - 1) * self.translate
         item = {"points": self.points[index] * scale + shift}
         if self.maps is not None:
@@ -479,7 +491,8 @@ def load_pretrain_points(data: DataConfig, split: str = "train"):
 def build_teacher(config: TeacherConfig, image_size: int):
     from pointlift.teachers.teacher import Teacher
 
-    return Teacher(config.name, weights=config.weights, stage=config.stage, half=config.half, img_size=image_size)
+    return Teacher(config.name, weights=config.weights, stage=config.stage, half=config.half, img_size=image_size,
+                   project=config.project)
 
 
 # --------------------------------------------------------------------------------- pretraining
@@ -487,29 +500,33 @@ def build_teacher(config: TeacherConfig, image_size: int):
 
 def pretrain(experiment: I2PMAEExperiment, run_dir: str | Path, resume: bool = False, progress: bool = True,
              points: np.ndarray | None = None, teacher=None):
-    """Pretrain on the configured shapes (or `points` (S, P, 3) if given). Returns (model, TrainResult, info)."""
+    """Pretrain on the configured shapes (or `points` (S, P, 3) if given). Returns (model, TrainResult, info).
+
+    With `data.cache_teacher` the teacher runs once per shape before training (pointlift's option);
+    otherwise it runs inside every training step on the augmented batch (the released recipe)."""
     from pointlift.engine.trainer import train
 
-    method = experiment.method
+    method, data = experiment.method, experiment.data
     device = torch.device(experiment.device) if experiment.device else \
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if points is None:
-        points, _, _ = load_pretrain_points(experiment.data, "train")
-    info = {"num_shapes": int(len(points))}
+        points, _, _ = load_pretrain_points(data, "train")
+    info = {"num_shapes": int(len(points)), "recipe": method.recipe}
     needs_teacher = method.guided_masking or method.feature_target
     maps = None
     if needs_teacher:
         teacher = teacher if teacher is not None else build_teacher(experiment.teacher, method.image_size)
         teacher = teacher.to(device)
         info["teacher"] = teacher.identity()
-        start = time.perf_counter()
-        maps = build_teacher_cache(teacher, points, method.image_size, method.footprint,
-                                   cache_dir=experiment.data.cache_dir, batch_size=32,
-                                   storage_dtype=experiment.data.cache_dtype, progress=progress)
-        info["cache_seconds"] = time.perf_counter() - start
-        info["cache_built"] = maps.built
+        if data.cache_teacher:
+            start = time.perf_counter()
+            maps = build_teacher_cache(teacher, points, method.image_size, method.footprint,
+                                       cache_dir=data.cache_dir, batch_size=32,
+                                       storage_dtype=data.cache_dtype, progress=progress)
+            info["cache_seconds"] = time.perf_counter() - start
+            info["cache_built"] = maps.built
     model = I2PMAE(method, teacher if needs_teacher else None)
-    dataset = PretrainShapes(points, maps, experiment.data.scale_range, experiment.data.translate)
+    dataset = PretrainShapes(points, maps, data.scale_range, data.translate, data.augment)
     start = time.perf_counter()
     result = train(model, dataset, experiment.train, run_dir, resume=resume, device=device, progress=progress,
                    config_for_checkpoint=config_to_dict(experiment), model_spec=model_spec(method))
@@ -553,16 +570,16 @@ def finetune_classifier(encoder_state: dict | None, model_config: PointM2AEConfi
                         train_labels: np.ndarray, test_points: np.ndarray, test_labels: np.ndarray,
                         num_classes: int, epochs: int = 10, batch_size: int = 32, lr: float = 5e-4,
                         weight_decay: float = 0.05, device=None, seed: int = 0) -> dict:
-    """Fine-tune encoder + (LayerNorm -> concat(mean, max) -> MLP) head with AdamW and a cosine schedule.
+    """Fine-tune encoder + the released head (LayerNorm -> mean + max -> MLP) with AdamW and a cosine schedule.
 
     `encoder_state`: the encoder's weights (keys as in `PointM2AEEncoder`, e.g. from
-    `model.backbone.encoder.state_dict()`), or None for random init. Returns losses and test accuracy.
+    `model.h_encoder.state_dict()`), or None for random init. Returns losses and test accuracy.
     """
     torch.manual_seed(seed)
     device = torch.device(device or "cpu")
     classifier = PointM2AEClassifier(num_classes, model_config).to(device)
     if encoder_state is not None:
-        classifier.encoder.load_state_dict(encoder_state)
+        classifier.h_encoder.load_state_dict(encoder_state)
     train_x = torch.from_numpy(np.ascontiguousarray(train_points, dtype=np.float32))
     train_y = torch.as_tensor(np.asarray(train_labels), dtype=torch.long)
     steps_per_epoch = max(1, len(train_x) // batch_size)
@@ -613,7 +630,7 @@ def quickstart(run_dir, progress: bool = True) -> dict:
     torch.manual_seed(0)
     experiment = I2PMAEExperiment(
         name="quickstart",
-        method=I2PMAEConfig(model=quickstart_model_config(), image_size=96, temperature=0.5),
+        method=I2PMAEConfig(model=quickstart_model_config(), recipe="pointlift", image_size=96, temperature=0.5),
         teacher=TeacherConfig(stage=-2),
         data=DataConfig(source="synthetic", num_points=256, max_shapes=48, cache_dir=None),
         train=TrainConfig(epochs=8, batch_size=16, log_every=3, checkpoint_every=0,
@@ -621,7 +638,7 @@ def quickstart(run_dir, progress: bool = True) -> dict:
         device="cpu")
     train_points, train_labels, _ = load_pretrain_points(experiment.data, "train")
     test_points, test_labels, class_names = load_pretrain_points(experiment.data, "test")
-    untrained = I2PMAE(I2PMAEConfig(model=quickstart_model_config(), feature_target=False,
+    untrained = I2PMAE(I2PMAEConfig(model=quickstart_model_config(), recipe="pointlift", feature_target=False,
                                     guided_masking=False))
     model, result, info = pretrain(experiment, run_dir / "pretrain", progress=progress, points=train_points)
     scores, features = {}, {}
