@@ -256,8 +256,8 @@ def test_benchmark_averages_seeds_and_reports_every_documented_metric(shared, tm
     from pointlift.bench.i2p_mae import run
 
     shared("data/modelnet10_vox32.npz")
-    result = run("smoke", tmp_path, seeds=(0, 1), spec_overrides={"steps": 2, "pretrain_shapes": 32},
-                 measure_timing=True)
+    result = run("smoke", tmp_path, seeds=(0, 1), measure_timing=True,
+                 spec_overrides={"steps": 2, "pretrain_shapes": 32, "train_per_class": 12})
     metrics = result.metrics
     names = ("official_i2pmae", "official_3d_only", "pointlift_i2pmae", "random")
     for name in names:
