@@ -267,7 +267,7 @@ class I2PMAE(PointM2AE):
         self.teacher = teacher if (config.guided_masking or config.feature_target) else None
 
     def no_weight_decay(self) -> set[str]:
-        return {"mask_token"}  # the released optimiser skips `*token*`
+        return {"mask_token"}  # I2P-MAE's optimiser skips `*token*`
 
     # -- 2D side --------------------------------------------------------------------------------
     def teacher_on_views(self, images: torch.Tensor):
@@ -438,7 +438,7 @@ def prepare_point_sets(point_sets, num_points: int, seed: int = 0) -> np.ndarray
 class PretrainShapes(torch.utils.data.Dataset):
     """Fixed point sets with scale-and-translate augmentation, plus their cached teacher maps if given.
 
-    augment "per_axis" (official, `PointcloudScaleAndTranslate`): scale U(low, high) and shift
+    augment "per_axis" (the official recipe; I2P-MAE's `PointcloudScaleAndTranslate`): scale U(low, high) and shift
     U(-translate, translate) drawn per axis; "uniform" (pointlift's, keeps cached maps valid): one scale."""
 
     def __init__(self, points: np.ndarray, maps: TeacherMaps | None = None, scale_range=(2 / 3, 3 / 2),
@@ -570,7 +570,7 @@ def finetune_classifier(encoder_state: dict | None, model_config: PointM2AEConfi
                         train_labels: np.ndarray, test_points: np.ndarray, test_labels: np.ndarray,
                         num_classes: int, epochs: int = 10, batch_size: int = 32, lr: float = 5e-4,
                         weight_decay: float = 0.05, device=None, seed: int = 0) -> dict:
-    """Fine-tune encoder + the released head (LayerNorm -> mean + max -> MLP) with AdamW and a cosine schedule.
+    """Fine-tune encoder + I2P-MAE's fine-tuning head layout (LayerNorm -> mean + max -> MLP) with AdamW and a cosine schedule.
 
     `encoder_state`: the encoder's weights (keys as in `PointM2AEEncoder`, e.g. from
     `model.h_encoder.state_dict()`), or None for random init. Returns losses and test accuracy.

@@ -404,7 +404,7 @@ class TokenPropagation(nn.Module):
 
 
 def _trunc_normal_init(module: nn.Module) -> None:
-    """The released H_Encoder init: truncated normal (std 0.02) for Linear/Conv1d, zero bias, unit LayerNorm."""
+    """H_Encoder init as in I2P-MAE's code (not checked against reference outputs): truncated normal (std 0.02) for Linear/Conv1d, zero bias, unit LayerNorm."""
     if isinstance(module, (nn.Linear, nn.Conv1d)):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
@@ -415,7 +415,7 @@ def _trunc_normal_init(module: nn.Module) -> None:
 
 
 def _xavier_init(module: nn.Module) -> None:
-    """The released Decoder_Block init."""
+    """Decoder_Block init as in I2P-MAE's code (not checked against reference outputs)."""
     if isinstance(module, nn.Linear):
         nn.init.xavier_uniform_(module.weight)
         if module.bias is not None:
@@ -610,7 +610,7 @@ def encode_for_features(encoder: PointM2AEEncoder, points: torch.Tensor, release
 
 def global_feature(tokens: torch.Tensor, pooling: str = "max") -> torch.Tensor:
     """Pool tokens (B, n, C): "max" -> (B, C) (the SVM protocol), "mean_max" -> (B, 2C) (concat),
-    "mean_plus_max" -> (B, C) (the released fine-tuning head's input)."""
+    "mean_plus_max" -> (B, C) (the input of I2P-MAE's fine-tuning head)."""
     if pooling == "max":
         return tokens.max(dim=1).values
     if pooling == "mean_max":
@@ -621,8 +621,9 @@ def global_feature(tokens: torch.Tensor, pooling: str = "max") -> torch.Tensor:
 
 
 class PointM2AEClassifier(nn.Module):
-    """The released fine-tuning network (`I2P_MAE_ModelNet40`): every token encoded, top tokens
-    (before `encoder_norms`) -> `norm` -> mean + max -> `cls_head_finetune` MLP. Released names."""
+    """Fine-tuning network laid out as I2P-MAE's `I2P_MAE_ModelNet40` (its parameter names; the head is not
+    checked against reference outputs): every token encoded, top tokens (before `encoder_norms`) ->
+    `norm` -> mean + max -> `cls_head_finetune` MLP."""
 
     def __init__(self, num_classes: int, config: PointM2AEConfig | None = None, hidden: int = 256,
                  dropout: float = 0.5):

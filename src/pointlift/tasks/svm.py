@@ -1,8 +1,8 @@
 """Linear SVM on frozen features: the standard probe of a self-supervised point encoder.
 
-Two protocols. `paper_svm_accuracy` is the released I2P-MAE one (`tools/runner_pretrain.py`):
+Two protocols. `paper_svm_accuracy` is the one in I2P-MAE's code (`tools/runner_pretrain.py`):
 `sklearn.svm.SVC(C=0.01, kernel="linear")` on the raw features, no scaling, scored on the test
-split; report it for the last checkpoint only (the released runner keeps the best test score, which
+split; report it for the last checkpoint only (that runner keeps the best test score, which
 selects on the test set - never do that).
 
 pointlift's protocol (`svm_accuracy`, `fit_linear_svm`): C is chosen by stratified k-fold cross-validation on the training features only (the official
@@ -95,7 +95,7 @@ def svm_accuracy(train_features: np.ndarray, train_labels: np.ndarray, test_feat
 
 def paper_svm_accuracy(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
                        test_labels: np.ndarray, C: float = PAPER_C) -> float:
-    """The released protocol: SVC(kernel="linear", C) on raw features, fit on train, test accuracy."""
+    """The paper's protocol: SVC(kernel="linear", C) on raw features, fit on train, test accuracy."""
     from sklearn.svm import SVC
 
     features, labels = _check(train_features, train_labels, "train")

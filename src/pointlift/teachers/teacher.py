@@ -36,7 +36,7 @@ class Teacher(nn.Module):
         img_size: input size for fixed-size models (ViTs); default 224. Ignored for CNNs.
         project: ViT only - apply the model's head to every (final-normed) patch token, e.g. CLIP's
             visual projection (`vit_base_patch16_clip_224.openai`: 768 -> 512), the features the
-            released I2P-MAE reads. `channels` is then the head's output width.
+            features I2P-MAE's code reads. `channels` is then the head's output width.
     """
 
     def __init__(self, name: str = DEFAULT_TEACHER, weights: str | Path | None = None, stage: int = -1,
