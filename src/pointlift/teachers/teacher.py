@@ -35,7 +35,7 @@ class Teacher(nn.Module):
             bfloat16 depthwise convolutions run ~15x slower than float32.
         img_size: input size for fixed-size models (ViTs); default 224. Ignored for CNNs.
         project: ViT only - apply the model's head to every (final-normed) patch token, e.g. CLIP's
-            visual projection (`vit_base_patch16_clip_224.openai`: 768 -> 512), the features the
+            visual projection (`vit_base_patch16_clip_224.openai`: 768 -> 512): the
             features I2P-MAE's code reads. `channels` is then the head's output width.
     """
 
