@@ -265,3 +265,43 @@ def test_fps_skip_rule(ref):
     assert np.array_equal(with_rule, fps["fps_idx_official"])
     assert np.array_equal(without, fps["fps_idx_without_skip"])
     assert int((with_rule != without).sum()) == 419
+
+
+class ImageStatisticsTeacher(torch.nn.Module):
+    """A fixed image function standing in for CLIP (channels = 512): 16x16 average pooling mixed by a
+    fixed matrix, and a softmax saliency. Lets the on-the-fly path be compared with the reference's
+    teacher input images."""
+
+    channels = 512
+
+    def __init__(self):
+        super().__init__()
+        self.mix = torch.nn.Parameter(torch.randn(512, 3, generator=torch.Generator().manual_seed(0)),
+                                      requires_grad=False)
+
+    def features_and_saliency(self, images, with_saliency=True):
+        pooled = torch.nn.functional.avg_pool2d(images.float(), 16)  # (N, 3, 14, 14)
+        features = torch.einsum("oc,nchw->nohw", self.mix, pooled)
+        return features, torch.softmax(pooled.mean(1).flatten(1), dim=1).reshape(-1, 14, 14)
+
+
+def test_teacher_on_the_fly_sees_the_released_images(model, ref):
+    """The official step renders and runs the teacher itself: its 2D targets and saliency equal those
+    from the same teacher applied to the reference's `teacher_input` images ([v*8+b] order)."""
+    clouds = slice(0, 2)
+    teacher = ImageStatisticsTeacher()
+    batch = released_batch(ref, clouds)
+    images = torch.from_numpy(ref["render"]["teacher_input"].astype(np.float32))  # (24, 3, 224, 224)
+    features, saliency = teacher.features_and_saliency(images)
+    given = {"points": batch["points"], "top_visible": batch["top_visible"],
+             "teacher_features": features.reshape(3, 8, 512, 14, 14).transpose(0, 1)[clouds],
+             "teacher_saliency": saliency.reshape(3, 8, 14, 14).transpose(0, 1)[clouds]}
+    model.teacher = teacher
+    try:
+        with torch.no_grad():
+            on_the_fly = model.run({"points": batch["points"], "top_visible": batch["top_visible"]})
+            from_images = model.run(given)
+    finally:
+        model.teacher = None
+    assert relative_error(on_the_fly["target_2d"], from_images["target_2d"].numpy()) < 2e-3
+    assert relative_error(on_the_fly["top_saliency"], from_images["top_saliency"].numpy()) < 2e-3
