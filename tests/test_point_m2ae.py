@@ -201,3 +201,14 @@ def test_tiny_classification_loss_falls():
     end_loss, accuracy = evaluate()
     assert end_loss < 0.6 * start_loss
     assert accuracy >= 0.85
+
+
+def test_knn_orders_equal_distances_by_index():
+    """KNN_CUDA's insertion sort keeps the earlier index among equal distances; so does pointlift's knn."""
+    from pointlift.ops import knn
+
+    ref = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0], [0, 0, 2.0], [-1.0, 0, 0], [0, -1.0, 0], [0, 0, 1.0]]])
+    _, idx = knn(torch.zeros(1, 1, 3), ref, 5)
+    assert idx[0, 0].tolist() == [0, 1, 3, 4, 5]
+    _, idx = knn(torch.zeros(1, 1, 3), ref.flip(1), 4)
+    assert idx[0, 0].tolist() == [0, 1, 2, 4]

@@ -37,12 +37,19 @@ def _pairwise_dist2(query: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 def _ascending_stable(dist2: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k smallest entries of the last axis, ascending, equal distances by index (a stable
-    sort's order, as KNN_CUDA's insertion sort gives)."""
-    idx = dist2.topk(k, dim=-1, largest=False, sorted=True).indices
-    idx = idx.sort(dim=-1).values
-    order = dist2.gather(-1, idx).sort(dim=-1, stable=True).indices
-    return idx.gather(-1, order)
+    """Indices of the k smallest entries of the last axis, ascending, equal distances by index: a stable
+    sort's order, as KNN_CUDA's insertion sort gives. topk picks among equal values arbitrarily, so its
+    result is re-ordered by (distance, index), and rows whose k-th and (k+1)-th distances tie (topk
+    may have left out a lower index) are fully sorted."""
+    count = dist2.shape[-1]
+    take = min(k + 1, count)
+    values, idx = dist2.topk(take, dim=-1, largest=False, sorted=True)
+    boundary_tie = values[..., k - 1] == values[..., k] if take > k else torch.zeros_like(values[..., 0], dtype=torch.bool)
+    idx = idx[..., :k].sort(dim=-1).values
+    idx = idx.gather(-1, dist2.gather(-1, idx).sort(dim=-1, stable=True).indices)
+    if bool(boundary_tie.any()):
+        idx[boundary_tie] = dist2[boundary_tie].sort(dim=-1, stable=True).indices[..., :k]
+    return idx
 
 
 def knn(query: torch.Tensor, ref: torch.Tensor, k: int, chunk_size: int | None = None):
