@@ -17,7 +17,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 TINY = PointM2AEConfig(num_points=256, num_centers=(64, 32, 16), group_sizes=(8, 8, 4),
                        encoder_dims=(32, 64, 128), encoder_depths=(1, 1, 1), num_heads=4,
-                       embed_hidden=16, decoder_dims=(128, 64), decoder_depths=(1, 1), drop_path=0.0)
+                       embed_hidden=16, decoder_dims=(128, 64), decoder_depths=(1, 1), drop_path=0.0, fps_skip=None)
 
 
 def test_hierarchy_structure():
@@ -62,9 +62,14 @@ def test_propagate_visibility_matches_slow_loop():
     assert 0 < int(masks[0].sum()) < masks[0].numel()
 
 
+def _full(encoded, scale, n):
+    return encoded.full(scale, n)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_masked_tokens_are_not_attended(device):
-    """Visible outputs do not change whatever the masked tokens' inputs are."""
+    """Visible outputs do not change whatever the masked tokens' coordinates are (in eval mode, where
+    BatchNorm uses running statistics; the released token embedding still embeds masked groups)."""
     torch.manual_seed(0)
     encoder = PointM2AEEncoder(TINY).to(device).eval()
     points = torch.rand(2, 256, 3, device=device)
@@ -79,12 +84,14 @@ def test_masked_tokens_are_not_attended(device):
             h.centers[s][hidden] = torch.randn_like(h.centers[s][hidden]) * 5
         after = encoder(h, masks)
         full_after = encoder(h)
-    for s in range(3):
+    for s, n in enumerate(TINY.num_centers):
         visible = masks[s]
-        assert torch.allclose(before[s][visible], after[s][visible], atol=1e-5)
-        assert torch.all(after[s][~visible] == 0)
+        a, b = _full(before, s, n), _full(after, s, n)
+        assert torch.allclose(a[visible], b[visible], atol=1e-5)
+        assert torch.all(b[~visible] == 0)
         # Without a mask the same perturbation does reach the visible tokens (the test can fail).
-        assert not torch.allclose(full_before[s][visible], full_after[s][visible], atol=1e-3)
+        fa, fb = _full(full_before, s, n), _full(full_after, s, n)
+        assert not torch.allclose(fa[visible], fb[visible], atol=1e-3)
 
 
 def test_masked_encoding_of_all_visible_equals_unmasked():
@@ -93,15 +100,15 @@ def test_masked_encoding_of_all_visible_equals_unmasked():
     h = encoder.group(torch.rand(2, 256, 3))
     masks = [torch.ones(2, n, dtype=torch.bool) for n in TINY.num_centers]
     with torch.no_grad():
-        for masked, full in zip(encoder(h, masks), encoder(h)):
+        for masked, full in zip(encoder(h, masks).tokens, encoder(h).tokens):
             assert torch.allclose(masked, full, atol=1e-5)
 
 
 def test_paper_config_parameter_count():
+    """The released I2P-MAE has 17,622,808 parameters with its heads; the backbone without them:"""
     model = PointM2AE(PointM2AEConfig())
-    count = count_parameters(model)
-    print(f"Point-M2AE paper config: {count / 1e6:.2f} M parameters")
-    assert abs(count - 15e6) < 0.1 * 15e6
+    heads = 192 * 24 + 24 + 192 * 12288 + 12288  # rec_head_3d, rec_head_2d (Conv1d kernel 1)
+    assert count_parameters(model) + heads == 17_622_808
 
 
 def test_small_config_forward_backward_reaches_every_parameter():
@@ -110,12 +117,26 @@ def test_small_config_forward_backward_reaches_every_parameter():
     model = PointM2AE(config).train()
     h = model.group(torch.rand(2, config.num_points, 3))
     encoded, decoded, masks = model(h, random_top_mask(2, config.num_centers[-1], 0.8))
-    assert [e.shape for e in encoded] == [(2, n, c) for n, c in zip(config.num_centers, config.encoder_dims)]
-    assert decoded[2].shape == (2, 32, 256) and decoded[1].shape == (2, 64, 128)
-    loss = sum(d.pow(2).mean() for d in decoded.values()) + encoded[0].mean()
+    assert [t.shape[-1] for t in encoded.tokens] == list(config.encoder_dims)
+    assert decoded.first.shape == (2, 32, 256) and decoded.final.shape == (2, 64, 128) and decoded.scale == 1
+    loss = decoded.final.pow(2).mean() + decoded.first.pow(2).mean() + encoded.tokens[0].mean()
     loss.backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
     assert missing == []
+
+
+def test_one_level_decoder_returns_token_order():
+    torch.manual_seed(0)
+    config = dataclasses.replace(TINY, decoder_dims=(128,), decoder_depths=(1,))
+    model = PointM2AE(config).eval()
+    h = model.group(torch.rand(2, 256, 3))
+    top = random_top_mask(2, 16, 0.75)
+    with torch.no_grad():
+        _, decoded, _ = model(h, top)
+    assert decoded.scale == 2
+    back = torch.zeros_like(decoded.first).scatter(1, decoded.first_order[..., None].expand_as(decoded.first),
+                                                   decoded.first)
+    torch.testing.assert_close(decoded.final, model.decoder_norm(back))
 
 
 def test_config_validation():
@@ -123,6 +144,8 @@ def test_config_validation():
         PointM2AEConfig(encoder_dims=(96, 192))
     with pytest.raises(PointliftConfigError):
         PointM2AEConfig(encoder_dims=(100, 192, 384))
+    with pytest.raises(PointliftConfigError, match="mirror"):
+        PointM2AEConfig(decoder_dims=(384, 96))
     with pytest.raises(PointliftConfigError):
         global_feature(torch.zeros(1, 2, 3), "sum")
 
@@ -149,6 +172,8 @@ def test_tiny_classification_loss_falls():
     test_points, test_labels = synthetic_shapes(32, gen)
     assert model.embed(test_points).shape == (32, 128)
     assert model.embed(test_points, "mean_max").shape == (32, 256)
+    assert {"norm.weight", "cls_head_finetune.0.weight", "h_encoder.token_embed.0.first_conv.0.weight"} <= \
+        set(model.state_dict())  # the released fine-tuning names
 
     def evaluate():
         model.eval()
@@ -165,6 +190,25 @@ def test_tiny_classification_loss_falls():
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(model(points), labels).backward()
         optimizer.step()
+    # precise BatchNorm statistics (the released token embedding has BatchNorm): average over batches
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None
+    with torch.no_grad():
+        for _ in range(4):
+            model(synthetic_shapes(16, gen)[0])
     end_loss, accuracy = evaluate()
     assert end_loss < 0.6 * start_loss
     assert accuracy >= 0.85
+
+
+def test_knn_orders_equal_distances_by_index():
+    """KNN_CUDA's insertion sort keeps the earlier index among equal distances; so does pointlift's knn."""
+    from pointlift.ops import knn
+
+    ref = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0], [0, 0, 2.0], [-1.0, 0, 0], [0, -1.0, 0], [0, 0, 1.0]]])
+    _, idx = knn(torch.zeros(1, 1, 3), ref, 5)
+    assert idx[0, 0].tolist() == [0, 1, 3, 4, 5]
+    _, idx = knn(torch.zeros(1, 1, 3), ref.flip(1), 4)
+    assert idx[0, 0].tolist() == [0, 1, 2, 4]

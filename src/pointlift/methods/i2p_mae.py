@@ -1,23 +1,30 @@
 """I2P-MAE: image-to-point masked autoencoding (Zhang et al., CVPR 2023; GUIDE §1.3).
 
 A Point-M2AE hierarchical encoder learns by masked autoencoding, helped by a frozen 2D model that
-looks at three orthographic depth views of the shape:
+looks at three orthographic depth views of the shape.
 
-1. 2D side: depth views -> teacher feature maps and saliency; each point reads both at its pixel
-   (bicubic read-back, `i2p_mae_cache`).
-2. 2D-guided masking: the saliency at each top-scale centre (mean over the 3 views) is standardised
-   per shape and turned into a distribution softmax(z / temperature); the visible tokens are drawn
-   without replacement from it (Gumbel-top-k), so salient tokens tend to stay visible. (The official
-   code softmaxes raw attention probabilities, which makes the draw almost uniform.)
-3. Targets: masked tokens of the lowest decoded scale reconstruct the relative coordinates of their
-   group (Chamfer-L2, through a linear head on the decoded tokens); visible top tokens regress the
-   2D features of their group (their next-scale members, mean over members and the 3 views,
-   layer-normalised per token) through an MLP head (MSE).
-   `guided_masking=False` and `feature_target=False` together give the Point-M2AE baseline.
+`recipe: official` (the default) is the released method (ZrrSkywalker/I2P-MAE @ 7d4e519), checked
+tensor by tensor against ../shared/reference/i2p-mae by tests/test_i2p_mae_reference.py:
+1. Released depth views of the augmented batch (raw signed depth, border clamp, ImageNet
+   normalisation, `pointlift.geometry.render.released_depth_views`); the frozen teacher runs on them
+   at every step; each point reads the bicubically upsampled feature / saliency at its pixel.
+2. 2D-guided masking: saliency at each top centre, mean over the 3 views; the visible top tokens are
+   the first num_keep of `torch.multinomial(softmax(saliency), T, replacement=False)` (with CLIP
+   attention values this is close to uniform). Lower scales: visible iff in a visible parent's group,
+   with the released side effect that token 0 of the batch's first cloud is always visible.
+3. Targets on the final decoder output at the middle scale: masked tokens predict their members'
+   centred coordinates (`rec_head_3d`, Chamfer-L2); visible tokens predict the raw teacher feature
+   of each member point in each view (`rec_head_2d`, members x views x C outputs, MSE); loss 1 : 1.
+4. Augmentation: per-axis scale U(2/3, 3/2) and translation U(-0.2, 0.2) per cloud and step.
+5. Evaluation features: the released `forward(eval=True)`: max over the top tokens with no mask
+   (tokens in no group one scale up are dropped, as released).
 
-Reconstruction scale: with the default decoder (two levels, 384 -> 192) the decoded scale is the
-middle one, whose groups are 8 next-scale centres (the official target); with a one-level decoder
-it is the top scale itself. Either way every decoder weight receives a gradient (DDP-safe).
+`recipe: pointlift` sets pointlift's own choices, each also a named option on its own:
+`masking: standardised` (softmax of per-shape standardised saliency / `temperature`, Gumbel-top-k),
+`renderer: invariant` with `data.cache_teacher` (views that do not change under uniform scaling and
+translation, so the teacher runs once per shape; augmentation is then uniform scaling),
+`target_norm: layer | layer_batch` (normalised 2D targets), `recon_weight` 100, no released quirks.
+`guided_masking=False` and `feature_target=False` together give the 3D-only Point-M2AE baseline.
 """
 
 from __future__ import annotations
@@ -35,13 +42,25 @@ import torch.nn.functional as F
 
 from pointlift.engine.config import TrainConfig, config_to_dict, load_config, require
 from pointlift.errors import PointliftConfigError, PointliftDataError
-from pointlift.geometry.render import render_depth_views
+from pointlift.geometry.render import released_depth_views, released_teacher_input, render_depth_views
 from pointlift.methods.i2p_mae_cache import TeacherMaps, build_teacher_cache, read_back, teacher_maps
-from pointlift.models.point_m2ae import (Hierarchy, PointM2AE, PointM2AEClassifier, PointM2AEConfig,
-                                         global_feature, random_top_mask)
-from pointlift.ops import chamfer_l2, farthest_point_sample, gather, knn
+from pointlift.models.point_m2ae import (PointM2AE, PointM2AEClassifier, PointM2AEConfig, encode_for_features,
+                                         global_feature, pointwise, random_top_mask)
+from pointlift.ops import chamfer_l2, farthest_point_sample, gather
 
 KIND = "i2p_mae"
+
+# Settings each recipe gives to the options left unset (None).
+RECIPES = {
+    "official": dict(masking="released", renderer="released", target_norm="none", recon_weight=1.0,
+                     feature_weight=1.0, released_quirks=True),
+    "pointlift": dict(masking="standardised", renderer="invariant", target_norm="layer", recon_weight=100.0,
+                      feature_weight=1.0, released_quirks=False),
+}
+DATA_RECIPES = {
+    "official": dict(augment="per_axis", scale_range=(2 / 3, 3 / 2), translate=0.2, cache_teacher=False),
+    "pointlift": dict(augment="uniform", scale_range=(0.8, 1.25), translate=0.1, cache_teacher=True),
+}
 
 
 # --------------------------------------------------------------------------------- configuration
@@ -49,58 +68,80 @@ KIND = "i2p_mae"
 
 @dataclass
 class I2PMAEConfig:
-    """The method: backbone sizes, masking, targets and loss weights (stored as the checkpoint's model_spec)."""
+    """The method (stored as the checkpoint's model_spec). Options left None take the recipe's value."""
 
     model: PointM2AEConfig = field(default_factory=PointM2AEConfig)
+    recipe: Literal["official", "pointlift"] = "official"
     mask_ratio: float = 0.8
     guided_masking: bool = True
     feature_target: bool = True
-    temperature: float = 0.5  # softmax temperature over standardised saliency; lower = greedier
+    masking: Optional[Literal["released", "standardised"]] = None
+    temperature: float = 0.5  # masking "standardised" only; lower = greedier
+    renderer: Optional[Literal["released", "invariant"]] = None
+    target_norm: Optional[Literal["none", "layer", "layer_batch"]] = None
+    recon_weight: Optional[float] = None
+    feature_weight: Optional[float] = None
+    released_quirks: Optional[bool] = None  # token 0 of cloud 0 visible; ungrouped tokens dropped at eval
     image_size: int = 224
     footprint: int = 5
-    recon_weight: float = 100.0  # Chamfer-L2 of unit-sphere shapes is ~1e-2; this brings it to ~1
-    feature_weight: float = 1.0
-    feature_head: Literal["linear", "mlp"] = "mlp"
-    # "layer": LayerNorm per token only. "layer_batch": then standardise each channel over the batch's
-    # tokens - with "layer" alone ~3/4 of the target variance is a constant shared by every token of
-    # every shape, so the 2D loss mostly rewards predicting that constant (see normalize_targets).
-    target_norm: Literal["layer", "layer_batch"] = "layer"
     teacher_channels: int = 0  # set from the teacher when the model is built
 
     def __post_init__(self):
+        require(self.recipe in RECIPES, "recipe", f"must be one of {sorted(RECIPES)}, got {self.recipe!r}")
+        for key, value in RECIPES[self.recipe].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
         require(0.0 < self.mask_ratio < 1.0, "mask_ratio", f"must be in (0, 1), got {self.mask_ratio}")
         require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
         require(self.image_size >= 16, "image_size", f"must be >= 16, got {self.image_size}")
         require(self.footprint >= 1 and self.footprint % 2 == 1, "footprint", "must be a positive odd integer")
-        require(self.recon_weight >= 0 and self.feature_weight >= 0, "recon_weight",
-                "loss weights must be >= 0")
+        require(self.recon_weight >= 0 and self.feature_weight >= 0, "recon_weight", "loss weights must be >= 0")
         require(self.teacher_channels >= 0, "teacher_channels", "must be >= 0")
+        require(self.model.num_scales >= 2 or not self.feature_target, "model",
+                "the 2D target needs at least two scales (members of the reconstructed tokens)")
 
 
 @dataclass
 class TeacherConfig:
+    """The frozen 2D network. The paper's: `vit_base_patch16_clip_224.openai` with `project: true`
+    (patch tokens after CLIP's projection, 512-d) - hub weights, needs internet the first time."""
+
     name: str = "tf_efficientnet_lite0"
     weights: Optional[str] = None  # None = bundled (EfficientNet-Lite) or hub; or a local file
     stage: int = -1
     half: bool = False
+    project: bool = False  # ViT: apply the model's head (CLIP: visual projection) to every patch token
 
 
 @dataclass
 class DataConfig:
+    """Pretraining shapes and augmentation. augment/scale_range/translate/cache_teacher left None take
+    the recipe's value: official = per-axis scale U(2/3, 3/2) + translate 0.2, teacher every step;
+    pointlift = uniform scale U(0.8, 1.25) + translate 0.1, cached teacher maps."""
+
     source: Literal["modelnet10_vox", "synthetic"] = "modelnet10_vox"
     path: str = "../shared/data/modelnet10_vox32.npz"
     num_points: int = 1024
     max_shapes: Optional[int] = None  # first N training shapes only (CPU budgets)
-    scale_range: tuple[float, float] = (0.8, 1.25)
-    translate: float = 0.1
+    augment: Optional[Literal["per_axis", "uniform"]] = None
+    scale_range: Optional[tuple[float, float]] = None
+    translate: Optional[float] = None
+    cache_teacher: Optional[bool] = None
     cache_dir: Optional[str] = "~/.cache/pointlift/i2p_mae"
     cache_dtype: Literal["float16", "float32"] = "float16"
     seed: int = 0
 
     def __post_init__(self):
         require(self.num_points >= 1, "num_points", "must be >= 1")
-        require(0 < self.scale_range[0] <= self.scale_range[1], "scale_range", "need 0 < low <= high")
-        require(self.translate >= 0, "translate", "must be >= 0")
+        if self.scale_range is not None:
+            require(0 < self.scale_range[0] <= self.scale_range[1], "scale_range", "need 0 < low <= high")
+        require(self.translate is None or self.translate >= 0, "translate", "must be >= 0")
+
+    def resolve(self, recipe: str) -> "DataConfig":
+        for key, value in DATA_RECIPES[recipe].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        return self
 
 
 @dataclass
@@ -115,14 +156,35 @@ class I2PMAEExperiment:
     device: Optional[str] = None
     runs_root: str = "runs"
 
+    def __post_init__(self):
+        self.data.resolve(self.method.recipe)
+        if self.data.cache_teacher and (self.method.guided_masking or self.method.feature_target):
+            require(self.method.renderer == "invariant", "data.cache_teacher",
+                    "a cached teacher needs method.renderer: invariant (released views change with the augmentation)")
+            require(self.data.augment == "uniform", "data.cache_teacher",
+                    "a cached teacher needs data.augment: uniform (per-axis scaling changes the views)")
+
 
 # --------------------------------------------------------------------------------- masking
 
 
+def released_top_mask(saliency: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Visible mask (B, T) bool, the released `mask_2D_guided`: the first T - int(ratio*T) tokens of
+    `torch.multinomial(softmax(saliency), T, replacement=False)` stay visible."""
+    batch, tokens = saliency.shape
+    num_keep = tokens - int(ratio * tokens)
+    if not 0 < num_keep <= tokens:
+        raise PointliftConfigError(f"mask ratio {ratio} leaves no visible token among {tokens}")
+    probs = F.softmax(saliency.float(), dim=1)
+    drawn = torch.multinomial(probs, tokens, replacement=False, generator=generator)
+    return torch.zeros_like(probs, dtype=torch.bool).scatter_(1, drawn[:, :num_keep], True)
+
+
 def guided_top_mask(saliency: torch.Tensor, ratio: float, temperature: float = 0.5,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """Visible mask (B, T) bool: T - int(ratio*T) tokens drawn without replacement from softmax(z / temperature),
-    z = per-shape standardised saliency (B, T). Gumbel-top-k draws exactly that sequential sampling."""
+    """pointlift's `masking: standardised`. Visible mask (B, T) bool: T - int(ratio*T) tokens drawn
+    without replacement from softmax(z / temperature), z = per-shape standardised saliency (B, T).
+    Gumbel-top-k draws exactly that sequential sampling."""
     batch, tokens = saliency.shape
     num_visible = tokens - int(ratio * tokens)
     if not 0 < num_visible <= tokens:
@@ -139,56 +201,33 @@ def guided_top_mask(saliency: torch.Tensor, ratio: float, temperature: float = 0
 # --------------------------------------------------------------------------------- 2D targets
 
 
-def _point_indices(points: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    """Index (B, n) of each centre among the input points (FPS centres are input points)."""
-    return knn(centers, points, 1)[1][..., 0]
+def normalize_targets(targets: torch.Tensor, mode: str) -> torch.Tensor:
+    """2D regression targets (..., C): "none" = raw teacher features (official); "layer" = LayerNorm
+    over C per vector; "layer_batch" = then a per-channel standardisation over all vectors of the
+    batch (statistics detached; the teacher is frozen anyway).
 
-
-def token_targets(hierarchy: Hierarchy, pixels: torch.Tensor, features: torch.Tensor | None,
-                  saliency: torch.Tensor | None, image_size: int):
-    """2D quantities per top token, from maps (B, 3, C, h, w) / (B, 3, h, w) and point pixels (B, 3, P, 2).
-
-    Returns (saliency at each top centre, mean over views (B, T)) and (features of each top token's
-    group members, mean over members and views (B, T, C)); either is None when its map is.
-    """
-    top = hierarchy.num_scales - 1
-    points = hierarchy.points
-    views = pixels.shape[1]
-
-    def pixels_of(index):  # (B, n) point indices -> (B, V, n, 2)
-        return pixels.gather(2, index[:, None, :, None].expand(-1, views, -1, 2))
-
-    top_saliency = token_features = None
-    if saliency is not None:
-        centre_index = _point_indices(points, hierarchy.centers[top])
-        top_saliency = read_back(saliency[:, :, None], pixels_of(centre_index), image_size)[..., 0].mean(dim=1)
-    if features is not None:
-        if top > 0:
-            member_index = _point_indices(points, hierarchy.centers[top - 1])  # members live at scale top-1
-        else:
-            member_index = torch.arange(points.shape[1], device=points.device).expand(points.shape[0], -1)
-        per_member = read_back(features, pixels_of(member_index), image_size).mean(dim=1)  # (B, n, C)
-        token_features = gather(per_member, hierarchy.neighbors[top]).mean(dim=2)
-    return top_saliency, token_features
-
-
-def normalize_targets(token_features: torch.Tensor, mode: str) -> torch.Tensor:
-    """2D regression targets (B, T, C): LayerNorm per token, and for "layer_batch" also a per-channel
-    standardisation over all tokens of the batch (statistics detached; the teacher is frozen anyway).
-
-    Why: teacher features of depth renders share a large common component. After per-token LayerNorm
-    the per-channel variance across tokens is only ~0.26 of the unit total, so a head that outputs the
-    constant mean already reaches MSE ~0.26, and the informative part of the signal is small next to
-    the reconstruction loss. Standardising per channel keeps only what distinguishes tokens/shapes."""
-    target = F.layer_norm(token_features.float(), token_features.shape[-1:])
+    Why normalise (pointlift's option): teacher features of depth renders share a large common
+    component, so a head that outputs the constant mean already reaches most of the attainable MSE."""
+    if mode == "none":
+        return targets.float()
+    if mode not in ("layer", "layer_batch"):
+        raise PointliftConfigError(f"i2p_mae: unknown target_norm {mode!r}")
+    target = F.layer_norm(targets.float(), targets.shape[-1:])
     if mode == "layer":
         return target
-    if mode != "layer_batch":
-        raise PointliftConfigError(f"i2p_mae: unknown target_norm {mode!r}")
     flat = target.reshape(-1, target.shape[-1])
     mean = flat.mean(dim=0)
     std = flat.std(dim=0).clamp_min(1e-3) if flat.shape[0] > 1 else torch.ones_like(mean)
     return (target - mean) / std
+
+
+def point_pixels(points: torch.Tensor, renderer: str, image_size: int, footprint: int):
+    """(u, v) pixels (B, 3, P, 2) of every input point under the chosen renderer, and for the released
+    renderer its raw views (B, 3, H, W) (None for the invariant one, whose views the teacher cache owns)."""
+    if renderer == "released":
+        images, projection = released_depth_views(points, image_size, footprint)
+        return projection.pixels(points).flip(-1), images
+    return render_depth_views(points, image_size, footprint).pixels, None
 
 
 # --------------------------------------------------------------------------------- model
@@ -201,103 +240,148 @@ def normalize_point_sets(points: torch.Tensor) -> torch.Tensor:
     return centred / radius[:, None, None]
 
 
-class I2PMAE(nn.Module):
-    """Point-M2AE + reconstruction head + 2D feature head; the teacher is frozen and never checkpointed.
+class I2PMAE(PointM2AE):
+    """Point-M2AE + `rec_head_3d` + `rec_head_2d`, with the released parameter names: a released
+    I2P-MAE state dict (without `clip_model.*`) loads with `load_state_dict`. The teacher is frozen and
+    never checkpointed.
 
-    `forward(batch)` takes {"points": (B, P, 3)} and optionally cached maps {"teacher_features":
-    (B, 3, C, h, w), "teacher_saliency": (B, 3, h, w)}; without them the teacher runs on the fly.
+    `forward(batch)` takes {"points": (B, P, 3)}, optionally cached maps {"teacher_features":
+    (B, 3, C, h, w), "teacher_saliency": (B, 3, h, w)} and a fixed {"top_visible": (B, T) bool};
+    without maps the teacher runs on the fly.
     """
 
     checkpoint_exclude = ("teacher.",)
 
     def __init__(self, config: I2PMAEConfig, teacher: nn.Module | None = None):
-        super().__init__()
-        needs_teacher_output = config.guided_masking or config.feature_target
         if teacher is not None and config.feature_target and config.teacher_channels in (0, teacher.channels):
             config.teacher_channels = int(teacher.channels)
         if config.feature_target and config.teacher_channels <= 0:
             raise PointliftConfigError("i2p_mae: feature_target needs teacher_channels (or a teacher)")
-        self.config = config
-        self.backbone = PointM2AE(config.model)
+        super().__init__(config.model)
+        self.config = self.method = config
         model = config.model
-        top = model.num_scales - 1
-        self.recon_scale = top - (len(model.decoder_dims) - 1)
-        self.recon_head = nn.Linear(model.decoder_dims[-1], model.group_sizes[self.recon_scale] * 3)
+        width, scale = model.decoder_dims[-1], model.recon_scale
+        self.rec_head_3d = nn.Conv1d(width, 3 * model.group_sizes[scale], 1)
         if config.feature_target:
-            width = model.decoder_dims[0]
-            self.feature_head = (nn.Linear(width, config.teacher_channels) if config.feature_head == "linear" else
-                                 nn.Sequential(nn.Linear(width, width), nn.GELU(),
-                                               nn.Linear(width, config.teacher_channels)))
-        self.teacher = teacher if needs_teacher_output else None
+            self.rec_head_2d = nn.Conv1d(width, config.teacher_channels * model.group_sizes[scale] * 3, 1)
+        self.teacher = teacher if (config.guided_masking or config.feature_target) else None
+
+    def no_weight_decay(self) -> set[str]:
+        return {"mask_token"}  # I2P-MAE's optimiser skips `*token*`
 
     # -- 2D side --------------------------------------------------------------------------------
-    def teacher_outputs(self, points: torch.Tensor):
+    def teacher_on_views(self, images: torch.Tensor):
+        """Teacher features (B, 3, C, h, w) and saliency (B, 3, h, w) of raw released views (B, 3, H, W)."""
         if self.teacher is None:
-            raise PointliftConfigError("i2p_mae: this model has no teacher; pass cached teacher maps in the batch")
-        return teacher_maps(self.teacher, points, self.config.image_size, self.config.footprint,
-                            with_saliency=self.config.guided_masking)
+            raise PointliftConfigError("i2p_mae: this model has no teacher; pass teacher maps in the batch")
+        with torch.no_grad():
+            features, saliency = self.teacher.features_and_saliency(released_teacher_input(images),
+                                                                    with_saliency=self.method.guided_masking)
+        batch = images.shape[0]
+        features = features.float().reshape(batch, 3, *features.shape[1:])
+        if saliency is not None:
+            saliency = saliency.float().reshape(batch, 3, *saliency.shape[1:])
+        return features, saliency
 
-    def forward(self, batch: dict) -> dict:
-        config = self.config
+    def run(self, batch: dict, generator: torch.Generator | None = None) -> dict:
+        """Every intermediate of one pretraining forward pass (the reference tests read them)."""
+        config = self.method
         points = batch["points"]
-        hierarchy = self.backbone.group(points)
+        hierarchy = self.group(points)
         top = hierarchy.num_scales - 1
+        scale = config.model.recon_scale
         num_top = hierarchy.centers[top].shape[1]
-        top_saliency = token_features = None
+        parts = {"hierarchy": hierarchy}
+        features = saliency = pixels = None
         if config.guided_masking or config.feature_target:
+            pixels, images = point_pixels(points, config.renderer, config.image_size, config.footprint)
             features, saliency = batch.get("teacher_features"), batch.get("teacher_saliency")
             if features is None:
-                features, saliency = self.teacher_outputs(points)
-            pixels = render_depth_views(points, config.image_size, config.footprint).pixels
-            top_saliency, token_features = token_targets(
-                hierarchy, pixels, features if config.feature_target else None,
-                saliency if config.guided_masking else None, config.image_size)
+                if images is None:
+                    features, saliency = teacher_maps(self.teacher, points, config.image_size, config.footprint,
+                                                      with_saliency=config.guided_masking)
+                else:
+                    features, saliency = self.teacher_on_views(images)
+
+        def pixels_of(index):  # (B, n) input-point indices -> (B, V, n, 2)
+            return pixels.gather(2, index[:, None, :, None].expand(-1, pixels.shape[1], -1, 2))
+
+        visible = batch.get("top_visible")
         if config.guided_masking:
-            visible = guided_top_mask(top_saliency, config.mask_ratio, config.temperature)
-        else:
-            visible = random_top_mask(points.shape[0], num_top, config.mask_ratio, device=points.device)
-        encoded, decoded, masks = self.backbone(hierarchy, visible)
+            centre_pixels = pixels_of(hierarchy.point_index(top))
+            per_view = read_back(saliency[:, :, None].float(), centre_pixels, config.image_size)[..., 0]
+            parts["saliency_per_view"] = per_view
+            parts["top_saliency"] = top_saliency = per_view.mean(dim=1)
+            if visible is None and config.masking == "released":
+                visible = released_top_mask(top_saliency, config.mask_ratio, generator)
+            elif visible is None:
+                visible = guided_top_mask(top_saliency, config.mask_ratio, config.temperature, generator)
+        elif visible is None:
+            visible = random_top_mask(points.shape[0], num_top, config.mask_ratio, generator,
+                                      device=None if generator is not None else points.device)
+        visible = visible.to(points.device)
+        encoded, decoded, masks = self.encode_decode(hierarchy, visible, bool(config.released_quirks))
+        parts.update(encoded=encoded, decoded=decoded, visible=masks)
+        final = decoded.final  # (B, n, C) at the reconstruction scale, token order
 
-        # (a) 3D: masked tokens of the reconstruction scale rebuild their group's relative coordinates
-        scale = self.recon_scale
-        group = hierarchy.relative[scale]  # (B, n, k, 3)
-        prediction = self.recon_head(decoded[scale]).reshape(group.shape)
+        # 3D: masked tokens rebuild their members' centred coordinates (Chamfer-L2)
         masked = ~masks[scale]
-        if bool(masked.any()):
-            loss_recon = chamfer_l2(prediction[masked], group[masked].to(prediction.dtype)).mean()
-        else:
-            loss_recon = prediction.sum() * 0.0
-        loss = config.recon_weight * loss_recon
-        out = {"loss_recon": loss_recon.detach()}
+        group = hierarchy.relative[scale]
+        rows = final[masked]
+        pred_3d = pointwise(self.rec_head_3d, rows).reshape(rows.shape[0], -1, 3)
+        gt_3d = group[masked].to(pred_3d.dtype)
+        loss_3d = chamfer_l2(pred_3d, gt_3d).mean() if len(rows) else final.sum() * 0.0
+        parts.update(pred_3d=pred_3d, gt_3d=gt_3d, loss_3d=loss_3d)
+        loss = config.recon_weight * loss_3d
 
-        # (b) 2D: visible top tokens regress their group's teacher features
+        # 2D: visible tokens predict each member's teacher feature in each view (MSE)
         if config.feature_target:
-            target = normalize_targets(token_features, config.target_norm)
-            predicted = self.feature_head(decoded[top])
-            loss_2d = F.mse_loss(predicted[visible].float(), target[visible].float())
+            kept = masks[scale]
+            members = hierarchy.neighbors[scale]  # (B, n, k) into scale - 1 (or the input points)
+            member_points = members if scale == 0 else hierarchy.point_index(scale - 1).gather(
+                1, members.flatten(1)).reshape(members.shape)
+            batch_size, count, k = member_points.shape
+            values = read_back(features.float(), pixels_of(member_points.flatten(1)), config.image_size)  # (B,V,n*k,C)
+            values = values.reshape(batch_size, -1, count, k, values.shape[-1]).permute(0, 2, 3, 1, 4)  # (B,n,k,V,C)
+            target = normalize_targets(values[kept], config.target_norm).flatten(-2)  # (L, k, V*C)
+            vis_rows = final[kept]
+            pred_2d = pointwise(self.rec_head_2d, vis_rows).reshape(target.shape)
+            loss_2d = F.mse_loss(pred_2d.float(), target)
+            parts.update(pred_2d=pred_2d, target_2d=target, member_points=member_points, loss_2d=loss_2d)
             loss = loss + config.feature_weight * loss_2d
-            out["loss_2d"] = loss_2d.detach()
-        if config.guided_masking:  # how salient the kept tokens are vs the average token (1 = no bias)
-            ranks = top_saliency.argsort(dim=1).argsort(dim=1).float() / max(num_top - 1, 1)
+        # Scales below the reconstruction scale feed no loss (as released); a zero term gives their final
+        # LayerNorm a (zero) gradient so DDP sees every parameter used.
+        for unused in encoded.tokens[:scale]:
+            loss = loss + 0.0 * unused.sum()
+        parts["loss"] = loss
+        return parts
+
+    def forward(self, batch: dict) -> dict:
+        parts = self.run(batch)
+        out = {"loss": parts["loss"], "loss_3d": parts["loss_3d"].detach()}
+        if "loss_2d" in parts:
+            out["loss_2d"] = parts["loss_2d"].detach()
+        if "top_saliency" in parts:  # how salient the kept tokens are vs the average token (0.5 = no bias)
+            sal, visible = parts["top_saliency"], parts["visible"][-1]
+            ranks = sal.argsort(dim=1).argsort(dim=1).float() / max(sal.shape[1] - 1, 1)
             out["visible_saliency_rank"] = ranks[visible].mean().detach()
-        out["loss"] = loss
         return out
 
     # -- frozen features ------------------------------------------------------------------------
     @torch.no_grad()
     def embed(self, points: torch.Tensor, pooling: str = "max") -> torch.Tensor:
         """Global feature (B, F) of point sets (B, P, 3): normalised to the unit sphere, FPS-subsampled
-        (or cycled) to the pretraining point count, all tokens encoded, max-pooled over top tokens."""
-        if points.dim() != 3 or points.shape[-1] != 3 or points.shape[1] == 0:
-            raise PointliftDataError("<points>", f"expected point sets (B, P, 3), got {tuple(points.shape)}")
+        (or repeated) to the configured point count, then the released evaluation encoding (no mask)
+        and "max" pooling of the top tokens after `encoder_norms` (the released SVM features)."""
+        if points.dim() != 3 or points.shape[-1] != 3:
+            raise PointliftDataError("<points>", f"expected (B, P, 3) point sets, got {tuple(points.shape)}")
         points = normalize_point_sets(points.float())
-        wanted = self.config.model.num_points
+        wanted = self.method.model.num_points
         if points.shape[1] > wanted:
             points = gather(points, farthest_point_sample(points, wanted))
         elif points.shape[1] < wanted:
             points = points[:, torch.arange(wanted, device=points.device) % points.shape[1]]
-        encoder = self.backbone.encoder
-        return global_feature(encoder(encoder.group(points))[-1], pooling)
+        return global_feature(encode_for_features(self.h_encoder, points, bool(self.method.released_quirks)), pooling)
 
 
 def build_embedder(model_spec_config: dict) -> I2PMAE:
@@ -308,6 +392,24 @@ def build_embedder(model_spec_config: dict) -> I2PMAE:
 
 def model_spec(config: I2PMAEConfig) -> dict:
     return {"kind": KIND, "config": config_to_dict(config)}
+
+
+def load_released_state(model: I2PMAE, path: str | Path, strict: bool = True):
+    """Load a released I2P-MAE / Point-M2AE state dict (`.safetensors`, or a `.pth` whose `base_model`
+    holds it): the names are ours; `clip_model.*` and a leading `module.` are dropped."""
+    path = Path(path)
+    if not path.is_file():
+        raise PointliftDataError(path, "no such file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("base_model", state)
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith(("clip_model.", "module.clip_model."))}
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    return model.load_state_dict(state, strict=strict)
 
 
 # --------------------------------------------------------------------------------- data
@@ -334,23 +436,31 @@ def prepare_point_sets(point_sets, num_points: int, seed: int = 0) -> np.ndarray
 
 
 class PretrainShapes(torch.utils.data.Dataset):
-    """Fixed point sets with scale-and-translate augmentation, plus their cached teacher maps if given."""
+    """Fixed point sets with scale-and-translate augmentation, plus their cached teacher maps if given.
 
-    def __init__(self, points: np.ndarray, maps: TeacherMaps | None = None, scale_range=(0.8, 1.25),
-                 translate: float = 0.1):
+    augment "per_axis" (the official recipe; I2P-MAE's `PointcloudScaleAndTranslate`): scale U(low, high) and shift
+    U(-translate, translate) drawn per axis; "uniform" (pointlift's, keeps cached maps valid): one scale."""
+
+    def __init__(self, points: np.ndarray, maps: TeacherMaps | None = None, scale_range=(2 / 3, 3 / 2),
+                 translate: float = 0.2, augment: str = "per_axis"):
         if maps is not None and len(maps) != len(points):
             raise PointliftConfigError(f"teacher maps for {len(maps)} shapes, but {len(points)} shapes given")
+        if augment not in ("per_axis", "uniform"):
+            raise PointliftConfigError(f"i2p_mae: unknown augment {augment!r}")
+        if maps is not None and augment != "uniform":
+            raise PointliftConfigError("i2p_mae: cached teacher maps need uniform scaling")
         self.points = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
         self.maps = maps
         self.scale_range = scale_range
         self.translate = translate
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.points)
 
     def __getitem__(self, index: int) -> dict:
         low, high = self.scale_range
-        scale = low + (high - low) * torch.rand(())
+        scale = low + (high - low) * torch.rand(3 if self.augment == "per_axis" else 1)
         shift = (torch.rand(3) * 2 - 1) * self.translate
         item = {"points": self.points[index] * scale + shift}
         if self.maps is not None:
@@ -381,7 +491,8 @@ def load_pretrain_points(data: DataConfig, split: str = "train"):
 def build_teacher(config: TeacherConfig, image_size: int):
     from pointlift.teachers.teacher import Teacher
 
-    return Teacher(config.name, weights=config.weights, stage=config.stage, half=config.half, img_size=image_size)
+    return Teacher(config.name, weights=config.weights, stage=config.stage, half=config.half, img_size=image_size,
+                   project=config.project)
 
 
 # --------------------------------------------------------------------------------- pretraining
@@ -389,29 +500,33 @@ def build_teacher(config: TeacherConfig, image_size: int):
 
 def pretrain(experiment: I2PMAEExperiment, run_dir: str | Path, resume: bool = False, progress: bool = True,
              points: np.ndarray | None = None, teacher=None):
-    """Pretrain on the configured shapes (or `points` (S, P, 3) if given). Returns (model, TrainResult, info)."""
+    """Pretrain on the configured shapes (or `points` (S, P, 3) if given). Returns (model, TrainResult, info).
+
+    With `data.cache_teacher` the teacher runs once per shape before training (pointlift's option);
+    otherwise it runs inside every training step on the augmented batch (the released recipe)."""
     from pointlift.engine.trainer import train
 
-    method = experiment.method
+    method, data = experiment.method, experiment.data
     device = torch.device(experiment.device) if experiment.device else \
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if points is None:
-        points, _, _ = load_pretrain_points(experiment.data, "train")
-    info = {"num_shapes": int(len(points))}
+        points, _, _ = load_pretrain_points(data, "train")
+    info = {"num_shapes": int(len(points)), "recipe": method.recipe}
     needs_teacher = method.guided_masking or method.feature_target
     maps = None
     if needs_teacher:
         teacher = teacher if teacher is not None else build_teacher(experiment.teacher, method.image_size)
         teacher = teacher.to(device)
         info["teacher"] = teacher.identity()
-        start = time.perf_counter()
-        maps = build_teacher_cache(teacher, points, method.image_size, method.footprint,
-                                   cache_dir=experiment.data.cache_dir, batch_size=32,
-                                   storage_dtype=experiment.data.cache_dtype, progress=progress)
-        info["cache_seconds"] = time.perf_counter() - start
-        info["cache_built"] = maps.built
+        if data.cache_teacher:
+            start = time.perf_counter()
+            maps = build_teacher_cache(teacher, points, method.image_size, method.footprint,
+                                       cache_dir=data.cache_dir, batch_size=32,
+                                       storage_dtype=data.cache_dtype, progress=progress)
+            info["cache_seconds"] = time.perf_counter() - start
+            info["cache_built"] = maps.built
     model = I2PMAE(method, teacher if needs_teacher else None)
-    dataset = PretrainShapes(points, maps, experiment.data.scale_range, experiment.data.translate)
+    dataset = PretrainShapes(points, maps, data.scale_range, data.translate, data.augment)
     start = time.perf_counter()
     result = train(model, dataset, experiment.train, run_dir, resume=resume, device=device, progress=progress,
                    config_for_checkpoint=config_to_dict(experiment), model_spec=model_spec(method))
@@ -455,16 +570,16 @@ def finetune_classifier(encoder_state: dict | None, model_config: PointM2AEConfi
                         train_labels: np.ndarray, test_points: np.ndarray, test_labels: np.ndarray,
                         num_classes: int, epochs: int = 10, batch_size: int = 32, lr: float = 5e-4,
                         weight_decay: float = 0.05, device=None, seed: int = 0) -> dict:
-    """Fine-tune encoder + (LayerNorm -> concat(mean, max) -> MLP) head with AdamW and a cosine schedule.
+    """Fine-tune encoder + I2P-MAE's fine-tuning head layout (LayerNorm -> mean + max -> MLP) with AdamW and a cosine schedule.
 
     `encoder_state`: the encoder's weights (keys as in `PointM2AEEncoder`, e.g. from
-    `model.backbone.encoder.state_dict()`), or None for random init. Returns losses and test accuracy.
+    `model.h_encoder.state_dict()`), or None for random init. Returns losses and test accuracy.
     """
     torch.manual_seed(seed)
     device = torch.device(device or "cpu")
     classifier = PointM2AEClassifier(num_classes, model_config).to(device)
     if encoder_state is not None:
-        classifier.encoder.load_state_dict(encoder_state)
+        classifier.h_encoder.load_state_dict(encoder_state)
     train_x = torch.from_numpy(np.ascontiguousarray(train_points, dtype=np.float32))
     train_y = torch.as_tensor(np.asarray(train_labels), dtype=torch.long)
     steps_per_epoch = max(1, len(train_x) // batch_size)
@@ -515,7 +630,7 @@ def quickstart(run_dir, progress: bool = True) -> dict:
     torch.manual_seed(0)
     experiment = I2PMAEExperiment(
         name="quickstart",
-        method=I2PMAEConfig(model=quickstart_model_config(), image_size=96, temperature=0.5),
+        method=I2PMAEConfig(model=quickstart_model_config(), recipe="pointlift", image_size=96, temperature=0.5),
         teacher=TeacherConfig(stage=-2),
         data=DataConfig(source="synthetic", num_points=256, max_shapes=48, cache_dir=None),
         train=TrainConfig(epochs=8, batch_size=16, log_every=3, checkpoint_every=0,
@@ -523,7 +638,7 @@ def quickstart(run_dir, progress: bool = True) -> dict:
         device="cpu")
     train_points, train_labels, _ = load_pretrain_points(experiment.data, "train")
     test_points, test_labels, class_names = load_pretrain_points(experiment.data, "test")
-    untrained = I2PMAE(I2PMAEConfig(model=quickstart_model_config(), feature_target=False,
+    untrained = I2PMAE(I2PMAEConfig(model=quickstart_model_config(), recipe="pointlift", feature_target=False,
                                     guided_masking=False))
     model, result, info = pretrain(experiment, run_dir / "pretrain", progress=progress, points=train_points)
     scores, features = {}, {}

@@ -26,14 +26,35 @@ def _query_chunks(batch: int, num_queries: int, num_ref: int, chunk_size: int | 
 
 
 def _pairwise_dist2(query: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Exact squared distances (B, M, N), in at least float32 (half has no CPU cdist and too
-    little precision to rank neighbours); the non-matmul path avoids cancellation errors."""
+    """Squared distances (B, M, N) as (x1-x2)^2 + (y1-y2)^2 + (z1-z2)^2 in at least float32 (half has
+    too little precision to rank neighbours); no matmul shortcut, so no cancellation error."""
     dtype = torch.promote_types(query.dtype, torch.float32)
-    return torch.cdist(query.to(dtype), ref.to(dtype), compute_mode="donot_use_mm_for_euclid_dist").pow(2)
+    query, ref = query.to(dtype), ref.to(dtype)
+    dist2 = (query[:, :, None, 0] - ref[:, None, :, 0]).pow(2)
+    dist2 += (query[:, :, None, 1] - ref[:, None, :, 1]).pow(2)
+    dist2 += (query[:, :, None, 2] - ref[:, None, :, 2]).pow(2)
+    return dist2
+
+
+def _ascending_stable(dist2: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k smallest entries of the last axis, ascending, equal distances by index: a stable
+    sort's order, as KNN_CUDA's insertion sort gives. topk picks among equal values arbitrarily, so its
+    result is re-ordered by (distance, index), and rows whose k-th and (k+1)-th distances tie (topk
+    may have left out a lower index) are fully sorted."""
+    count = dist2.shape[-1]
+    take = min(k + 1, count)
+    values, idx = dist2.topk(take, dim=-1, largest=False, sorted=True)
+    boundary_tie = values[..., k - 1] == values[..., k] if take > k else torch.zeros_like(values[..., 0], dtype=torch.bool)
+    idx = idx[..., :k].sort(dim=-1).values
+    idx = idx.gather(-1, dist2.gather(-1, idx).sort(dim=-1, stable=True).indices)
+    if bool(boundary_tie.any()):
+        idx[boundary_tie] = dist2[boundary_tie].sort(dim=-1, stable=True).indices[..., :k]
+    return idx
 
 
 def knn(query: torch.Tensor, ref: torch.Tensor, k: int, chunk_size: int | None = None):
-    """The k nearest ref points of each query: (dist2 (B, M, k), idx (B, M, k)), nearest first.
+    """The k nearest ref points of each query: (dist2 (B, M, k), idx (B, M, k)), nearest first
+    (equal distances in index order).
 
     dist2 is recomputed from the gathered points, so it is differentiable in query and ref.
     """
@@ -46,7 +67,7 @@ def knn(query: torch.Tensor, ref: torch.Tensor, k: int, chunk_size: int | None =
     with torch.no_grad():
         for rows in _query_chunks(batch, num_queries, num_ref, chunk_size):
             dist2 = _pairwise_dist2(query[:, rows].detach(), ref.detach())
-            idx[:, rows] = dist2.topk(k, dim=-1, largest=False, sorted=True).indices
+            idx[:, rows] = _ascending_stable(dist2, k)
     dist2 = (gather(ref, idx) - query[:, :, None, :]).pow(2).sum(-1)
     return dist2, idx
 

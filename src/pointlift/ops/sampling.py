@@ -7,10 +7,14 @@ import torch
 from pointlift.errors import PointliftConfigError
 
 
-def farthest_point_sample(xyz: torch.Tensor, m: int) -> torch.Tensor:
+def farthest_point_sample(xyz: torch.Tensor, m: int, skip_radius2: float | None = None) -> torch.Tensor:
     """Indices (B, m) of m points chosen greedily, each the farthest from those already chosen.
 
-    Starts at index 0 (deterministic, like the reference CUDA kernels); ties go to the lowest index.
+    Starts at index 0 (as pointnet2_ops' CUDA kernel); distances are float32 (x1-x2)^2 + (y1-y2)^2 +
+    (z1-z2)^2 like the kernel's; ties go to the lowest index (the kernel's block reduction can pick
+    another one among exact ties). `skip_radius2`: points with x^2 + y^2 + z^2 <= skip_radius2 are
+    never picked after the first (the kernel's rule with 1e-3, which Point-M2AE / I2P-MAE inherit;
+    see `pointlift.models.point_m2ae.RELEASED_FPS_SKIP`).
     Vectorised over the batch; the only Python loop is over the m picks.
     """
     if xyz.dim() != 3 or xyz.shape[-1] != 3:
@@ -21,13 +25,19 @@ def farthest_point_sample(xyz: torch.Tensor, m: int) -> torch.Tensor:
     with torch.no_grad():
         points = xyz.detach().to(torch.promote_types(xyz.dtype, torch.float32))
         chosen = torch.zeros(batch, m, dtype=torch.long, device=xyz.device)
-        nearest_chosen = torch.full((batch, num_points), float("inf"), dtype=points.dtype, device=xyz.device)
+        nearest_chosen = torch.full((batch, num_points), 1e10, dtype=points.dtype, device=xyz.device)
+        if skip_radius2 is not None:
+            skipped = (points * points).sum(-1) <= skip_radius2
         rows = torch.arange(batch, device=xyz.device)
         current = torch.zeros(batch, dtype=torch.long, device=xyz.device)
         for step in range(1, m):
             last = points[rows, current]  # (B, 3)
-            dist2 = (points - last[:, None, :]).pow(2).sum(-1)
+            diff = points - last[:, None, :]
+            dist2 = diff[..., 0] * diff[..., 0] + diff[..., 1] * diff[..., 1] + diff[..., 2] * diff[..., 2]
             nearest_chosen = torch.minimum(nearest_chosen, dist2)
-            current = nearest_chosen.argmax(dim=-1)
+            score = nearest_chosen
+            if skip_radius2 is not None:
+                score = torch.where(skipped, torch.full_like(score, -1.0), score)
+            current = score.argmax(dim=-1)
             chosen[:, step] = current
     return chosen

@@ -1,6 +1,11 @@
 """Linear SVM on frozen features: the standard probe of a self-supervised point encoder.
 
-C is chosen by stratified k-fold cross-validation on the training features only (the official
+Two protocols. `paper_svm_accuracy` is the one in I2P-MAE's code (`tools/runner_pretrain.py`):
+`sklearn.svm.SVC(C=0.01, kernel="linear")` on the raw features, no scaling, scored on the test
+split; report it for the last checkpoint only (that runner keeps the best test score, which
+selects on the test set - never do that).
+
+pointlift's protocol (`svm_accuracy`, `fit_linear_svm`): C is chosen by stratified k-fold cross-validation on the training features only (the official
 I2P-MAE code picks checkpoints and settings on the test set; we never look at it before scoring).
 Features are standardised with statistics of the training split, so one grid of C values fits
 encoders whose feature scales differ.
@@ -15,6 +20,7 @@ import numpy as np
 from pointlift.errors import PointliftConfigError
 
 DEFAULT_CS = (0.001, 0.01, 0.1, 1.0, 10.0)
+PAPER_C = 0.01  # runner_pretrain.py; runner_test_svm.py uses 0.0093 (ModelNet40) and 0.018 (ScanObjectNN)
 
 
 @dataclass
@@ -85,3 +91,16 @@ def svm_accuracy(train_features: np.ndarray, train_labels: np.ndarray, test_feat
     test_features, test_labels = _check(test_features, test_labels, "test")
     probe = fit_linear_svm(train_features, train_labels, Cs=Cs, folds=folds, seed=seed)
     return probe.score(test_features, test_labels), probe.C
+
+
+def paper_svm_accuracy(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
+                       test_labels: np.ndarray, C: float = PAPER_C) -> float:
+    """The paper's protocol: SVC(kernel="linear", C) on raw features, fit on train, test accuracy."""
+    from sklearn.svm import SVC
+
+    features, labels = _check(train_features, train_labels, "train")
+    test_features, test_labels = _check(test_features, test_labels, "test")
+    if C <= 0:
+        raise PointliftConfigError(f"svm: C must be > 0, got {C}")
+    classifier = SVC(C=C, kernel="linear").fit(features, labels)
+    return float(np.mean(classifier.predict(test_features) == test_labels))

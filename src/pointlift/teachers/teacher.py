@@ -34,10 +34,13 @@ class Teacher(nn.Module):
             module sits on at call time). Outputs are always float32. Meant for CUDA: on CPU,
             bfloat16 depthwise convolutions run ~15x slower than float32.
         img_size: input size for fixed-size models (ViTs); default 224. Ignored for CNNs.
+        project: ViT only - apply the model's head to every (final-normed) patch token, e.g. CLIP's
+            visual projection (`vit_base_patch16_clip_224.openai`: 768 -> 512): the
+            features I2P-MAE's code reads. `channels` is then the head's output width.
     """
 
     def __init__(self, name: str = DEFAULT_TEACHER, weights: str | Path | None = None, stage: int = -1,
-                 half: bool = False, img_size: int | None = None):
+                 half: bool = False, img_size: int | None = None, project: bool = False):
         super().__init__()
         import timm
 
@@ -88,6 +91,13 @@ class Teacher(nn.Module):
         self.stage = stage % len(info)
         self.stride = int(info[self.stage]["reduction"])
         self.channels = int(info[self.stage]["num_chs"])
+        self.project = bool(project)
+        if self.project:
+            head = getattr(self.model, "head", None)
+            if not self.is_vit or not isinstance(head, nn.Linear) or self.stage != len(info) - 1:
+                raise PointliftConfigError(f"project=True needs a ViT with a linear head at the last stage; "
+                                           f"'{name}' stage {stage} has none")
+            self.channels = int(head.out_features)
 
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
@@ -101,7 +111,8 @@ class Teacher(nn.Module):
     def identity(self) -> str:
         """A string that changes whenever the features would: model, weights, stage, size, precision."""
         return (f"{self.name}|weights={self.weights_source}|stage={self.stage}"
-                f"|img={self.img_size or 'any'}|{'half' if self.half else 'float32'}")
+                f"|img={self.img_size or 'any'}|{'half' if self.half else 'float32'}"
+                + ("|projected" if self.project else ""))
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1], (B,3,H,W) -> the network's input normalisation."""
@@ -143,6 +154,9 @@ class Teacher(nn.Module):
                                                          intermediates_only=True)[0].float()
             finally:
                 hook.remove()
+            if self.project:  # (B, C, h, w) -> head on each patch token, still (B, C', h, w)
+                head = self.model.head
+                feats = head(feats.permute(0, 2, 3, 1).to(head.weight.dtype)).permute(0, 3, 1, 2).float()
             if not with_saliency:
                 return feats, None
             attention = self.last_block_attention(captured["tokens"])
