@@ -82,12 +82,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("path", ["batched", "looped"])
+@pytest.mark.parametrize("path", ["csr", "index_add"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_conv_matches_dense(case, device, path, monkeypatch):
-    """Both execution paths: all offsets in one batched matmul, and one matmul per offset."""
-    monkeypatch.setattr(conv_module, "BATCHED_OFFSETS_MAX_ELEMENTS", 1 << 40 if path == "batched" else 0)
+    """Both ways of summing pair products onto sites: CSR segment sums and index_add_."""
+    monkeypatch.setattr(conv_module, "SCATTER", path)
     name, cls, cin, cout, kwargs = case
     torch.manual_seed(1)
     k = kwargs["kernel_size"]

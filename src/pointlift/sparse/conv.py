@@ -19,6 +19,7 @@ the gathers in backward: much less memory on large scenes, same speed.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 from torch import nn
@@ -53,45 +54,99 @@ def _grouped_weight_grad(x: torch.Tensor, grad: torch.Tensor, groups: int) -> to
     return torch.bmm(xg, gg)
 
 
-# Maps whose padded gather (offsets x longest pair list x channels) stays under this many
-# elements run all offsets in one batched matmul; larger ones loop over offsets (no padding
-# waste, bounded memory). Small maps are dominated by per-op overhead, large ones by the matmuls.
-BATCHED_OFFSETS_MAX_ELEMENTS = 1 << 22
+# How pair values are summed onto their sites: "csr" (a sorted segment sum, S @ values with a
+# cached CSR 0/1 matrix; fastest on CPU), "index_add" (atomic scatter; the usual choice on CUDA)
+# or "auto" (csr on CPU, index_add elsewhere).
+SCATTER = "auto"
 
 
-def _use_batched(kmap: KernelMap, channels: int) -> bool:
-    ids, pad_in, _ = kmap.padded()
-    return bool(ids) and pad_in.numel() * channels <= BATCHED_OFFSETS_MAX_ELEMENTS
+def _use_csr(device: torch.device) -> bool:
+    return SCATTER == "csr" or (SCATTER == "auto" and device.type == "cpu")
 
 
-def _with_zero_row(x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x, x.new_zeros(1, x.shape[1])])
+class _Workspace(threading.local):
+    """Reused scratch buffers for the gathered rows and per-pair products (CPU only).
+
+    A fresh multi-megabyte CPU tensor costs a page fault per 4 KiB page on first touch (glibc
+    serves it by mmap and returns it on free), which made the gathers slower than the matmuls;
+    reusing two buffers removes that. Buffers never leave the autograd function.
+    """
+
+    def __init__(self):
+        self.buffers: dict[tuple, torch.Tensor] = {}
+
+    def get(self, slot: int, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+        if like.device.type != "cpu":
+            return like.new_empty(rows, cols)
+        key = (slot, like.dtype)
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < rows * cols:
+            self.buffers[key] = buf = like.new_empty(max(rows * cols, 1))
+        return buf[: rows * cols].view(rows, cols)
+
+
+_WORKSPACE = _Workspace()
+
+
+def release_workspace() -> None:
+    """Free this thread's scratch buffers (they are otherwise kept for the next convolution)."""
+    _WORKSPACE.buffers.clear()
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor, slot: int) -> torch.Tensor:
+    buf = _WORKSPACE.get(slot, index.numel(), x.shape[1], x)
+    return torch.index_select(x, 0, index, out=buf)
+
+
+def _matmul_into(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+    """out = x @ w per group (w: (G, Ci, Co)), written into `out` without a temporary when G = 1."""
+    if w.shape[0] == 1:
+        torch.mm(x, w[0], out=out)
+    else:
+        out.copy_(_grouped_matmul(x, w))
+
+
+def _scatter_sum(base: torch.Tensor | None, kmap: KernelMap, side: str, values: torch.Tensor, rows: int) -> torch.Tensor:
+    """base + (sum of `values` rows onto their `side` sites); base may be None (zeros)."""
+    pairs = kmap.pairs()
+    if _use_csr(values.device):
+        matrix = kmap.scatter_matrix(side, values.dtype)
+        if base is None:
+            return matrix @ values
+        return base.addmm_(matrix, values)
+    index = pairs.out_cat if side == "out" else pairs.in_cat
+    if base is None:
+        base = values.new_zeros(rows, values.shape[1])
+    return base.index_add_(0, index, values)
 
 
 class _SparseConvFunction(torch.autograd.Function):
-    """out[out_index[k]] += features[in_index[k]] @ W[k] for every kernel offset k."""
+    """out[out_index[k]] += features[in_index[k]] @ W[k] for every kernel offset k.
+
+    Per layer: one gather of all pairs' input rows, one matmul per offset into one product
+    buffer, one segment sum onto the output sites. Backward reuses the forward's map (and its
+    cached CSR matrices) and recomputes the gather instead of saving it (memory).
+    """
 
     @staticmethod
     def forward(ctx, features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-        # weight: (K, G, Ci, Co)
+        # weight: (K, G, Ci, Co); dtypes were settled by the caller, so autocast stays out
         ctx.kmap = kmap
         ctx.save_for_backward(features, weight)
         groups, cin, cout = weight.shape[1:]
-        out = features.new_zeros(kmap.num_out, groups * cout)
-        if kmap.identity is not None:
-            out += _grouped_matmul(features, weight[kmap.identity])
-        ctx.batched = _use_batched(kmap, groups * max(cin, cout))
-        if ctx.batched:
-            ids, pad_in, pad_out = kmap.padded()
-            gathered = _with_zero_row(features)[pad_in.view(-1)].view(len(ids), -1, groups, cin)
-            result = torch.einsum("kpgi,kgio->kpgo", gathered, weight[ids])
-            scattered = out.new_zeros(kmap.num_out + 1, groups * cout)
-            scattered.index_add_(0, pad_out.view(-1), result.reshape(-1, groups * cout))
-            out += scattered[: kmap.num_out]
-            return out
-        for k, (in_idx, out_idx) in enumerate(zip(kmap.in_index, kmap.out_index)):
-            if k != kmap.identity and in_idx.numel():
-                out.index_add_(0, out_idx, _grouped_matmul(features.index_select(0, in_idx), weight[k]))
+        with torch.autocast(features.device.type, enabled=False):
+            out = None
+            if kmap.identity is not None:
+                out = _grouped_matmul(features, weight[kmap.identity])
+            pairs = kmap.pairs()
+            if pairs.count:
+                gathered = _gather(features, pairs.in_cat, 0)
+                products = _WORKSPACE.get(1, pairs.count, groups * cout, features)
+                for k, (a, b) in zip(pairs.ids, pairs.bounds):
+                    _matmul_into(gathered[a:b], weight[k], products[a:b])
+                out = _scatter_sum(out, kmap, "out", products, kmap.num_out)
+            if out is None:
+                out = features.new_zeros(kmap.num_out, groups * cout)
         return out
 
     @staticmethod
@@ -102,34 +157,32 @@ class _SparseConvFunction(torch.autograd.Function):
         groups, cin, cout = weight.shape[1:]
         weight_t = weight.transpose(2, 3)  # (K, G, Co, Ci)
         need_features, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_features = torch.zeros_like(features) if need_features else None
+        grad_features = None
         grad_weight = torch.zeros_like(weight) if need_weight else None
-        if kmap.identity is not None:
-            k = kmap.identity
-            if need_features:
-                grad_features += _grouped_matmul(grad_out, weight_t[k])
-            if need_weight:
-                grad_weight[k] = _grouped_weight_grad(features, grad_out, groups)
-        if ctx.batched:
-            ids, pad_in, pad_out = kmap.padded()
-            g = _with_zero_row(grad_out)[pad_out.view(-1)].view(len(ids), -1, groups, cout)
-            if need_features:
-                back = torch.einsum("kpgo,kgio->kpgi", g, weight[ids])
-                scattered = features.new_zeros(kmap.num_in + 1, groups * cin)
-                scattered.index_add_(0, pad_in.view(-1), back.reshape(-1, groups * cin))
-                grad_features += scattered[: kmap.num_in]
-            if need_weight:
-                x = _with_zero_row(features)[pad_in.view(-1)].view(len(ids), -1, groups, cin)
-                grad_weight[ids] = torch.einsum("kpgi,kpgo->kgio", x, g)
-            return grad_features, grad_weight, None
-        for k, (in_idx, out_idx) in enumerate(zip(kmap.in_index, kmap.out_index)):
-            if k == kmap.identity or not in_idx.numel():
-                continue
-            g = grad_out.index_select(0, out_idx)
-            if need_features:
-                grad_features.index_add_(0, in_idx, _grouped_matmul(g, weight_t[k]))
-            if need_weight:
-                grad_weight[k] = _grouped_weight_grad(features.index_select(0, in_idx), g, groups)
+        with torch.autocast(features.device.type, enabled=False):
+            if kmap.identity is not None:
+                k = kmap.identity
+                if need_features:
+                    grad_features = _grouped_matmul(grad_out, weight_t[k])
+                if need_weight:
+                    grad_weight[k] = _grouped_weight_grad(features, grad_out, groups)
+            pairs = kmap.pairs()
+            if pairs.count:
+                g = _gather(grad_out, pairs.out_cat, 1)
+                if need_weight:
+                    x = _gather(features, pairs.in_cat, 0)
+                    for k, (a, b) in zip(pairs.ids, pairs.bounds):
+                        if groups == 1:
+                            torch.mm(x[a:b].t(), g[a:b], out=grad_weight[k, 0])
+                        else:
+                            grad_weight[k] = _grouped_weight_grad(x[a:b], g[a:b], groups)
+                if need_features:
+                    products = _WORKSPACE.get(0, pairs.count, groups * cin, features)  # x is done with
+                    for k, (a, b) in zip(pairs.ids, pairs.bounds):
+                        _matmul_into(g[a:b], weight_t[k], products[a:b])
+                    grad_features = _scatter_sum(grad_features, kmap, "in", products, kmap.num_in)
+            if need_features and grad_features is None:
+                grad_features = torch.zeros_like(features)
         return grad_features, grad_weight, None
 
 
