@@ -120,30 +120,56 @@ def _scatter_sum(base: torch.Tensor | None, kmap: KernelMap, side: str, values: 
     return base.index_add_(0, index, values)
 
 
+def _transpose_2d(x: torch.Tensor) -> torch.Tensor:
+    """x.t().contiguous(), copied in row blocks on CPU so each block's source stays in cache.
+
+    The Conv3d weight keeps the kernel offset innermost; the matmuls need it outermost. A plain
+    permuted copy of a 256x256x27 weight strides across 27 KiB per element on CPU (several
+    times slower than the blocked copy), and it happens twice per layer and step.
+    """
+    rows, cols = x.shape
+    if x.device.type != "cpu" or rows * cols < (1 << 16):
+        return x.t().contiguous()
+    out = x.new_empty(cols, rows)
+    block = 4096
+    for a in range(0, rows, block):
+        out[:, a : a + block].copy_(x[a : a + block].t())
+    return out
+
+
+def _offset_major(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """Conv3d layout (G*Co, Ci, k, k, k) -> (K, G, Co, Ci), contiguous; W_k = w[k, g].t()."""
+    cout_total, cin = weight.shape[:2]
+    k3 = weight[0, 0].numel()
+    return _transpose_2d(weight.reshape(cout_total * cin, k3)).view(k3, groups, cout_total // groups, cin)
+
+
 class _SparseConvFunction(torch.autograd.Function):
     """out[out_index[k]] += features[in_index[k]] @ W[k] for every kernel offset k.
 
     Per layer: one gather of all pairs' input rows, one matmul per offset into one product
     buffer, one segment sum onto the output sites. Backward reuses the forward's map (and its
-    cached CSR matrices) and recomputes the gather instead of saving it (memory).
+    cached CSR matrices) and recomputes the gather instead of saving it (memory). The weight
+    enters and its gradient leaves in Conv3d layout; inside, it is offset-major (K, G, Co, Ci).
     """
 
     @staticmethod
-    def forward(ctx, features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-        # weight: (K, G, Ci, Co); dtypes were settled by the caller, so autocast stays out
-        ctx.kmap = kmap
-        ctx.save_for_backward(features, weight)
-        groups, cin, cout = weight.shape[1:]
+    def forward(ctx, features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, groups: int) -> torch.Tensor:
+        # dtypes were settled by the caller, so autocast stays out
         with torch.autocast(features.device.type, enabled=False):
+            w = _offset_major(weight, groups)  # (K, G, Co, Ci)
+            ctx.kmap, ctx.weight_shape = kmap, weight.shape
+            ctx.save_for_backward(features, w)
+            cout = w.shape[2]
             out = None
             if kmap.identity is not None:
-                out = _grouped_matmul(features, weight[kmap.identity])
+                out = _grouped_matmul(features, w[kmap.identity].transpose(1, 2))
             pairs = kmap.pairs()
             if pairs.count:
                 gathered = _gather(features, pairs.in_cat, 0)
                 products = _WORKSPACE.get(1, pairs.count, groups * cout, features)
                 for k, (a, b) in zip(pairs.ids, pairs.bounds):
-                    _matmul_into(gathered[a:b], weight[k], products[a:b])
+                    _matmul_into(gathered[a:b], w[k].transpose(1, 2), products[a:b])
                 out = _scatter_sum(out, kmap, "out", products, kmap.num_out)
             if out is None:
                 out = features.new_zeros(kmap.num_out, groups * cout)
@@ -151,21 +177,20 @@ class _SparseConvFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        features, weight = ctx.saved_tensors
+        features, w = ctx.saved_tensors  # w: (K, G, Co, Ci)
         kmap: KernelMap = ctx.kmap
         grad_out = grad_out.contiguous()
-        groups, cin, cout = weight.shape[1:]
-        weight_t = weight.transpose(2, 3)  # (K, G, Co, Ci)
+        num_offsets, groups, cout, cin = w.shape
         need_features, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_features = None
-        grad_weight = torch.zeros_like(weight) if need_weight else None
+        grad_w = torch.zeros_like(w) if need_weight else None
         with torch.autocast(features.device.type, enabled=False):
             if kmap.identity is not None:
                 k = kmap.identity
                 if need_features:
-                    grad_features = _grouped_matmul(grad_out, weight_t[k])
+                    grad_features = _grouped_matmul(grad_out, w[k])
                 if need_weight:
-                    grad_weight[k] = _grouped_weight_grad(features, grad_out, groups)
+                    grad_w[k] = _grouped_weight_grad(features, grad_out, groups).transpose(1, 2)
             pairs = kmap.pairs()
             if pairs.count:
                 g = _gather(grad_out, pairs.out_cat, 1)
@@ -173,17 +198,20 @@ class _SparseConvFunction(torch.autograd.Function):
                     x = _gather(features, pairs.in_cat, 0)
                     for k, (a, b) in zip(pairs.ids, pairs.bounds):
                         if groups == 1:
-                            torch.mm(x[a:b].t(), g[a:b], out=grad_weight[k, 0])
+                            torch.mm(g[a:b].t(), x[a:b], out=grad_w[k, 0])
                         else:
-                            grad_weight[k] = _grouped_weight_grad(x[a:b], g[a:b], groups)
+                            grad_w[k] = _grouped_weight_grad(x[a:b], g[a:b], groups).transpose(1, 2)
                 if need_features:
                     products = _WORKSPACE.get(0, pairs.count, groups * cin, features)  # x is done with
                     for k, (a, b) in zip(pairs.ids, pairs.bounds):
-                        _matmul_into(g[a:b], weight_t[k], products[a:b])
+                        _matmul_into(g[a:b], w[k], products[a:b])
                     grad_features = _scatter_sum(grad_features, kmap, "in", products, kmap.num_in)
             if need_features and grad_features is None:
                 grad_features = torch.zeros_like(features)
-        return grad_features, grad_weight, None
+            grad_weight = None
+            if need_weight:
+                grad_weight = _transpose_2d(grad_w.view(num_offsets, -1)).view(ctx.weight_shape)
+        return grad_features, grad_weight, None, None
 
 
 def _compute_dtype(features: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -200,11 +228,8 @@ def _compute_dtype(features: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 
 def sparse_conv_features(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, groups: int) -> torch.Tensor:
     """Apply a Conv3d-layout weight (Co_total, Ci, k, k, k) along a kernel map: (M_in, C) -> (M_out, Co_total)."""
-    cout_total, cin = weight.shape[:2]
-    k3 = weight[0, 0].numel()
-    w = weight.reshape(groups, cout_total // groups, cin, k3).permute(3, 0, 2, 1)  # (K, G, Ci, Co)
     dtype = _compute_dtype(features, weight)
-    return _SparseConvFunction.apply(features.to(dtype), w.to(dtype).contiguous(), kmap)
+    return _SparseConvFunction.apply(features.to(dtype), weight.to(dtype), kmap, groups)
 
 
 class _SparseConvNd(nn.Module):
