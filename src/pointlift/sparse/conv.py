@@ -23,6 +23,7 @@ import threading
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.sparse import backend as backend_registry
@@ -154,8 +155,9 @@ class _SparseConvFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, groups: int) -> torch.Tensor:
+    def forward(ctx, features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, groups: int, label: str) -> torch.Tensor:
         # dtypes were settled by the caller, so autocast stays out
+        ctx.label = label
         with torch.autocast(features.device.type, enabled=False):
             w = _offset_major(weight, groups)  # (K, G, Co, Ci)
             ctx.kmap, ctx.weight_shape = kmap, weight.shape
@@ -184,7 +186,7 @@ class _SparseConvFunction(torch.autograd.Function):
         need_features, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_features = None
         grad_w = torch.zeros_like(w) if need_weight else None
-        with torch.autocast(features.device.type, enabled=False):
+        with torch.autocast(features.device.type, enabled=False), record_function(f"{ctx.label}.backward"):
             if kmap.identity is not None:
                 k = kmap.identity
                 if need_features:
@@ -211,7 +213,7 @@ class _SparseConvFunction(torch.autograd.Function):
             grad_weight = None
             if need_weight:
                 grad_weight = _transpose_2d(grad_w.view(num_offsets, -1)).view(ctx.weight_shape)
-        return grad_features, grad_weight, None, None
+        return grad_features, grad_weight, None, None, None
 
 
 def _compute_dtype(features: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -226,10 +228,15 @@ def _compute_dtype(features: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(features.dtype, weight.dtype)
 
 
-def sparse_conv_features(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, groups: int) -> torch.Tensor:
-    """Apply a Conv3d-layout weight (Co_total, Ci, k, k, k) along a kernel map: (M_in, C) -> (M_out, Co_total)."""
+def sparse_conv_features(
+    features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, groups: int, label: str = "sparse.conv"
+) -> torch.Tensor:
+    """Apply a Conv3d-layout weight (Co_total, Ci, k, k, k) along a kernel map: (M_in, C) -> (M_out, Co_total).
+
+    `label` names the backward pass in torch.profiler traces (the per-layer-type breakdown).
+    """
     dtype = _compute_dtype(features, weight)
-    return _SparseConvFunction.apply(features.to(dtype), weight.to(dtype), kmap, groups)
+    return _SparseConvFunction.apply(features.to(dtype), weight.to(dtype), kmap, groups, label)
 
 
 class _SparseConvNd(nn.Module):
@@ -258,6 +265,8 @@ class _SparseConvNd(nn.Module):
             )
         if backend is not None:
             backend_registry.check_backend_name(backend)
+            if backend == "spconv":
+                backend_registry.require_spconv()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.dilation, self.groups = kernel_size, stride, dilation, groups
         self.backend = backend
@@ -284,22 +293,29 @@ class _SparseConvNd(nn.Module):
     def output_stride_and_map(self, x: SparseTensor) -> tuple[int, KernelMap]:
         raise NotImplementedError
 
+    def profile_label(self) -> str:
+        """Layer type for profiler traces: sparse.subm_k3, sparse.down_k2s2, sparse.up_k2s2, ..."""
+        kind = "up" if self.transposed else ("subm" if self.stride == 1 else "down")
+        return f"sparse.{kind}_k{self.kernel_size}" + (f"s{self.stride}" if self.stride > 1 else "")
+
     def forward(self, x: SparseTensor) -> SparseTensor:
         if x.num_channels != self.in_channels:
             raise PointliftDataError(
                 "sparse tensor", f"{type(self).__name__} expects {self.in_channels} channels, got {x.num_channels}"
             )
-        if backend_registry.resolve(self.backend) == "spconv":
-            from pointlift.sparse import spconv_backend
+        label = self.profile_label()
+        with record_function(label):
+            if backend_registry.resolve(self.backend) == "spconv":
+                from pointlift.sparse import spconv_backend
 
-            out = spconv_backend.try_forward(self, x)
-            if out is not None:
-                return out
-        out_stride, kmap = self.output_stride_and_map(x)
-        features = sparse_conv_features(x.features, self.weight, kmap, self.groups)
-        if self.bias is not None:
-            features = features + self.bias.to(features.dtype)
-        return x.replace(features, stride=out_stride)
+                out = spconv_backend.try_forward(self, x)
+                if out is not None:
+                    return out
+            out_stride, kmap = self.output_stride_and_map(x)
+            features = sparse_conv_features(x.features, self.weight, kmap, self.groups, label)
+            if self.bias is not None:
+                features = features + self.bias.to(features.dtype)
+            return x.replace(features, stride=out_stride)
 
 
 class SubMConv3d(_SparseConvNd):

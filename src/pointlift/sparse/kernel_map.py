@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+from torch.profiler import record_function
 
 from pointlift.errors import PointliftDataError
 
@@ -158,16 +159,20 @@ class KernelMap:
         stored_side = side if not self._flipped else ("in" if side == "out" else "out")
         key = (stored_side, dtype, index.device)
         if key not in self._scatter:
-            order = torch.argsort(index, stable=True)
-            crow = torch.zeros(rows + 1, dtype=torch.long, device=index.device)
-            torch.cumsum(torch.bincount(index, minlength=rows), 0, out=crow[1:])
-            values = torch.ones(index.numel(), dtype=dtype, device=index.device)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-                self._scatter[key] = torch.sparse_csr_tensor(
-                    crow, order, values, size=(rows, index.numel()), check_invariants=False
-                )
+            with record_function("sparse.kernel_map"):
+                self._scatter[key] = _segment_matrix(index, rows, dtype)
         return self._scatter[key]
+
+
+def _segment_matrix(index: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    """CSR (rows x len(index)) with a one at (index[p], p)."""
+    order = torch.argsort(index, stable=True)
+    crow = torch.zeros(rows + 1, dtype=torch.long, device=index.device)
+    torch.cumsum(torch.bincount(index, minlength=rows), 0, out=crow[1:])
+    values = torch.ones(index.numel(), dtype=dtype, device=index.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, order, values, size=(rows, index.numel()), check_invariants=False)
 
 
 def offset_key_deltas(offsets: torch.Tensor) -> torch.Tensor:
