@@ -197,16 +197,20 @@ def build_kernel_map(
     device = out_coords.device
     offsets = kernel_offsets(kernel_size, dilation, device)  # (K, 3)
     num_offsets, num_out = offsets.shape[0], out_coords.shape[0]
-    base = out_coords.clone()
-    base[:, 1:] *= stride
-    base_keys = encode_keys(base)
+    if same_sites and stride == 1:
+        base_sorted, perm = in_hash.sorted_keys, in_hash.order  # the output sites are the input sites
+    else:
+        base = out_coords.clone()
+        base[:, 1:] *= stride
+        base_sorted, perm = torch.sort(encode_keys(base))
     centre = num_offsets // 2 if same_sites else None  # odd kernel: offsets[K - 1 - k] = -offsets[k]
     queried = offsets[:centre] if same_sites else offsets
-    found = in_hash.lookup(base_keys.unsqueeze(0) + offset_key_deltas(queried).unsqueeze(1))  # (K', M_out)
+    # sorted queries per offset: the binary searches and gathers walk memory in order
+    found = in_hash.lookup(base_sorted.unsqueeze(0) + offset_key_deltas(queried).unsqueeze(1))  # (K', M_out)
     hit = found >= 0
     counts = hit.sum(1).tolist()
     in_cat = found[hit]
-    out_cat = hit.nonzero()[:, 1]
+    out_cat = perm[hit.nonzero()[:, 1]]
     ins = list(in_cat.split(counts)) if counts else []
     outs = list(out_cat.split(counts)) if counts else []
     if same_sites:
