@@ -10,10 +10,11 @@ module, so 2D->3D inflation and comparisons with dense `conv3d` are direct. Dens
 - `SparseInverseConv3d` (stride s): dense `conv_transpose3d` with the same stride/padding and
   weight `w.transpose(0, 1)` (per group), read at the cached sites of the finer stride.
 
-Execution: small maps run all kernel offsets at once (one padded gather, one batched matmul,
-one scatter-add), large maps loop over offsets (gather -> matmul -> index_add_ each). The
-autograd function saves only the input features and weights (not the gathers) and recomputes
-the gathers in backward: much less memory on large scenes, same speed.
+Execution (pure backend), per layer: one gather of every pair's input row into a reused scratch
+buffer, one matmul per kernel offset into one product buffer, and one segment sum of the products
+onto the output sites (a cached CSR 0/1 matrix on CPU, `index_add_` on CUDA). The autograd function
+saves only the input features and the weight and reuses the forward's kernel map in backward,
+where it recomputes the gather (much less memory on large scenes than saving it).
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def _matmul_into(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
     """out = x @ w per group (w: (G, Ci, Co)), written into `out` without a temporary when G = 1."""
     if w.shape[0] == 1:
         torch.mm(x, w[0], out=out)
+    elif w.shape[1] == 1 and w.shape[2] == 1:  # depthwise
+        torch.mul(x, w[:, 0, 0], out=out)
     else:
         out.copy_(_grouped_matmul(x, w))
 
