@@ -316,7 +316,9 @@ def run(preset: str, out_dir: Path, data_root: Path | None = None) -> BenchResul
         "timing": "median over repeats of one training step (forward incl. kernel maps | backward); backends "
                   "alternate within each repeat, order reversed every other repeat; ratios are medians of "
                   "per-repeat ratios",
-        "breakdown": "pure backend, one torch.profiler step; conv times exclude the kernel maps built inside them",
+        "breakdown": "pure backend, one torch.profiler step (profiler overhead included); conv times exclude the "
+                     "kernel maps built inside them" + ("; on CUDA these are host-side (launch) times"
+                                                        if device.type == "cuda" else ""),
         "peak_mem": ("CUDA max allocated over one step" if device.type == "cuda" else
                      "peak RSS over two steps (VmHWM, reset after loading) minus the RSS of the loaded model and "
                      "data, in a fresh process per backend"),
