@@ -82,12 +82,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("path", ["batched", "looped"])
+@pytest.mark.parametrize("path", ["csr", "index_add"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_conv_matches_dense(case, device, path, monkeypatch):
-    """Both execution paths: all offsets in one batched matmul, and one matmul per offset."""
-    monkeypatch.setattr(conv_module, "BATCHED_OFFSETS_MAX_ELEMENTS", 1 << 40 if path == "batched" else 0)
+    """Both ways of summing pair products onto sites: CSR segment sums and index_add_."""
+    monkeypatch.setattr(conv_module, "SCATTER", path)
     name, cls, cin, cout, kwargs = case
     torch.manual_seed(1)
     k = kwargs["kernel_size"]
@@ -248,3 +248,54 @@ def spconv_backend_matches_pure(device):
 # spconv is optional: its parity test exists where it is installed (CUDA cases where a GPU exists).
 if spconv_available():
     test_spconv_backend_matches_pure = pytest.mark.parametrize("device", DEVICES)(spconv_backend_matches_pure)
+
+
+def test_spconv_missing_is_one_clear_config_error(monkeypatch):
+    from pointlift.sparse import backend as backend_module
+    from pointlift.sparse import set_backend
+
+    monkeypatch.setattr(backend_module, "spconv_available", lambda: False)
+    with pytest.raises(PointliftConfigError, match="pip install spconv"):
+        SubMConv3d(4, 4, backend="spconv")
+    with pytest.raises(PointliftConfigError, match="pip install spconv"):
+        set_backend("spconv")
+
+
+def test_workspace_reuse_and_scatter_paths_agree(monkeypatch):
+    """A small U-Net twice (scratch buffers reused across layers and steps) and with index_add_:
+    identical outputs and gradients."""
+    from pointlift.models.sparse_unet import sparse_unet
+
+    coords, feats = random_sparse(channels=3, grid=12, density=0.2, seed=5)
+    torch.manual_seed(0)
+    model = sparse_unet("spunet-tiny", in_channels=3, out_channels=4).eval()
+
+    def run():
+        model.zero_grad()
+        out = model(SparseTensor(feats, coords)).features
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    first, grads_first = run()
+    again, grads_again = run()
+    conv_module.release_workspace()
+    monkeypatch.setattr(conv_module, "SCATTER", "index_add")
+    other, grads_other = run()
+    assert torch.equal(first, again) and all(torch.equal(a, b) for a, b in zip(grads_first, grads_again))
+    assert (first - other).abs().max() < 1e-4
+    assert max((a - b).abs().max().item() for a, b in zip(grads_first, grads_other)) < 1e-3
+
+
+def test_transposed_map_shares_pairs_and_segment_matrices():
+    coords, feats = random_sparse(channels=2)
+    x = SparseTensor(feats, coords)
+    stride = x.manager.downsample(1, 2)
+    kmap = x.manager.kernel_map(1, stride, 2, 1)
+    forward_out = kmap.scatter_matrix("out", torch.float32)
+    back = kmap.transposed()
+    assert back.transposed() is kmap
+    assert back.scatter_matrix("in", torch.float32) is forward_out
+    assert torch.equal(back.pairs().in_cat, kmap.pairs().out_cat)
+    values = torch.randn(kmap.pairs().count, 3)
+    expected = torch.zeros(kmap.num_out, 3).index_add_(0, kmap.pairs().out_cat, values)
+    assert torch.allclose(forward_out @ values, expected, atol=1e-6)

@@ -5,13 +5,19 @@ as features) through SpUNet-v1m1 (`cpu`, `gpu`) or spunet-tiny on a thinned fram
 Each timed step builds a fresh SparseTensor, so kernel-map construction is included for both
 backends, as in training where every batch brings new coordinates. When spconv is importable it
 runs side by side on the same model and weights; otherwise its metrics are NaN.
+
+Reported: forward and backward medians per backend, the pure/spconv ratio (median of per-repeat
+ratios, backends alternating in one process), a per-layer-type profile of the pure backend, peak
+memory per backend, and scaling with the number of voxels (re-voxelising the frame) with a plot.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import resource
+import statistics
 import time
 from pathlib import Path
 
@@ -25,23 +31,27 @@ from pointlift.sparse import SparseTensor, spconv_available, use_backend
 from pointlift.sparse.kernel_map import encode_keys
 
 
-
 def default_data_root() -> Path:
     return shared_path("data/7scenes-redkitchen")
 
 
+# voxel sizes: the main measurement, then the scaling points (about 5k, 20k, 80k voxels on CPU;
+# 20k and 200k on GPU). Every point re-voxelises the same frame.
 SETTINGS = {
-    "smoke": dict(model="spunet-tiny", pixel_stride=8, warmup=1, repeats=2, device="cpu"),
-    "cpu": dict(model="spunet-v1m1", pixel_stride=1, warmup=1, repeats=3, device="cpu"),
-    "gpu": dict(model="spunet-v1m1", pixel_stride=1, warmup=3, repeats=10, device="cuda"),
+    "smoke": dict(model="spunet-tiny", pixel_stride=8, voxel=0.02, scaling=(), warmup=1, repeats=2,
+                  scaling_repeats=1, device="cpu", peak_memory=False),
+    "cpu": dict(model="spunet-v1m1", pixel_stride=1, voxel=0.02, scaling=(0.044, 0.02, 0.0082), warmup=1,
+                repeats=5, scaling_repeats=3, device="cpu", peak_memory=True),
+    "gpu": dict(model="spunet-v1m1", pixel_stride=1, voxel=0.02, scaling=(0.02, 0.004), warmup=3, repeats=10,
+                scaling_repeats=10, device="cuda", peak_memory=True),
 }
 VOXEL_SIZE = 0.02
 NUM_CLASSES = 20
 FRAME_INDEX = 0
 
 
-def load_frame_voxels(root: Path, pixel_stride: int, device: torch.device):
-    """(coords (M, 4) long, colours (M, 3) float in [0, 1]) of one back-projected frame at 2 cm."""
+def load_frame_voxels(root: Path, pixel_stride: int, device: torch.device, voxel_size: float = VOXEL_SIZE):
+    """(coords (M, 4) long, colours (M, 3) float in [0, 1]) of one back-projected frame."""
     from pointlift.data.rgbd import open_rgbd_sequence
     from pointlift.geometry.camera import depth_to_points
     from pointlift.geometry.voxel import average_per_voxel, voxelize
@@ -54,7 +64,7 @@ def load_frame_voxels(root: Path, pixel_stride: int, device: torch.device):
     if len(points) == 0:
         raise PointliftDataError(root, f"frame {frame.name} has no valid depth")
     colours = torch.from_numpy(frame.color)[pixels[:, 1], pixels[:, 0]].float() / 255
-    voxels = voxelize(points.float(), VOXEL_SIZE)
+    voxels = voxelize(points.float(), voxel_size)
     return voxels.coords.to(device), average_per_voxel(colours, voxels).to(device), len(points), frame.name
 
 
@@ -63,35 +73,161 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _step(model, coords, features, labels) -> torch.Tensor:
+def _step(model, coords, features, labels, device) -> tuple[float, float]:
+    """(forward s, backward s) of one training step; the forward includes building the kernel maps."""
     model.zero_grad(set_to_none=True)
+    _sync(device)
+    start = time.perf_counter()
     out = model(SparseTensor(features, coords))
-    F.cross_entropy(out.features, labels).backward()
-    return out
+    loss = F.cross_entropy(out.features, labels)
+    _sync(device)
+    middle = time.perf_counter()
+    loss.backward()
+    _sync(device)
+    return middle - start, time.perf_counter() - middle
 
 
-def _time_backends(model, coords, features, labels, backends, warmup, repeats, device) -> dict[str, float]:
-    """Best-of-`repeats` seconds per backend; backends alternate so both see the same machine load."""
+def _time_backends(model, coords, features, labels, backends, warmup, repeats, device) -> dict[str, list]:
+    """Per backend, the (forward, backward) seconds of every repeat; backends alternate within each
+    repeat (order reversed every other repeat) so that all of them see the same machine load."""
     for backend in backends:
         with use_backend(backend):
             for _ in range(warmup):
-                _step(model, coords, features, labels)
+                _step(model, coords, features, labels, device)
     times = {backend: [] for backend in backends}
-    for _ in range(repeats):
-        for backend in backends:
+    for r in range(repeats):
+        for backend in backends if r % 2 == 0 else backends[::-1]:
             with use_backend(backend):
-                _sync(device)
-                start = time.perf_counter()
-                _step(model, coords, features, labels)
-                _sync(device)
-                times[backend].append(time.perf_counter() - start)
-    return {backend: min(values, default=math.nan) for backend, values in times.items()}
+                times[backend].append(_step(model, coords, features, labels, device))
+    return times
+
+
+def _summary(times: dict[str, list], prefix: str = "") -> dict[str, float]:
+    """Medians of forward, backward and forward+backward per backend; pure/spconv ratios as the median
+    of the per-repeat ratios (each repeat measured pure and spconv back to back)."""
+    out = {}
+    for backend, values in times.items():
+        name = "pointlift" if backend == "pure" else backend
+        out[f"{prefix}fwd_s_{name}"] = statistics.median(f for f, _ in values)
+        out[f"{prefix}bwd_s_{name}"] = statistics.median(b for _, b in values)
+        out[f"{prefix}fwd_bwd_s_{name}"] = statistics.median(f + b for f, b in values)
+    if "spconv" in times:
+        pairs = list(zip(times["pure"], times["spconv"]))
+        out[f"{prefix}ratio_vs_spconv"] = statistics.median((p[0] + p[1]) / (s[0] + s[1]) for p, s in pairs)
+        out[f"{prefix}ratio_fwd_vs_spconv"] = statistics.median(p[0] / s[0] for p, s in pairs)
+        out[f"{prefix}ratio_bwd_vs_spconv"] = statistics.median(p[1] / s[1] for p, s in pairs)
+    return out
 
 
 def _sorted_output(model, coords, features, backend) -> torch.Tensor:
     with use_backend(backend), torch.no_grad():
         out = model(SparseTensor(features, coords))
     return out.features[torch.argsort(encode_keys(out.coords))]
+
+
+def layer_breakdown(model, coords, features, labels, device) -> dict[str, float]:
+    """Milliseconds per layer type (pure backend, one profiled step): sparse convs by kind, forward and
+    backward, kernel maps (hash queries, site downsampling, CSR matrices), and everything else."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with use_backend("pure"):
+        _step(model, coords, features, labels, device)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            fwd, bwd = _step(model, coords, features, labels, device)
+    events = [e for e in prof.events() if e.name.startswith("sparse.")]
+    maps = [e for e in events if e.name == "sparse.kernel_map"]
+    result: dict[str, float] = {}
+    for e in events:
+        if e.name == "sparse.kernel_map":
+            continue
+        inside = sum(m.time_range.elapsed_us() for m in maps
+                     if e.time_range.start <= m.time_range.start and m.time_range.end <= e.time_range.end)
+        kind = e.name[len("sparse."):]
+        key = f"{kind[: -len('.backward')]}_bwd_ms" if kind.endswith(".backward") else f"{kind}_fwd_ms"
+        result[key] = result.get(key, 0.0) + (e.time_range.elapsed_us() - inside) / 1e3
+    result["kernel_maps_ms"] = sum(m.time_range.elapsed_us() for m in maps) / 1e3
+    result["other_ms"] = (fwd + bwd) * 1e3 - sum(result.values())
+    result["profiled_step_ms"] = (fwd + bwd) * 1e3
+    return dict(sorted(result.items()))
+
+
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _peak_child(queue, preset: str, root: str, voxel: float, backend: str) -> None:
+    """In a fresh process: peak RSS over two training steps minus the RSS of the loaded model and data
+    (the peak mark is reset after loading, whose own peak is higher than a small step's)."""
+    torch.set_num_threads(1)
+    settings = SETTINGS[preset]
+    coords, features, _, _ = load_frame_voxels(Path(root), settings["pixel_stride"], torch.device("cpu"), voxel)
+    torch.manual_seed(0)
+    labels = torch.randint(0, NUM_CLASSES, (len(coords),))
+    model = sparse_unet(settings["model"], in_channels=3, out_channels=NUM_CLASSES)
+    base = _current_rss_mb()
+    reset = _reset_peak_rss()
+    with use_backend(backend):
+        for _ in range(2):
+            _step(model, coords, features, labels, torch.device("cpu"))
+    queue.put((_peak_rss_mb() - base, reset))
+
+
+def peak_memory_mb(preset, root, voxel, backend, device) -> float:
+    """Peak memory of a training step: CUDA max allocated, or on CPU the peak RSS growth over the
+    loaded model and data, in a fresh process per backend (RSS peaks cannot be reset in-process)."""
+    if device.type == "cuda":
+        raise AssertionError("measured in-process on CUDA")
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_peak_child, args=(queue, preset, str(root), voxel, backend))
+    process.start()
+    value, reset = queue.get(timeout=1800)
+    process.join()
+    if not reset:
+        raise PointliftConfigError("cannot reset the peak RSS mark (/proc/self/clear_refs); peak memory not measured")
+    return float(value)
+
+
+def _cuda_peak_mb(model, coords, features, labels, device) -> float:
+    torch.cuda.reset_peak_memory_stats(device)
+    with use_backend("pure"):
+        _step(model, coords, features, labels, device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def plot_scaling(rows: list[dict], path: Path, title: str) -> Path:
+    from pointlift.report import plot_overlaid
+
+    curves = {}
+    for backend in ("pointlift", "spconv"):
+        for phase in ("fwd", "bwd"):
+            points = [(row["num_voxels"], row[f"{phase}_s_{backend}"]) for row in rows
+                      if math.isfinite(row.get(f"{phase}_s_{backend}", math.nan))]
+            if points:
+                curves[f"{backend} {'forward' if phase == 'fwd' else 'backward'}"] = points
+    return plot_overlaid(curves, path, title=title, xlabel="voxels (sites at stride 1)", ylabel="seconds (median)")
 
 
 def run(preset: str, out_dir: Path, data_root: Path | None = None) -> BenchResult:
@@ -104,9 +240,12 @@ def run(preset: str, out_dir: Path, data_root: Path | None = None) -> BenchResul
     root = Path(data_root) if data_root is not None else default_data_root()
     if not root.exists():
         raise PointliftDataError(root, "7-Scenes redkitchen folder not found (set POINTLIFT_SHARED)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()
 
     torch.manual_seed(0)
-    coords, features, num_points, frame_name = load_frame_voxels(root, settings["pixel_stride"], device)
+    coords, features, num_points, frame_name = load_frame_voxels(root, settings["pixel_stride"], device, settings["voxel"])
     labels = torch.randint(0, NUM_CLASSES, (len(coords),), device=device)
     model = sparse_unet(settings["model"], in_channels=3, out_channels=NUM_CLASSES).to(device)
     model.eval()  # parity: BatchNorm from running statistics, identical for both backends
@@ -115,47 +254,81 @@ def run(preset: str, out_dir: Path, data_root: Path | None = None) -> BenchResul
     if have_spconv:
         parity = float((_sorted_output(model, coords, features, "pure") - _sorted_output(model, coords, features, "spconv")).abs().max())
     model.train()
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    # pointlift alone first, so that its peak memory is not spconv's
-    t_pure = _time_backends(model, coords, features, labels, ["pure"], settings["warmup"], 1, device)["pure"]
-    if device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (KiB on Linux)
     backends = ["pure", "spconv"] if have_spconv else ["pure"]
-    if have_spconv:
-        _time_backends(model, coords, features, labels, ["spconv"], settings["warmup"], 0, device)
-    timed = _time_backends(model, coords, features, labels, backends, 0, settings["repeats"], device)
-    t_pure = min(t_pure, timed["pure"])
-    t_spconv = timed.get("spconv", math.nan)
 
-    metrics = {
-        "parity_max_abs_err": parity,
-        "unet_fwd_bwd_s_pointlift": t_pure,
-        "unet_fwd_bwd_s_spconv": t_spconv,
-        "ratio_vs_spconv": t_pure / t_spconv if have_spconv else math.nan,
-        "peak_mem_mb": peak_mb,
-        "num_voxels": float(len(coords)),
-        "num_points": float(num_points),
-    }
+    timed = _time_backends(model, coords, features, labels, backends, settings["warmup"], settings["repeats"], device)
+    metrics: dict[str, float] = {"parity_max_abs_err": parity, **_summary(timed)}
+    metrics.setdefault("ratio_vs_spconv", math.nan)
+    fwd_bwd = metrics["fwd_bwd_s_pointlift"]
+    metrics["unet_fwd_bwd_s_pointlift"] = fwd_bwd
+    metrics["unet_fwd_bwd_s_spconv"] = metrics.get("fwd_bwd_s_spconv", math.nan)
+    metrics["sites_per_s_pointlift"] = len(coords) / fwd_bwd
+    metrics["num_voxels"] = float(len(coords))
+    metrics["num_points"] = float(num_points)
+    breakdown = layer_breakdown(model, coords, features, labels, device)
+    metrics.update({f"breakdown_{key}": value for key, value in breakdown.items()})
+
+    if settings["peak_memory"]:
+        if device.type == "cuda":
+            metrics["peak_mem_mb_pointlift"] = _cuda_peak_mb(model, coords, features, labels, device)
+        else:
+            for backend in backends:
+                name = "pointlift" if backend == "pure" else backend
+                metrics[f"peak_mem_mb_{name}"] = peak_memory_mb(preset, root, settings["voxel"], backend, device)
+    metrics["peak_mem_mb"] = metrics.get("peak_mem_mb_pointlift", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+    scaling = []
+    for voxel in settings["scaling"]:
+        c, f, _, _ = load_frame_voxels(root, settings["pixel_stride"], device, voxel)
+        lab = torch.randint(0, NUM_CLASSES, (len(c),), device=device)
+        row = {"voxel_size_m": voxel, "num_voxels": len(c)}
+        if voxel == settings["voxel"]:  # the main measurement is this point
+            row.update(_summary(timed))
+        else:
+            row.update(_summary(_time_backends(model, c, f, lab, backends, 1, settings["scaling_repeats"], device)))
+        row["sites_per_s_pointlift"] = len(c) / row["fwd_bwd_s_pointlift"]
+        if device.type == "cuda":
+            row["peak_mem_mb_pointlift"] = _cuda_peak_mb(model, c, f, lab, device)
+        scaling.append(row)
+        label = f"{len(c) // 1000}k"
+        metrics[f"scaling_{label}_fwd_bwd_s_pointlift"] = row["fwd_bwd_s_pointlift"]
+        metrics[f"scaling_{label}_sites_per_s_pointlift"] = row["sites_per_s_pointlift"]
+        if have_spconv:
+            metrics[f"scaling_{label}_ratio_vs_spconv"] = row["ratio_vs_spconv"]
+    plot = None
+    if scaling:
+        plot = str(plot_scaling(scaling, out_dir / "sparse_scaling.png",
+                                title=f"{settings['model']} fwd / bwd on {device.type}, one frame"))
+    load_end = os.getloadavg()
+
     config = {
         "preset": preset,
         "model": settings["model"],
         "frame": f"{root.name}/{frame_name}",
         "pixel_stride": settings["pixel_stride"],
-        "voxel_size_m": VOXEL_SIZE,
+        "voxel_size_m": settings["voxel"],
+        "scaling_voxel_sizes_m": list(settings["scaling"]),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "warmup": settings["warmup"],
         "repeats": settings["repeats"],
-        "timing": "best-of-repeats wall time of one forward+backward incl. kernel-map construction; backends alternate",
-        "peak_mem": "CUDA max allocated" if device.type == "cuda" else "process peak RSS",
+        "scaling_repeats": settings["scaling_repeats"],
+        "timing": "median over repeats of one training step (forward incl. kernel maps | backward); backends "
+                  "alternate within each repeat, order reversed every other repeat; ratios are medians of "
+                  "per-repeat ratios",
+        "breakdown": "pure backend, one torch.profiler step (profiler overhead included); conv times exclude the "
+                     "kernel maps built inside them" + ("; on CUDA these are host-side (launch) times"
+                                                        if device.type == "cuda" else ""),
+        "peak_mem": ("CUDA max allocated over one step" if device.type == "cuda" else
+                     "peak RSS over two steps (VmHWM, reset after loading) minus the RSS of the loaded model and "
+                     "data, in a fresh process per backend"),
+        "load_average_start": list(load_start),
+        "load_average_end": list(load_end),
+        "scaling": scaling,
+        "times_s": {backend: [list(v) for v in values] for backend, values in timed.items()},
+        "plot": plot,
         "spconv": _spconv_version() if have_spconv else None,
     }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "sparse.json").write_text(json.dumps({"metrics": metrics, "config": config}, indent=2))
     return BenchResult(metrics, config)
 

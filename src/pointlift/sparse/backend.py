@@ -25,12 +25,24 @@ def spconv_available() -> bool:
     return importlib.util.find_spec("spconv") is not None
 
 
+SPCONV_MISSING = (
+    "sparse backend 'spconv' selected but spconv is not installed: `pip install spconv` (CPU) or "
+    "spconv-cu12x (CUDA), or use the default backend 'pure'"
+)
+
+
+def require_spconv() -> None:
+    """One clear line (PointliftConfigError) instead of an ImportError traceback."""
+    if not spconv_available():
+        raise PointliftConfigError(SPCONV_MISSING)
+
+
 def set_backend(name: str) -> None:
     """Select the process-wide default backend."""
     global _default
     check_backend_name(name)
-    if name == "spconv" and not spconv_available():
-        raise PointliftConfigError("sparse backend 'spconv' selected but spconv is not installed (pip install spconv)")
+    if name == "spconv":
+        require_spconv()
     _default = name
 
 

@@ -10,18 +10,21 @@ module, so 2D->3D inflation and comparisons with dense `conv3d` are direct. Dens
 - `SparseInverseConv3d` (stride s): dense `conv_transpose3d` with the same stride/padding and
   weight `w.transpose(0, 1)` (per group), read at the cached sites of the finer stride.
 
-Execution: small maps run all kernel offsets at once (one padded gather, one batched matmul,
-one scatter-add), large maps loop over offsets (gather -> matmul -> index_add_ each). The
-autograd function saves only the input features and weights (not the gathers) and recomputes
-the gathers in backward: much less memory on large scenes, same speed.
+Execution (pure backend), per layer: one gather of every pair's input row into a reused scratch
+buffer, one matmul per kernel offset into one product buffer, and one segment sum of the products
+onto the output sites (a cached CSR 0/1 matrix on CPU, `index_add_` on CUDA). The autograd function
+saves only the input features and the weight and reuses the forward's kernel map in backward,
+where it recomputes the gather (much less memory on large scenes than saving it).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.sparse import backend as backend_registry
@@ -53,84 +56,167 @@ def _grouped_weight_grad(x: torch.Tensor, grad: torch.Tensor, groups: int) -> to
     return torch.bmm(xg, gg)
 
 
-# Maps whose padded gather (offsets x longest pair list x channels) stays under this many
-# elements run all offsets in one batched matmul; larger ones loop over offsets (no padding
-# waste, bounded memory). Small maps are dominated by per-op overhead, large ones by the matmuls.
-BATCHED_OFFSETS_MAX_ELEMENTS = 1 << 22
+# How pair values are summed onto their sites: "csr" (a sorted segment sum, S @ values with a
+# cached CSR 0/1 matrix; fastest on CPU), "index_add" (atomic scatter; the usual choice on CUDA)
+# or "auto" (csr on CPU, index_add elsewhere).
+SCATTER = "auto"
 
 
-def _use_batched(kmap: KernelMap, channels: int) -> bool:
-    ids, pad_in, _ = kmap.padded()
-    return bool(ids) and pad_in.numel() * channels <= BATCHED_OFFSETS_MAX_ELEMENTS
+def _use_csr(device: torch.device) -> bool:
+    return SCATTER == "csr" or (SCATTER == "auto" and device.type == "cpu")
 
 
-def _with_zero_row(x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x, x.new_zeros(1, x.shape[1])])
+class _Workspace(threading.local):
+    """Reused scratch buffers for the gathered rows and per-pair products (CPU only).
+
+    A fresh multi-megabyte CPU tensor costs a page fault per 4 KiB page on first touch (glibc
+    serves it by mmap and returns it on free), which made the gathers slower than the matmuls;
+    reusing two buffers removes that. Buffers never leave the autograd function.
+    """
+
+    def __init__(self):
+        self.buffers: dict[tuple, torch.Tensor] = {}
+
+    def get(self, slot: int, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+        if like.device.type != "cpu":
+            return like.new_empty(rows, cols)
+        key = (slot, like.dtype)
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < rows * cols:
+            self.buffers[key] = buf = like.new_empty(max(rows * cols, 1))
+        return buf[: rows * cols].view(rows, cols)
+
+
+_WORKSPACE = _Workspace()
+
+
+def release_workspace() -> None:
+    """Free this thread's scratch buffers (they are otherwise kept for the next convolution)."""
+    _WORKSPACE.buffers.clear()
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor, slot: int) -> torch.Tensor:
+    buf = _WORKSPACE.get(slot, index.numel(), x.shape[1], x)
+    return torch.index_select(x, 0, index, out=buf)
+
+
+def _matmul_into(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
+    """out = x @ w per group (w: (G, Ci, Co)), written into `out` without a temporary when G = 1."""
+    if w.shape[0] == 1:
+        torch.mm(x, w[0], out=out)
+    elif w.shape[1] == 1 and w.shape[2] == 1:  # depthwise
+        torch.mul(x, w[:, 0, 0], out=out)
+    else:
+        out.copy_(_grouped_matmul(x, w))
+
+
+def _scatter_sum(base: torch.Tensor | None, kmap: KernelMap, side: str, values: torch.Tensor, rows: int) -> torch.Tensor:
+    """base + (sum of `values` rows onto their `side` sites); base may be None (zeros)."""
+    pairs = kmap.pairs()
+    if _use_csr(values.device):
+        matrix = kmap.scatter_matrix(side, values.dtype)
+        if base is None:
+            return matrix @ values
+        return base.addmm_(matrix, values)
+    index = pairs.out_cat if side == "out" else pairs.in_cat
+    if base is None:
+        base = values.new_zeros(rows, values.shape[1])
+    return base.index_add_(0, index, values)
+
+
+def _transpose_2d(x: torch.Tensor) -> torch.Tensor:
+    """x.t().contiguous(), copied in row blocks on CPU so each block's source stays in cache.
+
+    The Conv3d weight keeps the kernel offset innermost; the matmuls need it outermost. A plain
+    permuted copy of a 256x256x27 weight strides across 27 KiB per element on CPU (several
+    times slower than the blocked copy), and it happens twice per layer and step.
+    """
+    rows, cols = x.shape
+    if x.device.type != "cpu" or rows * cols < (1 << 16):
+        return x.t().contiguous()
+    out = x.new_empty(cols, rows)
+    block = 4096
+    for a in range(0, rows, block):
+        out[:, a : a + block].copy_(x[a : a + block].t())
+    return out
+
+
+def _offset_major(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """Conv3d layout (G*Co, Ci, k, k, k) -> (K, G, Co, Ci), contiguous; W_k = w[k, g].t()."""
+    cout_total, cin = weight.shape[:2]
+    k3 = weight[0, 0].numel()
+    return _transpose_2d(weight.reshape(cout_total * cin, k3)).view(k3, groups, cout_total // groups, cin)
 
 
 class _SparseConvFunction(torch.autograd.Function):
-    """out[out_index[k]] += features[in_index[k]] @ W[k] for every kernel offset k."""
+    """out[out_index[k]] += features[in_index[k]] @ W[k] for every kernel offset k.
+
+    Per layer: one gather of all pairs' input rows, one matmul per offset into one product
+    buffer, one segment sum onto the output sites. Backward reuses the forward's map (and its
+    cached CSR matrices) and recomputes the gather instead of saving it (memory). The weight
+    enters and its gradient leaves in Conv3d layout; inside, it is offset-major (K, G, Co, Ci).
+    """
 
     @staticmethod
-    def forward(ctx, features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
-        # weight: (K, G, Ci, Co)
-        ctx.kmap = kmap
-        ctx.save_for_backward(features, weight)
-        groups, cin, cout = weight.shape[1:]
-        out = features.new_zeros(kmap.num_out, groups * cout)
-        if kmap.identity is not None:
-            out += _grouped_matmul(features, weight[kmap.identity])
-        ctx.batched = _use_batched(kmap, groups * max(cin, cout))
-        if ctx.batched:
-            ids, pad_in, pad_out = kmap.padded()
-            gathered = _with_zero_row(features)[pad_in.view(-1)].view(len(ids), -1, groups, cin)
-            result = torch.einsum("kpgi,kgio->kpgo", gathered, weight[ids])
-            scattered = out.new_zeros(kmap.num_out + 1, groups * cout)
-            scattered.index_add_(0, pad_out.view(-1), result.reshape(-1, groups * cout))
-            out += scattered[: kmap.num_out]
-            return out
-        for k, (in_idx, out_idx) in enumerate(zip(kmap.in_index, kmap.out_index)):
-            if k != kmap.identity and in_idx.numel():
-                out.index_add_(0, out_idx, _grouped_matmul(features.index_select(0, in_idx), weight[k]))
+    def forward(ctx, features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, groups: int, label: str) -> torch.Tensor:
+        # dtypes were settled by the caller, so autocast stays out
+        ctx.label = label
+        with torch.autocast(features.device.type, enabled=False):
+            w = _offset_major(weight, groups)  # (K, G, Co, Ci)
+            ctx.kmap, ctx.weight_shape = kmap, weight.shape
+            ctx.save_for_backward(features, w)
+            cout = w.shape[2]
+            out = None
+            if kmap.identity is not None:
+                out = _grouped_matmul(features, w[kmap.identity].transpose(1, 2))
+            pairs = kmap.pairs()
+            if pairs.count:
+                gathered = _gather(features, pairs.in_cat, 0)
+                products = _WORKSPACE.get(1, pairs.count, groups * cout, features)
+                for k, (a, b) in zip(pairs.ids, pairs.bounds):
+                    _matmul_into(gathered[a:b], w[k].transpose(1, 2), products[a:b])
+                out = _scatter_sum(out, kmap, "out", products, kmap.num_out)
+            if out is None:
+                out = features.new_zeros(kmap.num_out, groups * cout)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        features, weight = ctx.saved_tensors
+        features, w = ctx.saved_tensors  # w: (K, G, Co, Ci)
         kmap: KernelMap = ctx.kmap
         grad_out = grad_out.contiguous()
-        groups, cin, cout = weight.shape[1:]
-        weight_t = weight.transpose(2, 3)  # (K, G, Co, Ci)
+        num_offsets, groups, cout, cin = w.shape
         need_features, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_features = torch.zeros_like(features) if need_features else None
-        grad_weight = torch.zeros_like(weight) if need_weight else None
-        if kmap.identity is not None:
-            k = kmap.identity
-            if need_features:
-                grad_features += _grouped_matmul(grad_out, weight_t[k])
+        grad_features = None
+        grad_w = torch.zeros_like(w) if need_weight else None
+        with torch.autocast(features.device.type, enabled=False), record_function(f"{ctx.label}.backward"):
+            if kmap.identity is not None:
+                k = kmap.identity
+                if need_features:
+                    grad_features = _grouped_matmul(grad_out, w[k])
+                if need_weight:
+                    grad_w[k] = _grouped_weight_grad(features, grad_out, groups).transpose(1, 2)
+            pairs = kmap.pairs()
+            if pairs.count:
+                g = _gather(grad_out, pairs.out_cat, 1)
+                if need_weight:
+                    x = _gather(features, pairs.in_cat, 0)
+                    for k, (a, b) in zip(pairs.ids, pairs.bounds):
+                        if groups == 1:
+                            torch.mm(g[a:b].t(), x[a:b], out=grad_w[k, 0])
+                        else:
+                            grad_w[k] = _grouped_weight_grad(x[a:b], g[a:b], groups).transpose(1, 2)
+                if need_features:
+                    products = _WORKSPACE.get(0, pairs.count, groups * cin, features)  # x is done with
+                    for k, (a, b) in zip(pairs.ids, pairs.bounds):
+                        _matmul_into(g[a:b], w[k], products[a:b])
+                    grad_features = _scatter_sum(grad_features, kmap, "in", products, kmap.num_in)
+            if need_features and grad_features is None:
+                grad_features = torch.zeros_like(features)
+            grad_weight = None
             if need_weight:
-                grad_weight[k] = _grouped_weight_grad(features, grad_out, groups)
-        if ctx.batched:
-            ids, pad_in, pad_out = kmap.padded()
-            g = _with_zero_row(grad_out)[pad_out.view(-1)].view(len(ids), -1, groups, cout)
-            if need_features:
-                back = torch.einsum("kpgo,kgio->kpgi", g, weight[ids])
-                scattered = features.new_zeros(kmap.num_in + 1, groups * cin)
-                scattered.index_add_(0, pad_in.view(-1), back.reshape(-1, groups * cin))
-                grad_features += scattered[: kmap.num_in]
-            if need_weight:
-                x = _with_zero_row(features)[pad_in.view(-1)].view(len(ids), -1, groups, cin)
-                grad_weight[ids] = torch.einsum("kpgi,kpgo->kgio", x, g)
-            return grad_features, grad_weight, None
-        for k, (in_idx, out_idx) in enumerate(zip(kmap.in_index, kmap.out_index)):
-            if k == kmap.identity or not in_idx.numel():
-                continue
-            g = grad_out.index_select(0, out_idx)
-            if need_features:
-                grad_features.index_add_(0, in_idx, _grouped_matmul(g, weight_t[k]))
-            if need_weight:
-                grad_weight[k] = _grouped_weight_grad(features.index_select(0, in_idx), g, groups)
-        return grad_features, grad_weight, None
+                grad_weight = _transpose_2d(grad_w.view(num_offsets, -1)).view(ctx.weight_shape)
+        return grad_features, grad_weight, None, None, None
 
 
 def _compute_dtype(features: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -145,13 +231,15 @@ def _compute_dtype(features: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(features.dtype, weight.dtype)
 
 
-def sparse_conv_features(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, groups: int) -> torch.Tensor:
-    """Apply a Conv3d-layout weight (Co_total, Ci, k, k, k) along a kernel map: (M_in, C) -> (M_out, Co_total)."""
-    cout_total, cin = weight.shape[:2]
-    k3 = weight[0, 0].numel()
-    w = weight.reshape(groups, cout_total // groups, cin, k3).permute(3, 0, 2, 1)  # (K, G, Ci, Co)
+def sparse_conv_features(
+    features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, groups: int, label: str = "sparse.conv"
+) -> torch.Tensor:
+    """Apply a Conv3d-layout weight (Co_total, Ci, k, k, k) along a kernel map: (M_in, C) -> (M_out, Co_total).
+
+    `label` names the backward pass in torch.profiler traces (the per-layer-type breakdown).
+    """
     dtype = _compute_dtype(features, weight)
-    return _SparseConvFunction.apply(features.to(dtype), w.to(dtype).contiguous(), kmap)
+    return _SparseConvFunction.apply(features.to(dtype), weight.to(dtype), kmap, groups, label)
 
 
 class _SparseConvNd(nn.Module):
@@ -180,6 +268,8 @@ class _SparseConvNd(nn.Module):
             )
         if backend is not None:
             backend_registry.check_backend_name(backend)
+            if backend == "spconv":
+                backend_registry.require_spconv()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.dilation, self.groups = kernel_size, stride, dilation, groups
         self.backend = backend
@@ -206,22 +296,29 @@ class _SparseConvNd(nn.Module):
     def output_stride_and_map(self, x: SparseTensor) -> tuple[int, KernelMap]:
         raise NotImplementedError
 
+    def profile_label(self) -> str:
+        """Layer type for profiler traces: sparse.subm_k3, sparse.down_k2s2, sparse.up_k2s2, ..."""
+        kind = "up" if self.transposed else ("subm" if self.stride == 1 else "down")
+        return f"sparse.{kind}_k{self.kernel_size}" + (f"s{self.stride}" if self.stride > 1 else "")
+
     def forward(self, x: SparseTensor) -> SparseTensor:
         if x.num_channels != self.in_channels:
             raise PointliftDataError(
                 "sparse tensor", f"{type(self).__name__} expects {self.in_channels} channels, got {x.num_channels}"
             )
-        if backend_registry.resolve(self.backend) == "spconv":
-            from pointlift.sparse import spconv_backend
+        label = self.profile_label()
+        with record_function(label):
+            if backend_registry.resolve(self.backend) == "spconv":
+                from pointlift.sparse import spconv_backend
 
-            out = spconv_backend.try_forward(self, x)
-            if out is not None:
-                return out
-        out_stride, kmap = self.output_stride_and_map(x)
-        features = sparse_conv_features(x.features, self.weight, kmap, self.groups)
-        if self.bias is not None:
-            features = features + self.bias.to(features.dtype)
-        return x.replace(features, stride=out_stride)
+                out = spconv_backend.try_forward(self, x)
+                if out is not None:
+                    return out
+            out_stride, kmap = self.output_stride_and_map(x)
+            features = sparse_conv_features(x.features, self.weight, kmap, self.groups, label)
+            if self.bias is not None:
+                features = features + self.bias.to(features.dtype)
+            return x.replace(features, stride=out_stride)
 
 
 class SubMConv3d(_SparseConvNd):

@@ -16,9 +16,11 @@ torch's weight order (x slowest, z fastest).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
+from torch.profiler import record_function
 
 from pointlift.errors import PointliftDataError
 
@@ -76,12 +78,31 @@ def kernel_offsets(kernel_size: int, dilation: int, device: torch.device) -> tor
     return torch.stack([gx.reshape(-1), gy.reshape(-1), gz.reshape(-1)], dim=1)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Pairs:
+    """All non-identity pairs of a map, concatenated offset by offset (one gather, one scatter per layer).
+
+    Offset `ids[j]` owns rows `bounds[j][0]:bounds[j][1]` of `in_cat` / `out_cat`.
+    """
+
+    ids: list[int]
+    bounds: list[tuple[int, int]]
+    in_cat: torch.Tensor
+    out_cat: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        return int(self.in_cat.numel())
+
+
+@dataclass(eq=False)
 class KernelMap:
     """Per kernel offset k: `out_index[k]` receives `W_k @ features[in_index[k]]`.
 
     `identity` is the offset (if any) whose pairs are exactly (i, i) for every site, so the
     convolution can skip its gather and scatter (the centre of a submanifold kernel).
+    Derived structures (concatenated pairs, CSR scatter matrices) are built on first use and
+    shared with the `transposed()` map.
     """
 
     in_index: list[torch.Tensor]
@@ -90,36 +111,73 @@ class KernelMap:
     num_out: int
     identity: int | None = None
 
+    def __post_init__(self):
+        self._pairs: Pairs | None = None
+        self._transposed: KernelMap | None = None
+        self._scatter: dict = {}  # (side, dtype, device) -> CSR matrix; shared with the transposed map
+        self._flipped = False
+
     def transposed(self) -> "KernelMap":
         """The same pairs read backwards: the map of the matching transposed convolution (cached)."""
-        if getattr(self, "_transposed", None) is None:
-            self._transposed = KernelMap(self.out_index, self.in_index, self.num_out, self.num_in, self.identity)
-            self._transposed._transposed = self
+        if self._transposed is None:
+            other = KernelMap(self.out_index, self.in_index, self.num_out, self.num_in, self.identity)
+            if self._pairs is not None:
+                p = self._pairs
+                other._pairs = Pairs(p.ids, p.bounds, p.out_cat, p.in_cat)
+            other._scatter, other._flipped = self._scatter, not self._flipped
+            other._transposed, self._transposed = self, other
         return self._transposed
 
     @property
     def num_pairs(self) -> int:
         return sum(int(i.numel()) for i in self.in_index)
 
-    def padded(self) -> tuple[list[int], torch.Tensor, torch.Tensor]:
-        """Non-identity offsets with pairs, and their pairs padded to one length: (ids, in (K', P), out (K', P)).
-
-        Padding pairs read row `num_in` (a zero row) and write row `num_out` (a discarded row), so
-        all offsets go through one gather, one batched matmul and one scatter: far fewer kernel
-        launches when sites or channels are few. Cached.
-        """
-        if getattr(self, "_padded", None) is None:
+    def pairs(self) -> Pairs:
+        """Non-identity offsets with pairs, their pairs concatenated in offset order (cached)."""
+        if self._pairs is None:
             ids = [k for k, idx in enumerate(self.in_index) if k != self.identity and idx.numel()]
-            length = max((self.in_index[k].numel() for k in ids), default=0)
+            bounds, start = [], 0
+            for k in ids:
+                bounds.append((start, start + int(self.in_index[k].numel())))
+                start = bounds[-1][1]
             device = self.in_index[0].device if self.in_index else torch.device("cpu")
-            pad_in = torch.full((len(ids), length), self.num_in, dtype=torch.long, device=device)
-            pad_out = torch.full((len(ids), length), self.num_out, dtype=torch.long, device=device)
-            for row, k in enumerate(ids):
-                n = self.in_index[k].numel()
-                pad_in[row, :n] = self.in_index[k]
-                pad_out[row, :n] = self.out_index[k]
-            self._padded = (ids, pad_in, pad_out)
-        return self._padded
+            empty = torch.zeros(0, dtype=torch.long, device=device)
+            in_cat = torch.cat([self.in_index[k] for k in ids]) if ids else empty
+            out_cat = torch.cat([self.out_index[k] for k in ids]) if ids else empty
+            self._pairs = Pairs(ids, bounds, in_cat, out_cat)
+        return self._pairs
+
+    def scatter_matrix(self, side: str, dtype: torch.dtype) -> torch.Tensor:
+        """CSR 0/1 matrix S (sites x pairs) with S[r, p] = 1 where pair p lands on site r of `side`.
+
+        `S @ values` sums each site's pair values in one sorted pass (a segment sum): much faster on
+        CPU than `index_add_`, which scatters element by element. side: "out" (forward) or "in"
+        (gradient of the input features). Cached per dtype.
+        """
+        p = self.pairs()
+        index, rows = (p.out_cat, self.num_out) if side == "out" else (p.in_cat, self.num_in)
+        stored_side = side if not self._flipped else ("in" if side == "out" else "out")
+        key = (stored_side, dtype, index.device)
+        if key not in self._scatter:
+            with record_function("sparse.kernel_map"):
+                self._scatter[key] = _segment_matrix(index, rows, dtype)
+        return self._scatter[key]
+
+
+def _segment_matrix(index: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    """CSR (rows x len(index)) with a one at (index[p], p)."""
+    order = torch.argsort(index, stable=True)
+    crow = torch.zeros(rows + 1, dtype=torch.long, device=index.device)
+    torch.cumsum(torch.bincount(index, minlength=rows), 0, out=crow[1:])
+    values = torch.ones(index.numel(), dtype=dtype, device=index.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, order, values, size=(rows, index.numel()), check_invariants=False)
+
+
+def offset_key_deltas(offsets: torch.Tensor) -> torch.Tensor:
+    """Key difference of each (dx, dy, dz): encode(c + d) = encode(c) + delta while axes stay in range."""
+    return (offsets[:, 0] << (2 * AXIS_BITS)) + (offsets[:, 1] << AXIS_BITS) + offsets[:, 2]
 
 
 def build_kernel_map(
@@ -130,27 +188,42 @@ def build_kernel_map(
     dilation: int,
     same_sites: bool = False,
 ) -> KernelMap:
-    """All (input, output, offset) pairs for output sites `out_coords`; one batched hash query."""
+    """All (input, output, offset) pairs for output sites `out_coords`; one batched hash query.
+
+    Query keys are base keys plus per-offset key deltas (check_coords keeps every axis in range).
+    A submanifold map (same sites, symmetric offsets) queries only half of the offsets: the pairs
+    of offset -d are the pairs of offset d read backwards.
+    """
     device = out_coords.device
     offsets = kernel_offsets(kernel_size, dilation, device)  # (K, 3)
-    base = out_coords.clone()
-    base[:, 1:] *= stride
-    query = base.unsqueeze(0).repeat(offsets.shape[0], 1, 1)  # (K, M_out, 4)
-    query[:, :, 1:] += offsets.unsqueeze(1)
-    found = in_hash.lookup(encode_keys(query))  # (K, M_out)
-    in_index, out_index = [], []
-    identity = None
-    arange = torch.arange(out_coords.shape[0], device=device)
-    for k in range(offsets.shape[0]):
-        if same_sites and not bool(offsets[k].any()):
-            identity = k  # centre of a submanifold kernel: every site reads itself
-            in_index.append(arange)
-            out_index.append(arange)
-            continue
-        hit = found[k] >= 0
-        out_index.append(arange[hit])
-        in_index.append(found[k][hit])
-    return KernelMap(in_index, out_index, in_hash.size, out_coords.shape[0], identity)
+    num_offsets, num_out = offsets.shape[0], out_coords.shape[0]
+    if same_sites and stride == 1:
+        base_sorted, perm = in_hash.sorted_keys, in_hash.order  # the output sites are the input sites
+    else:
+        base = out_coords.clone()
+        base[:, 1:] *= stride
+        base_sorted, perm = torch.sort(encode_keys(base))
+    centre = num_offsets // 2 if same_sites else None  # odd kernel: offsets[K - 1 - k] = -offsets[k]
+    queried = offsets[:centre] if same_sites else offsets
+    # sorted queries per offset: the binary searches and gathers walk memory in order
+    found = in_hash.lookup(base_sorted.unsqueeze(0) + offset_key_deltas(queried).unsqueeze(1))  # (K', M_out)
+    hit = found >= 0
+    counts = hit.sum(1).tolist()
+    in_cat = found[hit]
+    out_cat = perm[hit.nonzero()[:, 1]]
+    ins = list(in_cat.split(counts)) if counts else []
+    outs = list(out_cat.split(counts)) if counts else []
+    if same_sites:
+        arange = torch.arange(num_out, device=device)
+        in_index = ins + [arange] + outs[::-1]
+        out_index = outs + [arange] + ins[::-1]
+        kmap = KernelMap(in_index, out_index, in_hash.size, num_out, centre)
+    else:
+        kmap = KernelMap(ins, outs, in_hash.size, num_out, None)
+        ids = [k for k, n in enumerate(counts) if n]
+        starts = [sum(counts[:k]) for k in ids]
+        kmap._pairs = Pairs(ids, [(s, s + counts[k]) for s, k in zip(starts, ids)], in_cat, out_cat)
+    return kmap
 
 
 def downsample_coords(coords: torch.Tensor, factor: int) -> torch.Tensor:

@@ -19,14 +19,20 @@ import functools
 
 import torch
 
+from pointlift.errors import PointliftConfigError
+from pointlift.sparse.backend import SPCONV_MISSING
+
 _SPCONV = None
 
 
 def _import_spconv():
     global _SPCONV
     if _SPCONV is None:
-        import spconv.pytorch as spconv_torch
-        from spconv.pytorch import cppcore, ops
+        try:
+            import spconv.pytorch as spconv_torch
+            from spconv.pytorch import cppcore, ops
+        except ImportError as error:
+            raise PointliftConfigError(f"{SPCONV_MISSING} (import failed: {error})") from None
 
         if not torch.cuda.is_available():
             for module in (cppcore, ops):

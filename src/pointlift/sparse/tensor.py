@@ -9,6 +9,7 @@ computes each coordinate set, hash and kernel map once per forward pass and ever
 from __future__ import annotations
 
 import torch
+from torch.profiler import record_function
 
 from pointlift.errors import PointliftDataError
 from pointlift.sparse.kernel_map import (
@@ -52,7 +53,8 @@ class CoordinateManager:
         """Make sure coordinates exist at stride * factor; return that stride."""
         out_stride = stride * factor
         if out_stride not in self.coords:
-            self.coords[out_stride] = downsample_coords(self.coords_at(stride), factor)
+            with record_function("sparse.kernel_map"):
+                self.coords[out_stride] = downsample_coords(self.coords_at(stride), factor)
         return out_stride
 
     def kernel_map(self, in_stride: int, out_stride: int, kernel_size: int, dilation: int) -> KernelMap:
@@ -60,14 +62,15 @@ class CoordinateManager:
         key = (in_stride, out_stride, kernel_size, dilation)
         if key not in self._maps:
             factor = out_stride // in_stride
-            self._maps[key] = build_kernel_map(
-                self.hash_at(in_stride),
-                self.coords_at(out_stride),
-                stride=factor,
-                kernel_size=kernel_size,
-                dilation=dilation,
-                same_sites=in_stride == out_stride,
-            )
+            with record_function("sparse.kernel_map"):
+                self._maps[key] = build_kernel_map(
+                    self.hash_at(in_stride),
+                    self.coords_at(out_stride),
+                    stride=factor,
+                    kernel_size=kernel_size,
+                    dilation=dilation,
+                    same_sites=in_stride == out_stride,
+                )
         return self._maps[key]
 
 
