@@ -87,8 +87,11 @@ class TeacherConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["modelnet10_vox", "synthetic"] = "modelnet10_vox"
+    # "synthetic", or any shape set of pointlift.data.shape_sets (format name or "auto")
+    source: str = "modelnet10_vox"
     path: str = "../shared/data/modelnet10_vox32.npz"
+    variant: str = "PB_T50_RS"  # ScanObjectNN file variant (shape_sets)
+    columns: Optional[int] = None  # values per point of raw .bin point files (shape_sets)
     num_points: int = 1024
     max_shapes: Optional[int] = None  # first N training shapes only (CPU budgets)
     scale_range: tuple[float, float] = (0.8, 1.25)
@@ -101,6 +104,9 @@ class DataConfig:
         require(self.num_points >= 1, "num_points", "must be >= 1")
         require(0 < self.scale_range[0] <= self.scale_range[1], "scale_range", "need 0 < low <= high")
         require(self.translate >= 0, "translate", "must be >= 0")
+        from pointlift.data.shape_sets import FORMATS
+        require(self.source in ("synthetic", "auto", *FORMATS), "source",
+                f"must be 'synthetic', 'auto' or one of {', '.join(FORMATS)}; got {self.source!r}")
 
 
 @dataclass
@@ -368,14 +374,11 @@ def load_pretrain_points(data: DataConfig, split: str = "train"):
         points, labels, names = make_shapes(max(1, count // len(classes)), num_points=data.num_points,
                                             classes=classes, seed=data.seed + (split == "test"))
         return prepare_point_sets(list(points), data.num_points, data.seed), labels, names
-    from pointlift.data.shapes import load_modelnet10_vox
+    from pointlift.data.shape_sets import ShapeSetConfig, load_points
 
-    shapes = load_modelnet10_vox(Path(data.path).expanduser(), split)
-    point_sets, labels = shapes.points, shapes.labels
-    if data.max_shapes is not None:
-        order = np.random.default_rng(data.seed).permutation(len(point_sets))[:data.max_shapes]
-        point_sets, labels = [point_sets[i] for i in order], labels[order]
-    return prepare_point_sets(point_sets, data.num_points, data.seed), np.asarray(labels), shapes.class_names
+    return load_points(ShapeSetConfig(format=data.source, path=data.path, num_points=data.num_points,
+                                      variant=data.variant, columns=data.columns, max_shapes=data.max_shapes,
+                                      seed=data.seed), split)
 
 
 def build_teacher(config: TeacherConfig, image_size: int):
