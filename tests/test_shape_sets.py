@@ -139,3 +139,25 @@ def test_real_modelnet10_subset_matches_the_loader(shared):
     order = np.random.default_rng(0).permutation(len(reference))[:20]
     np.testing.assert_array_equal(labels, reference.labels[order])
     assert names[0] == "bathtub" and points.shape == (20, 512, 3)
+
+
+def test_image2point_finetunes_on_a_shape_set(tmp_path):
+    """Image2Point's data config accepts any shape set (here a ShapeNet-55 layout), read as raw points."""
+    from pointlift.tasks.shape_classification import ShapeDataConfig, load_shape_split
+
+    root = write_shapenet55(tmp_path / "ShapeNet55-34", per_class=2, points=500)
+    split = load_shape_split(ShapeDataConfig(dataset="auto", path=str(root)), "train")
+    assert len(split) == 8 and split.points[0].shape == (500, 3)
+    with pytest.raises(PointliftConfigError, match="data.dataset"):
+        ShapeDataConfig(dataset="kitti")
+
+
+def test_i2p_mae_data_config_accepts_shape_sets(tmp_path):
+    from pointlift.methods.i2p_mae import DataConfig, load_pretrain_points
+
+    root = write_modelnet40_h5(tmp_path / "modelnet40_ply_hdf5_2048")
+    points, labels, names = load_pretrain_points(DataConfig(source="modelnet40_h5", path=str(root), num_points=64),
+                                                 "test")
+    _check(points, labels, names, 4, 64, 40)
+    with pytest.raises(PointliftConfigError, match="source"):
+        DataConfig(source="kitti")
