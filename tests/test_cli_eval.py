@@ -176,3 +176,14 @@ def test_bad_data_is_one_line_exit_2(chain, tmp_path, capsys):
     bad_yaml = tmp_path / "data.yaml"
     bad_yaml.write_text(yaml.safe_dump({"path": str(data), "num_points": 0}))
     _one_line_exit_2(capsys, ["eval", "svm", "--checkpoint", str(run), "--data", str(bad_yaml)], "num_points")
+
+
+def test_shipped_finetune_config_loads():
+    from pathlib import Path
+
+    from pointlift.engine.config import load_config
+    from pointlift.tasks.point_classification import PointFinetuneConfig
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "i2p_mae_finetune.yaml",
+                         PointFinetuneConfig)
+    assert config.train.epochs == 300 and config.train.optim.lr == 5e-4 and config.head.hidden == 256
