@@ -152,6 +152,14 @@ def test_other_methods_checkpoints(chain, tmp_path, capsys):
                  "--folds", "2", "--test-per-class", "2", "--num-points", "128", "--device", "cpu"]) == 0
     capsys.readouterr()
 
+    _, _, run = chain
+    config = tmp_path / "i2p.yaml"
+    config.write_text(yaml.safe_dump({"init_checkpoint": str(run / "checkpoints" / "last"),
+                                      "data": {"dataset": "auto", "path": str(data)}}))
+    _one_line_exit_2(capsys, ["finetune", "image2point", "--config", str(config)], "'i2p_mae'",
+                     "finetune i2p-mae")
+    _one_line_exit_2(capsys, ["eval", "ppkt", "--checkpoint", str(run), "--frames", str(tmp_path), "--out",
+                              str(tmp_path / "r.json")], "not a PPKT checkpoint")
     for checkpoint, needle in ((inflated, "finetune image2point"), (ppkt, "scene-level")):
         config = tmp_path / "ft.yaml"
         config.write_text(yaml.safe_dump({"checkpoint": str(checkpoint), "data": {"path": str(data)}}))

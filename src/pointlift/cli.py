@@ -210,8 +210,9 @@ def _cmd_pretrain(args) -> int:
 def _cmd_eval(args) -> int:
     if args.task == "ppkt":
         from pointlift.methods.ppkt import eval_command
+        from pointlift.tasks.embed import resolve_checkpoint
 
-        eval_command(args.checkpoint, args.frames, args.out)
+        eval_command(resolve_checkpoint(args.checkpoint), args.frames, args.out)
         return 0
     from pointlift.tasks.evaluate import describe, evaluate_fewshot, evaluate_svm, write_json
 

@@ -32,7 +32,16 @@ def data_config(data: str | Path, num_points: int | None = None, meta: dict | No
     Unset point counts follow the checkpoint; command-line overrides win."""
     data = Path(data)
     if data.suffix.lower() in (".yaml", ".yml", ".json") and data.is_file():
-        config = load_config(data, ShapeSetConfig)
+        import yaml
+
+        try:
+            raw = yaml.safe_load(data.read_text())
+        except yaml.YAMLError as error:
+            raise PointliftConfigError(f"{data}: not valid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise PointliftConfigError(f"{data}: expected a mapping of ShapeSetConfig keys")
+        raw.setdefault("num_points", checkpoint_num_points(meta or {}))
+        config = load_config(raw, ShapeSetConfig)
     else:
         config = ShapeSetConfig(path=str(data), num_points=checkpoint_num_points(meta or {}))
     if num_points is not None:

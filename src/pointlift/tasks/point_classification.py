@@ -301,7 +301,10 @@ def finetune(config: PointFinetuneConfig, run_dir: str | Path, *, resume: bool =
                "loss_last": losses[-1] if losses else None, "num_classes": num_classes,
                "train_shapes": int(len(train_labels)), "val_shapes": int(len(val_labels)) if val_labels is not None else 0,
                "test_shapes": int(len(test_labels)), "seconds": round(time.perf_counter() - start, 3)}
-    (Path(run_dir) / "results.json").write_text(json.dumps(summary, indent=2, allow_nan=True))
+    from pointlift.engine.distributed import is_main_process
+
+    if is_main_process():  # under torchrun every process evaluates; one writes
+        (Path(run_dir) / "results.json").write_text(json.dumps(summary, indent=2, allow_nan=True))
     return summary
 
 
