@@ -195,3 +195,28 @@ def test_shipped_finetune_config_loads():
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "i2p_mae_finetune.yaml",
                          PointFinetuneConfig)
     assert config.train.epochs == 300 and config.train.optim.lr == 5e-4 and config.head.hidden == 256
+
+
+def test_embed_inputs_of_every_kind(tmp_path):
+    """`embed --points` accepts stored point sets, one file, a folder of files and any shape set."""
+    from pointlift.data.shape_sets import ShapeSetConfig
+    from pointlift.errors import PointliftDataError
+    from pointlift.tasks.embed import read_inputs
+    from shape_layouts import write_modelnet10_vox, write_scanobjectnn
+
+    data = ShapeSetConfig(num_points=64)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "sets.npz", points=rng.normal(size=(3, 50, 3)).astype(np.float32))
+    stored = read_inputs(tmp_path / "sets.npz", data)
+    assert stored.kind == "npz" and stored.points.shape == (3, 50, 3)  # as stored, not resampled
+    np.savez(tmp_path / "one.npz", points=rng.normal(size=(500, 3)).astype(np.float32))
+    one = read_inputs(tmp_path / "one.npz", data)
+    assert one.kind == "file" and one.points.shape == (1, 64, 3)
+    vox = read_inputs(write_modelnet10_vox(tmp_path / "modelnet10_vox32.npz", per_class=1), data, split="test")
+    assert vox.kind == "modelnet10_vox" and vox.points.shape == (10, 64, 3) and list(vox.labels) == list(range(10))
+    h5 = write_scanobjectnn(tmp_path / "h5_files") / "main_split" / "test_objectdataset_augmentedrot_scale75.h5"
+    single = read_inputs(h5, data, split="test")
+    assert single.kind == "scanobjectnn_h5" and single.points.shape == (15, 64, 3)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(PointliftDataError, match="notes.txt"):
+        read_inputs(tmp_path / "notes.txt", data)
