@@ -92,18 +92,19 @@ def write_modelnet40_resampled(root: Path, per_class: int = 1, rows: int = 300) 
     return root
 
 
-def write_scanobjectnn(root: Path, per_class: int = 1) -> Path:
-    """`h5_files/main_split/{training,test}_objectdataset_augmentedrot_scale75.h5` (PB_T50_RS):
-    data float32 (B, 2048, 3), label int64 (B,), mask int32 (B, 2048)."""
+def write_scanobjectnn(root: Path, per_class: int = 1, folder_name: str = "main_split",
+                       stem: str = "objectdataset_augmentedrot_scale75") -> Path:
+    """`h5_files/main_split/{training,test}_objectdataset_augmentedrot_scale75.h5` (PB_T50_RS; other
+    variants by `folder_name`/`stem`): data float32 (B, 2048, 3), label int64 (B,), mask int32 (B, 2048)."""
     import h5py
 
-    folder = root / "main_split"
+    folder = root / folder_name
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng([3, len(stem), len(folder_name)])
     for prefix in ("training", "test"):
         labels = np.repeat(np.arange(15), per_class)
         data = np.stack([shape(int(c) % 4, 2048, rng) for c in labels]).astype(np.float32)
-        with h5py.File(folder / f"{prefix}_objectdataset_augmentedrot_scale75.h5", "w") as h5:
+        with h5py.File(folder / f"{prefix}_{stem}.h5", "w") as h5:
             h5.create_dataset("data", data=data)
             h5.create_dataset("label", data=labels.astype(np.int64))
             h5.create_dataset("mask", data=np.zeros(data.shape[:2], dtype=np.int32))

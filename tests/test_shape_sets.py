@@ -161,3 +161,17 @@ def test_i2p_mae_data_config_accepts_shape_sets(tmp_path):
     _check(points, labels, names, 4, 64, 40)
     with pytest.raises(PointliftConfigError, match="source"):
         DataConfig(source="kitti")
+
+
+def test_scanobjectnn_variants_pick_their_files(tmp_path):
+    from shape_layouts import write_scanobjectnn
+
+    root = write_scanobjectnn(tmp_path / "h5_files")
+    write_scanobjectnn(root, stem="objectdataset")  # OBJ_BG
+    write_scanobjectnn(root, folder_name="main_split_nobg", stem="objectdataset")  # OBJ_ONLY
+    loaded = {variant: load_points(ShapeSetConfig(path=str(root), variant=variant, num_points=32,
+                                                  normalize="none"), "test")[0]
+              for variant in ("PB_T50_RS", "OBJ_BG", "OBJ_ONLY")}
+    assert not np.array_equal(loaded["PB_T50_RS"], loaded["OBJ_BG"])
+    assert not np.array_equal(loaded["OBJ_BG"], loaded["OBJ_ONLY"])
+    assert ShapeSetConfig(path=str(root), variant="OBJ_ONLY").variant == "OBJ_ONLY"

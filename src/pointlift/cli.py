@@ -61,13 +61,12 @@ def _positive_int(text: str) -> int:
 
 def _add_data_options(parser, normalize: bool = True) -> None:
     """How files and shape sets become network input (defaults: the checkpoint's point count)."""
-    from pointlift.data.shape_sets import FORMATS
-    from pointlift.data.shapes import SCANOBJECTNN_VARIANTS
+    from pointlift.data.shape_sets import FORMATS, SCANOBJECTNN_CHOICES
 
     parser.add_argument("--format", choices=["auto", *FORMATS], default=None, help="shape-set layout (default auto)")
     parser.add_argument("--num-points", type=_positive_int, default=None,
                         help="points per shape (default: what the checkpoint was trained with)")
-    parser.add_argument("--variant", choices=list(SCANOBJECTNN_VARIANTS), default=None, help="ScanObjectNN file")
+    parser.add_argument("--variant", choices=list(SCANOBJECTNN_CHOICES), default=None, help="ScanObjectNN file")
     if normalize:
         parser.add_argument("--normalize", choices=["unit_sphere", "none"], default=None,
                             help="per-shape normalisation of files and shape sets (default unit_sphere)")

@@ -9,8 +9,8 @@ Layouts (`format`), each read by the existing loaders of `pointlift.data.shapes`
 - `modelnet10_vox`: npz with `X_train`/`y_train`/`X_test`/`y_test` occupancy grids;
 - `modelnet40_h5`: `modelnet40_ply_hdf5_2048/` (`shape_names.txt`, `ply_data_*.h5`, `*_files.txt`);
 - `modelnet40_resampled`: `modelnet40_normal_resampled/` (`<class>/<id>.txt`, `modelnet40_*.txt`);
-- `scanobjectnn_h5`: `h5_files/main_split/` (or the folder above it) with `training_*.h5`/`test_*.h5`,
-  `variant` picks the file (OBJ_BG, PB_T50_RS, ...);
+- `scanobjectnn_h5`: `h5_files/` (or its `main_split/`) with `training_*.h5`/`test_*.h5`, `variant`
+  picks the file (OBJ_BG, PB_T50_RS, ...; OBJ_ONLY reads `main_split_nobg/`);
 - `shapenet55`: the Point-BERT / I2P-MAE layout: `shapenet_pc/<synset>-<model>.npy` (8192, 3) and
   `train.txt`/`test.txt` (in the root or in `ShapeNet-55/`) listing those file names; the label is
   the synset, classes in sorted synset order (the order of those projects' label tables);
@@ -55,6 +55,8 @@ FORMATS = ("modelnet10_vox", "modelnet40_h5", "modelnet40_resampled", "scanobjec
            "point_folder")
 POINT_SUFFIXES = (".ply", ".pcd", ".npy", ".npz", ".off", ".bin")
 SPLITS = ("train", "test")
+# ScanObjectNN variants: the file stems of data.shapes, plus OBJ_ONLY (the same file names in main_split_nobg/)
+SCANOBJECTNN_CHOICES = (*SCANOBJECTNN_VARIANTS, "OBJ_ONLY")
 
 
 @dataclass
@@ -77,8 +79,8 @@ class ShapeSetConfig:
                 f"must be 'auto' or one of {', '.join(FORMATS)}; got {self.format!r}")
         require(isinstance(self.num_points, int) and self.num_points >= 1, "num_points", "must be an integer >= 1")
         require(self.normalize in ("unit_sphere", "none"), "normalize", "must be 'unit_sphere' or 'none'")
-        require(self.variant in SCANOBJECTNN_VARIANTS, "variant",
-                f"must be one of {', '.join(SCANOBJECTNN_VARIANTS)}; got {self.variant!r}")
+        require(self.variant in SCANOBJECTNN_CHOICES, "variant",
+                f"must be one of {', '.join(SCANOBJECTNN_CHOICES)}; got {self.variant!r}")
         require(self.columns is None or self.columns >= 3, "columns", "must be >= 3 or null")
         require(self.max_shapes is None or self.max_shapes >= 1, "max_shapes", "must be >= 1 or null")
 
@@ -152,6 +154,9 @@ def load_shape_set(config: ShapeSetConfig, split: str) -> ShapeSet:
     if fmt == "modelnet40_resampled":
         return load_modelnet40_resampled(path, split, num_points=config.num_points)
     if fmt == "scanobjectnn_h5":
+        if config.variant == "OBJ_ONLY":  # objects without background: main_split_nobg/*_objectdataset.h5
+            nobg = path / "main_split_nobg"
+            return load_scanobjectnn_h5(nobg if nobg.is_dir() else path, split, variant="OBJ_BG")
         return load_scanobjectnn_h5(path, split, variant=config.variant)
     if fmt == "shapenet55":
         return load_shapenet55(path, split)
