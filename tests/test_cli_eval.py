@@ -220,3 +220,18 @@ def test_embed_inputs_of_every_kind(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(PointliftDataError, match="notes.txt"):
         read_inputs(tmp_path / "notes.txt", data)
+
+
+def test_image2point_finetunes_on_a_point_folder(chain, tmp_path):
+    """Image2Point's fine-tuning takes the same user folder (`data.dataset: auto`), end to end."""
+    _, data, _ = chain
+    config = {"name": "i2p-folder", "fip": "ioms", "precise_bn": True, "eval_every_epoch": False,
+              "data": {"dataset": "auto", "path": str(data), "voxel_size": 0.125, "augment": False},
+              "train": {"epochs": 1, "batch_size": 8, "checkpoint_every": 0, "log_every": 1,
+                        "optim": {"name": "adamw", "lr": 0.01}}}
+    (tmp_path / "i2p.yaml").write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    assert main(["finetune", "image2point", "--config", str(tmp_path / "i2p.yaml"), "--run-dir", str(run)]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert (results["train_shapes"], results["test_shapes"]) == (24, 20)
+    assert 0.0 <= results["overall_acc"] <= 1.0
