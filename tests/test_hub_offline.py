@@ -52,6 +52,11 @@ def test_fails_fast_naming_model_and_weights_option(empty_caches):
     assert "'resnet18'" in message and "--weights" in message and "\n" not in message
 
 
+def test_unknown_name_is_not_a_weights_problem(empty_caches):
+    with pytest.raises(PointliftConfigError, match="unknown timm model 'resnet_nonexistent'"):
+        create_pretrained_timm("resnet_nonexistent")
+
+
 def test_torch_hub_cache_counts_as_local(empty_caches):
     import timm.models
 

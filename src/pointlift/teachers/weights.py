@@ -292,9 +292,11 @@ def create_pretrained_timm(name: str, **kwargs) -> nn.Module:
 
     from pointlift.errors import PointliftConfigError
 
+    if not timm.is_model(name.split(".")[0]):
+        raise PointliftConfigError(f"unknown timm model '{name}'")
     if not hub_weights_cached(name) and not hub_reachable():
         raise PointliftConfigError(
-            f"no local ImageNet weights for timm model '{name}' and the model hub is unreachable (offline); "
+            f"no local pretrained weights for timm model '{name}' and the model hub is unreachable (offline); "
             f"pass --weights FILE (a .safetensors/.pth of {name}) or use the bundled tf_efficientnet_lite0")
     try:
         return timm.create_model(name, pretrained=True, **kwargs)
