@@ -74,11 +74,10 @@ def test_teacher_and_cli_fail_fast(empty_caches):
         Teacher("resnet18")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TORCH_HOME=str(empty_caches / "torch-home"),
                PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
-    start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "pointlift.cli", "inflate", "--teacher", "resnet18", "--out",
                           str(empty_caches / "inflated")], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "resnet18" in lines[0] and "--weights" in lines[0], out.stderr
     assert "Traceback" not in out.stderr
-    assert time.perf_counter() - start < 30  # interpreter + torch import; the hub retries took ~55 s
+    # (the time bound is asserted in-process above: interpreter start-up dominates a subprocess's wall time)
