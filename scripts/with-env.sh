@@ -18,11 +18,9 @@ if [ ! -f "$VENV/.complete" ]; then
     "$PY" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     # Dependencies (with the test extra) straight from pyproject.toml.
-    "$VENV/bin/python" - "$ROOT/pyproject.toml" > "$VENV/requirements.txt" <<'PYEOF'
-import sys, tomllib
-project = tomllib.load(open(sys.argv[1], "rb"))["project"]
-print("\n".join(project["dependencies"] + project["optional-dependencies"]["test"]))
-PYEOF
+    # (scripts/requirements_from_pyproject.py runs on Python 3.10, which has no tomllib.)
+    "$VENV/bin/python" "$ROOT/scripts/requirements_from_pyproject.py" "$ROOT/pyproject.toml" test \
+        > "$VENV/requirements.txt"
     "$VENV/bin/python" -m pip install --quiet -r "$VENV/requirements.txt"
     # The console script, resolved through PYTHONPATH to the calling checkout.
     printf '#!/usr/bin/env bash\nexec "%s/bin/python" -m pointlift.cli "$@"\n' "$VENV" > "$VENV/bin/pointlift"

@@ -404,7 +404,7 @@ def test_scanobjectnn(tmp_path):
     (root / "main_split").mkdir(parents=True)
     data = RNG.normal(size=(6, 2048, 3)).astype(np.float32)
     labels = RNG.integers(0, 15, size=6).astype(np.int64)
-    for name in ("training_objectdataset_augmentedrotscale75.h5", "test_objectdataset.h5"):
+    for name in ("training_objectdataset_augmentedrot_scale75.h5", "test_objectdataset.h5"):
         with h5py.File(root / "main_split" / name, "w") as h5:
             h5["data"], h5["label"], h5["mask"] = data, labels, np.zeros((6, 2048))
     rs = load_scanobjectnn_h5(root, "train", "PB_T50_RS")
@@ -413,7 +413,7 @@ def test_scanobjectnn(tmp_path):
     np.testing.assert_array_equal(rs.labels, labels)
     direct = load_scanobjectnn_h5(root / "main_split" / "test_objectdataset.h5", "test", "main_split")
     np.testing.assert_array_equal(direct.labels, labels)
-    with raises_naming(root, "test_objectdataset_augmentedrotscale75.h5"):
+    with raises_naming(root, "test_objectdataset_augmentedrot_scale75.h5"):
         load_scanobjectnn_h5(root, "test", "PB_T50_RS")
     bad = tmp_path / "bad_labels.h5"
     with h5py.File(bad, "w") as h5:

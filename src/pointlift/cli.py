@@ -42,6 +42,36 @@ def _existing_dir(text: str) -> Path:
     return path
 
 
+def _existing_path(text: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file or directory")
+    return path
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_data_options(parser, normalize: bool = True) -> None:
+    """How files and shape sets become network input (defaults: the checkpoint's point count)."""
+    from pointlift.data.shape_sets import FORMATS, SCANOBJECTNN_CHOICES
+
+    parser.add_argument("--format", choices=["auto", *FORMATS], default=None, help="shape-set layout (default auto)")
+    parser.add_argument("--num-points", type=_positive_int, default=None,
+                        help="points per shape (default: what the checkpoint was trained with)")
+    parser.add_argument("--variant", choices=list(SCANOBJECTNN_CHOICES), default=None, help="ScanObjectNN file")
+    if normalize:
+        parser.add_argument("--normalize", choices=["unit_sphere", "none"], default=None,
+                            help="per-shape normalisation of files and shape sets (default unit_sphere)")
+
+
 # --------------------------------------------------------------------------------------- commands
 
 
@@ -126,10 +156,25 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-def _cmd_embed(args) -> int:
-    from pointlift.tasks.embed import embed_file
+def _data_overrides(args) -> dict:
+    return {key: value for key, value in (("format", args.format), ("variant", args.variant),
+                                          ("normalize", getattr(args, "normalize", None))) if value is not None}
 
-    embed_file(args.checkpoint, args.points, args.out, batch_size=args.batch_size, device=args.device)
+
+def _cmd_embed(args) -> int:
+    from dataclasses import replace
+
+    from pointlift.data.shape_sets import ShapeSetConfig
+    from pointlift.engine.checkpoint import read_checkpoint_meta
+    from pointlift.tasks.embed import checkpoint_num_points, embed_file, resolve_checkpoint
+
+    meta = read_checkpoint_meta(resolve_checkpoint(args.checkpoint))
+    data = ShapeSetConfig(num_points=args.num_points or checkpoint_num_points(meta), **_data_overrides(args))
+    if args.columns is not None:
+        data = replace(data, columns=args.columns)
+    features = embed_file(args.checkpoint, args.points, args.out, batch_size=args.batch_size, device=args.device,
+                          data=data, split=args.split)
+    print(f"embed: {features.shape[0]} rows x {features.shape[1]} features -> {args.out}")
     return 0
 
 
@@ -143,7 +188,10 @@ def _cmd_inflate(args) -> int:
 
 
 def _cmd_finetune(args) -> int:
-    from pointlift.methods.image2point import finetune_command
+    if args.method == "image2point":
+        from pointlift.methods.image2point import finetune_command
+    else:
+        from pointlift.tasks.point_classification import finetune_command
 
     finetune_command(args.config, resume=args.resume, run_dir=args.run_dir)
     return 0
@@ -159,9 +207,25 @@ def _cmd_pretrain(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from pointlift.methods.ppkt import eval_command
+    if args.task == "ppkt":
+        from pointlift.methods.ppkt import eval_command
+        from pointlift.tasks.embed import resolve_checkpoint
 
-    eval_command(args.checkpoint, args.frames, args.out)
+        eval_command(resolve_checkpoint(args.checkpoint), args.frames, args.out)
+        return 0
+    from pointlift.tasks.evaluate import describe, evaluate_fewshot, evaluate_svm, write_json
+
+    common = dict(num_points=args.num_points, fmt=args.format, variant=args.variant,
+                  compare_untrained=args.compare_untrained, batch_size=args.batch_size, device=args.device,
+                  seed=args.seed)
+    if args.task == "svm":
+        record = evaluate_svm(args.checkpoint, args.data, folds=args.cv_folds, **common)
+    else:
+        record = evaluate_fewshot(args.checkpoint, args.data, way=args.way, shot=args.shot, folds=args.folds,
+                                  test_per_class=args.test_per_class, **common)
+    if args.out is not None:
+        write_json(args.out, record)
+    print(describe(record) + (f" -> {args.out}" if args.out is not None else ""))
     return 0
 
 
@@ -193,10 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output JSON file")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("embed", help="one global feature row per point set of an npz")
-    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.safetensors + .json)")
-    p.add_argument("--points", type=_existing_file, required=True, help="npz with key `points` (N,P,3)")
-    p.add_argument("--out", type=Path, required=True, help="output .npy (N,F)")
+    p = sub.add_parser("embed", help="one global feature row per point set (file, folder, npz or shape set)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.safetensors + .json) or run dir")
+    p.add_argument("--points", type=_existing_path, required=True,
+                   help="npz with `points` (N,P,3), a point file, a folder of point files, or a shape set")
+    p.add_argument("--out", type=Path, required=True, help="output .npy (N,F); rows named in <out>.json")
+    p.add_argument("--split", choices=["train", "test", "all"], default="all", help="shape sets: which split")
+    _add_data_options(p)
+    p.add_argument("--columns", type=int, default=None, help="float32 values per point of raw .bin files")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.set_defaults(func=_cmd_embed)
@@ -209,8 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output checkpoint path")
     p.set_defaults(func=_cmd_inflate)
 
-    p = sub.add_parser("finetune", help="fine-tune a 3D network")
-    p.add_argument("method", choices=["image2point"])
+    p = sub.add_parser("finetune", help="fine-tune a 3D network for shape classification")
+    p.add_argument("method", choices=["image2point", "i2p-mae"])
     p.add_argument("--config", type=_existing_file, required=True)
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--run-dir", type=Path, default=None)
@@ -223,12 +291,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, default=None)
     p.set_defaults(func=_cmd_pretrain)
 
-    p = sub.add_parser("eval", help="evaluate a pretrained network")
-    p.add_argument("method", choices=["ppkt"])
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--frames", type=_existing_dir, required=True, help="RGB-D directory")
-    p.add_argument("--out", type=Path, required=True, help="output JSON")
-    p.set_defaults(func=_cmd_eval)
+    p = sub.add_parser("eval", help="evaluate a checkpoint: ppkt retrieval, linear SVM or few-shot")
+    tasks = p.add_subparsers(dest="task", required=True, parser_class=_Parser)
+    q = tasks.add_parser("ppkt", help="PPKT: point-to-pixel retrieval on held-out RGB-D frames")
+    q.add_argument("--checkpoint", type=Path, required=True)
+    q.add_argument("--frames", type=_existing_dir, required=True, help="RGB-D directory")
+    q.add_argument("--out", type=Path, required=True, help="output JSON")
+    q.set_defaults(func=_cmd_eval)
+    for task, text in (("svm", "linear SVM on frozen features (C by cross-validation on train)"),
+                       ("fewshot", "N-way K-shot linear SVM on frozen features, mean ± std over folds")):
+        q = tasks.add_parser(task, help=text)
+        q.add_argument("--checkpoint", type=Path, required=True, help="any method's checkpoint, or its run dir")
+        q.add_argument("--data", type=_existing_path, required=True,
+                       help="a shape set (path, layout detected) or a ShapeSetConfig .yaml")
+        q.add_argument("--out", type=Path, default=None, help="output JSON")
+        _add_data_options(q, normalize=False)
+        q.add_argument("--compare-untrained", action="store_true",
+                       help="also probe the same architecture freshly initialised")
+        q.add_argument("--batch-size", type=int, default=32)
+        q.add_argument("--device", default=None)
+        q.add_argument("--seed", type=int, default=0)
+        if task == "svm":
+            q.add_argument("--cv-folds", type=int, default=5, help="cross-validation folds for C on train")
+        else:
+            q.add_argument("--way", type=int, default=5)
+            q.add_argument("--shot", type=int, default=10)
+            q.add_argument("--folds", type=int, default=10)
+            q.add_argument("--test-per-class", type=int, default=20, help="query shapes per class and fold")
+        q.set_defaults(func=_cmd_eval)
     return parser
 
 

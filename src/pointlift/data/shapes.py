@@ -47,7 +47,7 @@ SCANOBJECTNN_VARIANTS = {
     "PB_T25": "objectdataset_augmented25_norot",
     "PB_T25_R": "objectdataset_augmented25rot",
     "PB_T50_R": "objectdataset_augmentedrot",
-    "PB_T50_RS": "objectdataset_augmentedrotscale75",
+    "PB_T50_RS": "objectdataset_augmentedrot_scale75",  # the release's name (underscore)
 }
 
 

@@ -119,8 +119,11 @@ class DataConfig:
     the recipe's value: official = per-axis scale U(2/3, 3/2) + translate 0.2, teacher every step;
     pointlift = uniform scale U(0.8, 1.25) + translate 0.1, cached teacher maps."""
 
-    source: Literal["modelnet10_vox", "synthetic"] = "modelnet10_vox"
+    # "synthetic", or any shape set of pointlift.data.shape_sets (format name or "auto")
+    source: str = "modelnet10_vox"
     path: str = "../shared/data/modelnet10_vox32.npz"
+    variant: str = "PB_T50_RS"  # ScanObjectNN file variant (shape_sets)
+    columns: Optional[int] = None  # values per point of raw .bin point files (shape_sets)
     num_points: int = 1024
     max_shapes: Optional[int] = None  # first N training shapes only (CPU budgets)
     augment: Optional[Literal["per_axis", "uniform"]] = None
@@ -136,6 +139,10 @@ class DataConfig:
         if self.scale_range is not None:
             require(0 < self.scale_range[0] <= self.scale_range[1], "scale_range", "need 0 < low <= high")
         require(self.translate is None or self.translate >= 0, "translate", "must be >= 0")
+
+        from pointlift.data.shape_sets import FORMATS
+        require(self.source in ("synthetic", "auto", *FORMATS), "source",
+                f"must be 'synthetic', 'auto' or one of {', '.join(FORMATS)}; got {self.source!r}")
 
     def resolve(self, recipe: str) -> "DataConfig":
         for key, value in DATA_RECIPES[recipe].items():
@@ -478,14 +485,11 @@ def load_pretrain_points(data: DataConfig, split: str = "train"):
         points, labels, names = make_shapes(max(1, count // len(classes)), num_points=data.num_points,
                                             classes=classes, seed=data.seed + (split == "test"))
         return prepare_point_sets(list(points), data.num_points, data.seed), labels, names
-    from pointlift.data.shapes import load_modelnet10_vox
+    from pointlift.data.shape_sets import ShapeSetConfig, load_points
 
-    shapes = load_modelnet10_vox(Path(data.path).expanduser(), split)
-    point_sets, labels = shapes.points, shapes.labels
-    if data.max_shapes is not None:
-        order = np.random.default_rng(data.seed).permutation(len(point_sets))[:data.max_shapes]
-        point_sets, labels = [point_sets[i] for i in order], labels[order]
-    return prepare_point_sets(point_sets, data.num_points, data.seed), np.asarray(labels), shapes.class_names
+    return load_points(ShapeSetConfig(format=data.source, path=data.path, num_points=data.num_points,
+                                      variant=data.variant, columns=data.columns, max_shapes=data.max_shapes,
+                                      seed=data.seed), split)
 
 
 def build_teacher(config: TeacherConfig, image_size: int):

@@ -133,7 +133,11 @@ def _load_init_checkpoint(model: SparseShapeClassifier, path: str) -> int:
     """Load an inflated checkpoint, skipping tensors whose shape differs (the classifier); returns loaded count."""
     from pointlift.engine.checkpoint import load_checkpoint
 
-    state, _ = load_checkpoint(path)
+    state, meta = load_checkpoint(path)
+    if (meta.get("model_spec") or {}).get("kind") != "image2point":  # else nothing would load, silently
+        raise PointliftConfigError(f"init_checkpoint {path}: a {(meta.get('model_spec') or {}).get('kind')!r} "
+                                   "checkpoint; Image2Point starts from `pointlift inflate` output "
+                                   "(I2P-MAE checkpoints fine-tune with `pointlift finetune i2p-mae`)")
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(usable, strict=False)

@@ -338,7 +338,7 @@ def create_2d_network(name: str, weights: str | None = None, num_classes: int | 
     Lite) or timm's hub, "random" = timm's random initialisation. `num_classes` replaces the classifier."""
     import timm
 
-    from pointlift.teachers.weights import bundled_weights_path, load_weights_file
+    from pointlift.teachers.weights import bundled_weights_path, create_pretrained_timm, load_weights_file
 
     try:
         if weights == "random":
@@ -350,7 +350,7 @@ def create_2d_network(name: str, weights: str | None = None, num_classes: int | 
             model = timm.create_model(name, pretrained=False)
             load_weights_file(model, bundled_weights_path(name), name)
         else:
-            model = timm.create_model(name, pretrained=True)
+            model = create_pretrained_timm(name)  # fails fast offline, naming --weights
     except RuntimeError as error:  # unknown model name, or the hub unreachable
         raise PointliftConfigError(f"cannot create 2D network {name!r} (weights {weights!r}): {error}") from None
     if num_classes is not None:

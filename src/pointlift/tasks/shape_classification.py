@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -31,7 +31,9 @@ from pointlift.sparse import SparseTensor
 class ShapeDataConfig:
     """Which shapes, how they are voxelised and which training subset is used."""
 
-    dataset: Literal["modelnet10", "modelnet40"] = "modelnet10"
+    # "modelnet10" (voxel npz), "modelnet40" (h5 folder), or any pointlift.data.shape_sets format / "auto"
+    dataset: str = "modelnet10"
+    variant: str = "PB_T50_RS"  # ScanObjectNN file variant (shape_sets)
     path: str = "../shared/data/modelnet10_vox32.npz"  # modelnet40: the folder of ply_data_*.h5
     voxel_size: float = 0.05  # on unit-sphere-normalised shapes (official ModelNet40 setting)
     augment: bool = True
@@ -45,6 +47,11 @@ class ShapeDataConfig:
     val_per_class: Optional[int] = None
 
     def __post_init__(self):
+        from pointlift.data.shape_sets import FORMATS
+
+        if self.dataset not in ("modelnet10", "modelnet40", "auto", *FORMATS):
+            raise PointliftConfigError(f"data.dataset: must be modelnet10, modelnet40, auto or one of {FORMATS}; "
+                                       f"got {self.dataset!r}")
         if self.voxel_size <= 0:
             raise PointliftConfigError(f"data.voxel_size: must be > 0, got {self.voxel_size}")
         for key in ("train_per_class", "test_per_class", "max_points", "val_per_class"):
@@ -62,7 +69,12 @@ def load_shape_split(config: ShapeDataConfig, split: str):
 
     if config.dataset == "modelnet10":
         return load_modelnet10_vox(config.path, split)
-    return load_modelnet40_h5(config.path, split)
+    if config.dataset == "modelnet40":
+        return load_modelnet40_h5(config.path, split)
+    from pointlift.data.shape_sets import ShapeSetConfig, load_shape_set  # any other shape set, raw points
+
+    return load_shape_set(ShapeSetConfig(format=config.dataset, path=config.path, variant=config.variant,
+                                         num_points=2048), split)
 
 
 def few_shot_indices(labels: np.ndarray, per_class: int, seed: int, allow_fewer: bool = False) -> np.ndarray:

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from pointlift.errors import PointliftConfigError
-from pointlift.teachers.weights import bundled_weights_path, file_fingerprint, load_weights_file
+from pointlift.teachers.weights import (bundled_weights_path, create_pretrained_timm, file_fingerprint,
+                                        load_weights_file)
 
 DEFAULT_TEACHER = "tf_efficientnet_lite0"
 RANDOM_WEIGHTS = "random"
@@ -64,12 +65,7 @@ class Teacher(nn.Module):
             self.weights_path = Path(weights)
 
         if weights is None and self.weights_path is None:
-            try:
-                self.model = timm.create_model(name, pretrained=True, **kwargs)
-            except Exception as error:  # offline, or no pretrained tag for this name
-                raise PointliftConfigError(
-                    f"could not get hub weights for '{name}' ({type(error).__name__}: {error}); "
-                    "pass weights=<local .safetensors/.pth file>") from None
+            self.model = create_pretrained_timm(name, **kwargs)  # fails fast offline, naming --weights
             self.weights_source = f"hub:{self.model.pretrained_cfg.get('tag') or 'default'}"
         else:
             self.model = timm.create_model(name, pretrained=False, **kwargs)

@@ -220,3 +220,88 @@ def bundled_weights_path(model_name: str) -> Path | None:
         return None
     path = Path(locator.get_model_file_path())
     return path if path.is_file() else None
+
+
+# ---------------------------------------------------------------------------------------- hub weights
+
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _hub_host() -> str:
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    return urlparse(endpoint).hostname or "huggingface.co"
+
+
+def hub_reachable(host: str | None = None, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """One TCP connection attempt to the model hub (seconds at most), instead of the hub client's
+    retries (~55 s offline). Offline switches (`HF_HUB_OFFLINE`) count as unreachable; behind a
+    proxy we cannot tell, so the hub is assumed reachable."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    try:
+        with socket.create_connection((host or _hub_host(), 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hub_weights_cached(name: str) -> bool:
+    """Whether timm would find `name`'s pretrained weights on disk (Hugging Face or torch hub cache)."""
+    import timm.models
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return False
+    if cfg.file and Path(cfg.file).is_file():
+        return True
+    if cfg.hf_hub_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            repo, _, revision = cfg.hf_hub_id.partition("@")
+            files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin",
+                                                                        "open_clip_pytorch_model.bin"]
+            for filename in files:
+                found = try_to_load_from_cache(repo, filename, revision=revision or None)
+                if isinstance(found, str) and Path(found).is_file():
+                    return True
+        except Exception:  # an unusual cache layout: fall through to the other caches
+            pass
+    if cfg.url:
+        import torch.hub
+
+        if (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)).is_file():
+            return True
+    return False
+
+
+def create_pretrained_timm(name: str, **kwargs) -> nn.Module:
+    """`timm.create_model(name, pretrained=True)`, failing fast offline.
+
+    When the weights are neither cached nor downloadable, raise at once with one line that names the
+    model and the way out (`--weights FILE`), instead of the hub client's minute of retries and its
+    nameless "An error happened while trying to locate the file" message.
+    """
+    import timm
+
+    from pointlift.errors import PointliftConfigError
+
+    if not timm.is_model(name.split(".")[0]):
+        raise PointliftConfigError(f"unknown timm model '{name}'")
+    if not hub_weights_cached(name) and not hub_reachable():
+        raise PointliftConfigError(
+            f"no local pretrained weights for timm model '{name}' and the model hub is unreachable (offline); "
+            f"pass --weights FILE (a .safetensors/.pth of {name}) or use the bundled tf_efficientnet_lite0")
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as error:  # hub error, or no pretrained tag for this name
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise PointliftConfigError(
+            f"could not get hub weights for timm model '{name}' ({type(error).__name__}: {message}); "
+            f"pass --weights FILE (a local .safetensors/.pth)") from None
