@@ -31,8 +31,8 @@ from pointlift.engine.config import TrainConfig
 from pointlift.engine.metrics import MetricsLogger
 from pointlift.engine.optim import build_optimizer, build_scheduler
 from pointlift.engine.rundir import last_checkpoint
-from pointlift.engine.seed import derive_seed, get_rng_state, make_generator, seed_everything, seed_worker, \
-    set_rng_state
+from pointlift.engine.seed import SampleStreams, derive_seed, get_rng_state, make_generator, seed_everything, \
+    seed_worker, set_rng_state
 from pointlift.errors import PointliftConfigError
 
 
@@ -127,6 +127,7 @@ def train(model: nn.Module, dataset, config: TrainConfig, run_dir: str | Path, *
         raise PointliftConfigError(f"batch_size: {config.batch_size} is not divisible by the {world} processes")
     per_rank = config.batch_size // world
     num_samples = len(dataset)
+    samples = SampleStreams(dataset, config.seed)  # sample i of epoch e: the same draws on any rank
     steps_per_epoch = len(epoch_indices(num_samples, 0, config.seed, rank, world)) // per_rank
     if steps_per_epoch == 0:
         raise PointliftConfigError(f"batch_size: {config.batch_size} is larger than the dataset "
@@ -241,7 +242,8 @@ def train(model: nn.Module, dataset, config: TrainConfig, run_dir: str | Path, *
     while more_to_do() and stop_reason == "completed":
         indices = epoch_indices(num_samples, epoch, config.seed, rank, world)
         remaining = indices[epoch_batch * per_rank: steps_per_epoch * per_rank]
-        loader = DataLoader(dataset, batch_size=per_rank, sampler=remaining, drop_last=True,
+        samples.set_epoch(epoch)
+        loader = DataLoader(samples, batch_size=per_rank, sampler=remaining, drop_last=True,
                             collate_fn=collate_fn, num_workers=config.num_workers,
                             pin_memory=device.type == "cuda", worker_init_fn=seed_worker,
                             generator=make_generator(derive_seed(config.seed, epoch, epoch_batch, rank)))

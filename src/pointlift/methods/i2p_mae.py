@@ -390,8 +390,10 @@ def build_teacher(config: TeacherConfig, image_size: int):
 def pretrain(experiment: I2PMAEExperiment, run_dir: str | Path, resume: bool = False, progress: bool = True,
              points: np.ndarray | None = None, teacher=None):
     """Pretrain on the configured shapes (or `points` (S, P, 3) if given). Returns (model, TrainResult, info)."""
+    from pointlift.engine.seed import seed_everything
     from pointlift.engine.trainer import train
 
+    seed_everything(experiment.train.seed)  # before anything random is built: runs repeat exactly
     method = experiment.method
     device = torch.device(experiment.device) if experiment.device else \
         torch.device("cuda" if torch.cuda.is_available() else "cpu")

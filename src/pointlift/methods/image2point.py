@@ -142,8 +142,10 @@ def _load_init_checkpoint(model: SparseShapeClassifier, path: str) -> int:
 
 def build_classifier(config: Image2PointConfig, num_classes: int) -> tuple[SparseShapeClassifier, dict]:
     """The FIP-configured classifier and {trainable_params, total_params, ...}."""
+    from pointlift.engine.seed import seed_everything
+
     inflation = config.inflation
-    torch.manual_seed(config.train.seed)
+    seed_everything(config.train.seed)  # before anything random is built: runs repeat exactly
     net, _ = build_network(inflation.teacher, inflation.weights, inflation.mode, inflation.axis, num_classes)
     model = SparseShapeClassifier(net)
     if config.init_checkpoint:
@@ -164,6 +166,9 @@ def model_spec(config: Image2PointConfig, num_classes: int) -> dict:
 def finetune(config: Image2PointConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
              train_split=None, test_split=None) -> dict:
     """Fine-tune on shape classification; returns last-epoch metrics, the per-epoch curve and counts."""
+    from pointlift.engine.seed import seed_everything
+
+    seed_everything(config.train.seed)
     train_set, val_set, test_set, class_names = build_datasets_with_validation(config.data, train_split, test_split)
     num_classes = len(class_names)
     model, counts = build_classifier(config, num_classes)

@@ -541,11 +541,12 @@ def pretrain(config: PPKTConfig, run_dir: str | Path, resume: bool = False, prog
     """Pretrain the 3D network; returns (and writes to run_dir/ppkt_results.json) the retrieval results."""
     from pointlift.engine import seed_everything, train
 
+    seed_everything(config.train.seed)  # before anything random is built: runs repeat exactly
     run_dir = Path(run_dir)
     device = _resolve_device(device or config.device)
     cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "teacher_cache"
     setup = build_setup(config, cache_dir, device, progress)
-    seed_everything(config.train.seed)
+    seed_everything(config.train.seed)  # the cache build may have drawn numbers (it does not when reused)
     model = PPKTModel(config.model, config.loss, config.data.image_size, setup.teacher)
     results = {"retrieval_chance": None}
     if config.eval_untrained:

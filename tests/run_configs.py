@@ -1,0 +1,62 @@
+"""Tiny CLI configs of the three training commands, shared by tests/test_runs.py and tests/test_ddp.py.
+
+Each builder returns a plain dict (written as YAML by the tests) small enough that a run takes a few
+seconds on one CPU core.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+TINY_M2AE = {"num_points": 128, "num_centers": [32, 16, 8], "group_sizes": [8, 4, 4],
+             "encoder_dims": [32, 64, 96], "encoder_depths": [1, 1, 1], "num_heads": 4, "embed_hidden": 8,
+             "decoder_dims": [96, 48], "decoder_depths": [1, 1], "drop_path": 0.0}
+
+
+def ppkt_config(root: Path, **train) -> dict:
+    return {
+        "data": {"kind": "synthetic", "synthetic_frames": 5, "synthetic_hw": [36, 48], "pixel_stride": 3,
+                 "image_size": [36, 48], "holdout_fraction": 0.2},
+        "model": {"student": "spunet-tiny", "voxel_size": 0.15, "teacher_stage": 3, "teacher_weights": "random"},
+        "loss": {"num_pairs": 128},
+        "eval_untrained": False,
+        "eval_points_per_frame": 32,
+        "train": {"max_steps": 4, "batch_size": 2, "log_every": 2, "checkpoint_every": 2,
+                  "optim": {"name": "adamw", "lr": 0.01, "weight_decay": 0.0}, **train},
+        "cache_dir": str(root / "ppkt_cache"),
+        "run_root": str(root / "runs"),
+    }
+
+
+def i2p_mae_config(root: Path, **train) -> dict:
+    return {
+        "method": {"model": TINY_M2AE, "image_size": 64, "mask_ratio": 0.75},
+        "teacher": {"stage": -2},
+        "data": {"source": "synthetic", "num_points": 128, "max_shapes": 8, "cache_dir": str(root / "i2p_cache")},
+        "train": {"max_steps": 4, "batch_size": 4, "log_every": 2, "checkpoint_every": 2,
+                  "optim": {"lr": 0.003, "warmup_steps": 1}, **train},
+        "device": "cpu",
+        "runs_root": str(root / "runs"),
+    }
+
+
+def image2point_config(root: Path, modelnet10: Path, **train) -> dict:
+    return {
+        "inflation": {"teacher": "mobilenetv2_035", "weights": "random"},
+        "fip": "all",
+        "data": {"path": str(modelnet10), "voxel_size": 0.25, "train_per_class": 1, "test_per_class": 1,
+                 "max_points": 256},
+        "train": {"epochs": 2, "batch_size": 4, "log_every": 1, "checkpoint_every": 2,
+                  "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4}, **train},
+        "eval_every_epoch": True,
+        "eval_batch_size": 10,
+        "device": "cpu",
+    }
+
+
+def write(config: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
