@@ -239,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except PointliftError as error:
         print(f"pointlift: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as error:
-        print(f"pointlift: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
+        return int(getattr(error, "exit_code", EXIT_USAGE))  # 3: a run stopped on non-finite values
+    except OSError as error:  # read-only or full disk, permissions, missing files: one line, exit 2
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"pointlift: error: {where}{error.strerror or error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("pointlift: interrupted", file=sys.stderr)

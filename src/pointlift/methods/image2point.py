@@ -130,14 +130,12 @@ def apply_fip(model: SparseShapeClassifier, fip: str) -> dict[str, int]:
 
 
 def _load_init_checkpoint(model: SparseShapeClassifier, path: str) -> int:
-    """Load an inflated checkpoint, skipping tensors whose shape differs (the classifier); returns loaded count."""
-    from pointlift.engine.checkpoint import load_checkpoint
+    """Load an Image2Point (e.g. `pointlift inflate`) checkpoint of this architecture; only the classifier
+    may differ (re-initialised for the new classes). Another method's or architecture's checkpoint is an error."""
+    from pointlift.engine.checkpoint import load_init_checkpoint
 
-    state, _ = load_checkpoint(path)
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(usable, strict=False)
-    return len(usable)
+    head = tuple(f"backbone.{name}." for name in _input_output_layers(model.backbone)[1])
+    return load_init_checkpoint(model, path, "image2point", reinit=head)
 
 
 def build_classifier(config: Image2PointConfig, num_classes: int) -> tuple[SparseShapeClassifier, dict]:
