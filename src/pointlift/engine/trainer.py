@@ -31,6 +31,7 @@ from pointlift.engine.config import TrainConfig
 from pointlift.engine.metrics import MetricsLogger
 from pointlift.engine.optim import build_optimizer, build_scheduler
 from pointlift.engine.rundir import last_checkpoint
+from pointlift.engine.sync_batchnorm import convert_sync_batchnorm
 from pointlift.engine.seed import SampleStreams, derive_seed, get_rng_state, make_generator, seed_everything, \
     seed_worker, set_rng_state
 from pointlift.errors import PointliftConfigError, PointliftError
@@ -161,6 +162,7 @@ def train(model: nn.Module, dataset, config: TrainConfig, run_dir: str | Path, *
     model.to(device)
     module = model
     if world > 1:
+        convert_sync_batchnorm(module)  # BN statistics over the global batch, as in one process
         model = nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=bool(getattr(module, "ddp_find_unused_parameters", False)))
@@ -224,17 +226,25 @@ def train(model: nn.Module, dataset, config: TrainConfig, run_dir: str | Path, *
         if not state_is_finite(f"before saving step {current_step}"):  # e.g. after an eval that touched BN
             return
         rng_states = dist_utils.all_gather_object(get_rng_state())
+        failure = None
         if is_main:
             extra = {"epoch": epoch, "epoch_batch": epoch_batch, "steps_per_epoch": steps_per_epoch,
                      "total_steps": total_steps, "world_size": world, "global_batch": config.batch_size,
                      "metrics_rows": logger.num_rows, "evaluated_at": evaluated_at,
                      "window_sums": window_sums, "window_steps": window_steps,
                      "scaler": scaler.state_dict() if scaler is not None else None}
-            save_checkpoint(checkpoint_stem, model_state_for_checkpoint(module), optimizer, scheduler,
-                            config=config_for_checkpoint if config_for_checkpoint is not None else config,
-                            step=current_step, extra=extra, model_spec=model_spec, rng_states=rng_states)
+            try:
+                save_checkpoint(checkpoint_stem, model_state_for_checkpoint(module), optimizer, scheduler,
+                                config=config_for_checkpoint if config_for_checkpoint is not None else config,
+                                step=current_step, extra=extra, model_spec=model_spec, rng_states=rng_states)
+            except PointliftError as error:  # a full or read-only disk: every process stops with it
+                if world == 1:
+                    raise
+                failure = str(error)
+        failure = dist_utils.broadcast_object(failure)
+        if failure is not None:
+            raise PointliftError(failure if is_main else f"process 0 could not save: {failure}")
         checkpointed_at = current_step
-        dist_utils.barrier()
 
     def log(row: dict) -> None:
         history.append(row)
@@ -357,6 +367,10 @@ def train(model: nn.Module, dataset, config: TrainConfig, run_dir: str | Path, *
                 evaluate(epoch)
             if checkpointed_at != step:
                 save(step)
+    except RuntimeError as error:
+        if dist_utils.is_collective_failure(error):
+            raise dist_utils.collective_failure(error) from None
+        raise
     finally:  # also on errors: the bar ends its line before the CLI prints the error
         bar.close()
         if logger is not None:

@@ -120,7 +120,7 @@ class I2PMAEExperiment:
 
 
 def guided_top_mask(saliency: torch.Tensor, ratio: float, temperature: float = 0.5,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Visible mask (B, T) bool: T - int(ratio*T) tokens drawn without replacement from softmax(z / temperature),
     z = per-shape standardised saliency (B, T). Gumbel-top-k draws exactly that sequential sampling."""
     batch, tokens = saliency.shape
@@ -130,7 +130,8 @@ def guided_top_mask(saliency: torch.Tensor, ratio: float, temperature: float = 0
     s = saliency.float()
     z = (s - s.mean(dim=1, keepdim=True)) / s.std(dim=1, keepdim=True).clamp_min(1e-6)
     logits = torch.log_softmax(z / temperature, dim=1)
-    uniform = torch.rand(s.shape, generator=generator, device=s.device if generator is None else generator.device)
+    uniform = noise if noise is not None else \
+        torch.rand(s.shape, generator=generator, device=s.device if generator is None else generator.device)
     gumbel = -torch.log(-torch.log(uniform.to(s.device).clamp(1e-12, 1 - 1e-7)))
     chosen = (logits + gumbel).topk(num_visible, dim=1).indices
     return torch.zeros_like(s, dtype=torch.bool).scatter_(1, chosen, True)
@@ -252,8 +253,11 @@ class I2PMAE(nn.Module):
             top_saliency, token_features = token_targets(
                 hierarchy, pixels, features if config.feature_target else None,
                 saliency if config.guided_masking else None, config.image_size)
+        noise = batch.get("mask_noise")  # drawn per sample by the dataset: the same masks on any rank
         if config.guided_masking:
-            visible = guided_top_mask(top_saliency, config.mask_ratio, config.temperature)
+            visible = guided_top_mask(top_saliency, config.mask_ratio, config.temperature, noise=noise)
+        elif noise is not None:  # random_top_mask's rule on the sample's own uniform noise
+            visible = noise.argsort(dim=1).argsort(dim=1) >= int(config.mask_ratio * num_top)
         else:
             visible = random_top_mask(points.shape[0], num_top, config.mask_ratio, device=points.device)
         encoded, decoded, masks = self.backbone(hierarchy, visible)
@@ -337,13 +341,14 @@ class PretrainShapes(torch.utils.data.Dataset):
     """Fixed point sets with scale-and-translate augmentation, plus their cached teacher maps if given."""
 
     def __init__(self, points: np.ndarray, maps: TeacherMaps | None = None, scale_range=(0.8, 1.25),
-                 translate: float = 0.1):
+                 translate: float = 0.1, mask_tokens: int = 0):
         if maps is not None and len(maps) != len(points):
             raise PointliftConfigError(f"teacher maps for {len(maps)} shapes, but {len(points)} shapes given")
         self.points = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
         self.maps = maps
         self.scale_range = scale_range
         self.translate = translate
+        self.mask_tokens = mask_tokens  # > 0: also draw the masking noise of that many top tokens
 
     def __len__(self) -> int:
         return len(self.points)
@@ -353,6 +358,8 @@ class PretrainShapes(torch.utils.data.Dataset):
         scale = low + (high - low) * torch.rand(())
         shift = (torch.rand(3) * 2 - 1) * self.translate
         item = {"points": self.points[index] * scale + shift}
+        if self.mask_tokens:
+            item["mask_noise"] = torch.rand(self.mask_tokens)
         if self.maps is not None:
             item["teacher_features"], item["teacher_saliency"] = self.maps.get(index)
         return item
@@ -413,7 +420,8 @@ def pretrain(experiment: I2PMAEExperiment, run_dir: str | Path, resume: bool = F
         info["cache_seconds"] = time.perf_counter() - start
         info["cache_built"] = maps.built
     model = I2PMAE(method, teacher if needs_teacher else None)
-    dataset = PretrainShapes(points, maps, experiment.data.scale_range, experiment.data.translate)
+    dataset = PretrainShapes(points, maps, experiment.data.scale_range, experiment.data.translate,
+                             mask_tokens=method.model.num_centers[-1])
     start = time.perf_counter()
     result = train(model, dataset, experiment.train, run_dir, resume=resume, device=device, progress=progress,
                    config_for_checkpoint=config_to_dict(experiment), model_spec=model_spec(method))
@@ -432,8 +440,12 @@ def pretrain_command(config_path, resume: bool = False, run_dir=None) -> Path:
     _, result, info = pretrain(experiment, run_dir, resume=resume)
     summary = {"step": result.step, "stop_reason": result.stop_reason,
                "checkpoint": str(result.checkpoint_path), **info}
-    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"i2p-mae: {result.step} steps, checkpoint {result.checkpoint_path}")
+    from pointlift.engine.distributed import is_main_process
+    from pointlift.engine.rundir import write_json
+
+    write_json(Path(run_dir) / "summary.json", summary)  # rank 0 only
+    if is_main_process():
+        print(f"i2p-mae: {result.step} steps, checkpoint {result.checkpoint_path}")
     return Path(run_dir)
 
 

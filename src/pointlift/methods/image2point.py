@@ -185,7 +185,9 @@ def finetune(config: Image2PointConfig, run_dir: str | Path, *, resume: bool = F
                "train_shapes": len(train_set), "val_shapes": len(val_set) if val_set is not None else 0,
                "test_shapes": len(test_set),
                "seconds": time.perf_counter() - start, **counts}
-    (Path(run_dir) / "results.json").write_text(json.dumps(summary, indent=2))
+    from pointlift.engine.rundir import write_json
+
+    write_json(Path(run_dir) / "results.json", summary)  # rank 0 only: its evaluation is the run's
     return summary
 
 
@@ -198,7 +200,10 @@ def finetune_command(config_path, resume: bool = False, run_dir=None) -> dict:
         raise PointliftConfigError("--resume needs --run-dir (the run to continue)")
     run_dir = create_run_dir(config.name, run_dir=run_dir, config=config)
     summary = finetune(config, run_dir, resume=resume)
-    print(f"[image2point] overall accuracy {summary['overall_acc']:.4f}, mean-class {summary['mean_class_acc']:.4f} "
+    from pointlift.engine.distributed import is_main_process
+
+    if is_main_process():
+        print(f"[image2point] overall accuracy {summary['overall_acc']:.4f}, mean-class {summary['mean_class_acc']:.4f} "
           f"(last epoch) -> {run_dir}")
     return summary
 
