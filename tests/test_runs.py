@@ -221,3 +221,15 @@ def test_full_disk_gives_one_line_and_exit_2_and_keeps_the_checkpoint(ppkt_run, 
         assert {p.name: p.read_bytes() for p in (disk / "run" / "checkpoints").iterdir()} == before
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_image2point_results_after_a_resume_cover_every_epoch(tmp_path, shared):
+    config = run_configs.image2point_config(tmp_path, shared(MODELNET10), epochs=1)
+    config["fip"] = "io"
+    assert cli("finetune", "image2point", "--config", run_configs.write(config, tmp_path / "one.yaml"),
+               "--run-dir", tmp_path / "run") == 0
+    config["train"]["epochs"] = 2
+    assert cli("finetune", "image2point", "--config", run_configs.write(config, tmp_path / "two.yaml"),
+               "--run-dir", tmp_path / "run", "--resume") == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [row["epoch"] for row in results["curve"]] == [0, 1]

@@ -178,7 +178,7 @@ def finetune(config: Image2PointConfig, run_dir: str | Path, *, resume: bool = F
                               resume=resume, progress=progress, config_for_checkpoint=config_to_dict(config),
                               model_spec=model_spec(config, num_classes), device=config.device, val_set=val_set,
                               precise_bn=config.precise_bn)
-    curve = result["curve"]
+    curve = _curve_from_history(result["history"], val_set is not None) or result["curve"]
     summary = {"overall_acc": result["final"]["overall_acc"], "mean_class_acc": result["final"]["mean_class_acc"],
                "curve": curve, "curve_split": result["curve_split"],
                "val_overall_acc": curve[-1]["overall_acc"] if val_set is not None and curve else float("nan"),
@@ -189,6 +189,15 @@ def finetune(config: Image2PointConfig, run_dir: str | Path, *, resume: bool = F
 
     write_json(Path(run_dir) / "results.json", summary)  # rank 0 only: its evaluation is the run's
     return summary
+
+
+def _curve_from_history(history: list[dict], validation: bool) -> list[dict]:
+    """Per-epoch accuracy rows from the run's logged evaluations - on resume these include the epochs
+    before the interruption, which the evaluation callback of this process never saw."""
+    prefix = "eval/val_" if validation else "eval/"
+    return [{"epoch": int(row["epoch"]), "overall_acc": row[prefix + "overall_acc"],
+             "mean_class_acc": row.get(prefix + "mean_class_acc", float("nan"))}
+            for row in history if prefix + "overall_acc" in row]
 
 
 def finetune_command(config_path, resume: bool = False, run_dir=None) -> dict:
