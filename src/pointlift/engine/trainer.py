@@ -7,8 +7,15 @@ exactly: the data order of every epoch is a pure function of (seed, epoch), the 
 the epoch is saved, and so are the random states of every process.
 
 Under torchrun each process gets `batch_size / world_size` samples per step from an equal-size
-shard (DistributedSampler, drop_last), and DDP averages the gradients, so N processes take the
-same steps as one process with the same global batch.
+shard (DistributedSampler, drop_last), DDP averages the gradients, BatchNorm layers use the global
+batch's statistics (`convert_sync_batchnorm`) and each sample's random draws come from its own
+(seed, epoch, index) streams (`SampleStreams`), so N processes take the same steps as one process
+with the same global batch, up to float rounding.
+
+Honest failure: after every step the checkpointed parameters and buffers (BN statistics included)
+are checked; non-finite values, or `max_nonfinite` non-finite losses in a row, end the run with
+`TrainingStopped` (exit code 3 in the CLI) - never a checkpoint of the broken state, never a
+return value that callers could mistake for a finished run.
 """
 
 from __future__ import annotations
