@@ -506,3 +506,50 @@ def test_init_checkpoint_of_another_method_or_shape_is_refused(tmp_path):
     new_head.linear, new_head.norm, new_head.head = nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 5, bias=False)
     assert load_init_checkpoint(new_head, tmp_path / "mine", "tiny", reinit=("head.",)) == len(net.state_dict()) - 1
     assert torch.equal(new_head.linear.weight, net.linear.weight)
+
+
+SAVE_FOREVER = """
+import sys, torch
+from pointlift.engine.checkpoint import save_checkpoint
+state = {"w": torch.zeros(5_000_000)}
+step = 0
+while True:
+    step += 1
+    state["w"][0] = step
+    save_checkpoint(sys.argv[1], state, step=step)
+"""
+
+
+def test_kill_9_during_saves_leaves_a_loadable_checkpoint_and_debris_that_cleanup_removes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pointlift.engine.checkpoint import clean_stale_files
+
+    stem = tmp_path / "last"
+    worker = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(stem)],
+                              env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=subprocess.PIPE)
+    debris = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and worker.poll() is None:
+            names = {p.name for p in tmp_path.iterdir()}
+            if "last.json" in names and any(".tmp" in n for n in names):  # mid-save, after a first save
+                break
+            time.sleep(0.005)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.communicate()
+    debris = [p.name for p in tmp_path.iterdir() if p.name not in ("last.json", "last.safetensors")]
+    assert debris, "the kill did not land during a save"
+    state, meta = load_checkpoint(stem)  # whatever the moment, a complete checkpoint loads
+    assert state["w"][0].item() == meta["step"]
+    clean_stale_files(stem)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    # `.prev` survives only where the kill fell between the two renames: the sidecar still needs it
+    assert left in (["last.json", "last.safetensors"], ["last.json", "last.prev.safetensors", "last.safetensors"])
+    state, meta = load_checkpoint(stem)
+    assert state["w"][0].item() == meta["step"]
