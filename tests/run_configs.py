@@ -65,14 +65,19 @@ def write(config: dict, path: Path) -> Path:
 def ddp_config(method: str, root: Path, modelnet10: Path) -> tuple[list[str], dict]:
     """(CLI words, config) of the 2-process comparison runs. SGD, not AdamW: AdamW's first steps move every
     weight by about +-lr whatever its gradient's size, so weights whose true gradient is zero (e.g. the key
-    bias of attention) would move by +-lr on float noise alone and hide the comparison. Image2Point uses
+    bias of attention) would move by +-lr on float noise alone and hide the comparison; and a learning
+    rate large enough that a wrong gradient shows. Image2Point uses
     its released default FIP mode `io`: with every BN on batch statistics (`all`, `ioms`) this tiny network
     is so ill-conditioned that even one process's float32 gradient differs from float64 by over 100 %."""
     sgd = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4}
     if method == "ppkt":
         return ["pretrain", "ppkt"], ppkt_config(root, optim=sgd)
     if method == "i2p-mae":
-        return ["pretrain", "i2p-mae"], i2p_mae_config(root, optim={**sgd, "lr": 1e-4})  # loss ~150: smaller steps
+        # loss ~150: clipped steps. 2 steps, not 4: the Chamfer nearest-neighbour assignments flip on float
+        # noise, so the 1-vs-2-process gap grows ~50x a step (1e-7, 8e-6, ..., 1e-4 after 4), while
+        # per-process masks (the old behaviour) give 3e-4 after 2 steps
+        return ["pretrain", "i2p-mae"], i2p_mae_config(root, optim=sgd, grad_clip=1.0, max_steps=2,
+                                                       checkpoint_every=1)
     config = image2point_config(root, modelnet10)
     config["fip"] = "io"
     return ["finetune", "image2point"], config

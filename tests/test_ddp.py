@@ -94,10 +94,10 @@ def test_a_frozen_process_ends_the_run_with_one_line_after_the_collective_timeou
 # ------------------------------------------------------------------------------------ the three methods
 
 METHODS_HELPER = Path(__file__).with_name("ddp_methods_helper.py")
-# Largest |2 processes - 1 process| over the model tensors after 4 steps, allowed (measured on CPU, gloo:
-# image2point 1.5e-8, ppkt 1.8e-7, i2p-mae 1.7e-4 - its gap is 1.2e-7 after one step and grows over the
-# next three, float32 noise amplified by the tiny transformer; each is ~10x the measured value).
-TOLERANCE = {"image2point": 2e-7, "ppkt": 2e-6, "i2p-mae": 2e-3}
+# Largest |2 processes - 1 process| over the model tensors at the end, allowed. Measured on CPU (gloo):
+# image2point 1.5e-8 and ppkt 1.8e-7 after 4 steps, i2p-mae 8.4e-6 after 2 (see run_configs.ddp_config).
+# Without SyncBatchNorm: image2point 9.8e-3, ppkt 0.11; with per-process masks: i2p-mae 3.1e-4.
+TOLERANCE = {"image2point": 2e-7, "ppkt": 2e-6, "i2p-mae": 5e-5}
 
 
 @pytest.fixture(scope="module")
