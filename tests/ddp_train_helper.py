@@ -54,6 +54,35 @@ def train_once(run_dir, **kwargs) -> tuple[dict[str, torch.Tensor], int]:
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, result.step
 
 
+class FreezingMLP(MLP):
+    """On rank 1, stops its own process (SIGSTOP, as a hung or paused worker) at the 3rd forward."""
+
+    calls = 0
+
+    def forward(self, batch):
+        self.calls += 1
+        if self.calls == 3 and distributed.get_rank() == 1:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return super().forward(batch)
+
+
+def freeze(out_dir: Path) -> int:
+    """Train while rank 1 freezes: rank 0 must give up after POINTLIFT_COLLECTIVE_TIMEOUT seconds with
+    one line (as the CLI prints it) and exit code 3."""
+    from pointlift.errors import PointliftError
+
+    torch.manual_seed(0)
+    try:
+        train(FreezingMLP(), Data(), CONFIG, out_dir / "frozen", device="cpu", progress=False)
+    except PointliftError as error:
+        print(f"pointlift: error: {error}", file=sys.stderr)
+        return int(getattr(error, "exit_code", 2))
+    return 0
+
+
 def main(out_dir: Path) -> None:
     results = {
         "straight": train_once(out_dir / "straight"),
@@ -68,4 +97,6 @@ def main(out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[2:] == ["freeze"]:
+        sys.exit(freeze(Path(sys.argv[1])))
     main(Path(sys.argv[1]))

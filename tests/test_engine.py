@@ -18,7 +18,7 @@ from pointlift.engine.metrics import read_metrics
 from pointlift.engine.optim import build_optimizer, build_scheduler, parameter_groups
 from pointlift.engine.rundir import create_run_dir
 from pointlift.engine.seed import get_rng_state, seed_everything, set_rng_state
-from pointlift.engine.trainer import epoch_indices, move_to_device, train
+from pointlift.engine.trainer import TrainingStopped, epoch_indices, move_to_device, train
 from pointlift.errors import PointliftConfigError, PointliftDataError
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def test_checkpoint_crash_between_writes_keeps_previous(tmp_path, monkeypatch):
             real_replace(src, dst)
 
         monkeypatch.setattr(checkpoint_module, "_replace", flaky)
-        with pytest.raises(OSError, match="simulated crash"):
+        with pytest.raises(PointliftDataError, match="simulated crash.*previous checkpoint is kept"):
             save_checkpoint(tmp_path / "last", net.state_dict(), optimizer, scheduler, step=2)
         monkeypatch.setattr(checkpoint_module, "_replace", real_replace)
         state, meta = load_checkpoint(tmp_path / "last")
@@ -353,7 +353,9 @@ def test_persistent_nonfinite_stops_and_keeps_last_good_checkpoint(tmp_path):
     broken = fresh_model(nan_when=lambda call: call > 9)  # good for 9 steps, then NaN forever
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        result = train(broken, RegressionData(), config, tmp_path / "run", progress=False)
+        with pytest.raises(TrainingStopped, match="3 non-finite losses in a row.*checkpoint \\(step 8\\)") as stop:
+            train(broken, RegressionData(), config, tmp_path / "run", progress=False)
+    result = stop.value.result
     assert result.stopped_early and result.stop_reason == "nonfinite" and result.step == 9
     assert broken.calls == 12
     state, meta = load_checkpoint(tmp_path / "run/checkpoints/last")
@@ -407,3 +409,147 @@ def test_cpu_amp_runs_forward_in_bfloat16_and_learns(tmp_path):
     assert model.net[0].weight.dtype == torch.float32  # master weights stay float32
     losses = [row["loss"] for row in result.history]
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+# ---------------------------------------------------------------------------------------------
+# integrity, stale temporaries, non-finite state, init checkpoints
+
+
+def test_checkpoint_refuses_flipped_bytes_and_edited_sidecars(tmp_path):
+    net, optimizer, _, _ = trained_net_and_optimizer(steps=1)
+    tensors, sidecar = checkpoint_files(tmp_path / "ck")
+    save_checkpoint(tmp_path / "ck", net.state_dict(), optimizer, step=9, model_spec={"kind": "tiny"})
+    original_tensors, original_sidecar = tensors.read_bytes(), sidecar.read_text()
+    load_checkpoint(tmp_path / "ck")  # intact: loads
+
+    data = bytearray(original_tensors)
+    data[-64:] = b"\xff" * 64  # the last tensor's bytes (the header is intact, so safetensors loads it)
+    tensors.write_bytes(bytes(data))
+    with pytest.raises(PointliftDataError, match="content hash"):
+        load_checkpoint(tmp_path / "ck")
+    tensors.write_bytes(original_tensors)
+
+    for edit in ({"step": 3}, {"model_spec": {"kind": "other"}}, {"model_keys": ["linear.weight"]}):
+        meta = json.loads(original_sidecar)
+        meta.update(edit)
+        sidecar.write_text(json.dumps(meta, indent=1))
+        with pytest.raises(PointliftDataError, match="sidecar"):
+            load_checkpoint(tmp_path / "ck")
+    sidecar.write_text(original_sidecar)
+    _, meta = load_checkpoint(tmp_path / "ck")
+    assert meta["step"] == 9
+
+
+def test_stale_temporaries_are_removed_at_start_and_after_saves(tmp_path):
+    model = fresh_model()
+    train(model, RegressionData(), make_config(epochs=1), tmp_path / "run", progress=False)
+    folder = tmp_path / "run" / "checkpoints"
+    debris = [folder / "last.safetensors.tmp-123-abcdef01", folder / "last.json.tmp-123-abcdef01",
+              folder / ".tmpAb12Cd", folder / "last.prev.safetensors"]
+    for path in debris:
+        path.write_bytes(b"x" * 100)
+    keep = folder / "notes.txt"
+    keep.write_text("mine")
+    train(fresh_model(), RegressionData(), make_config(epochs=2), tmp_path / "run", progress=False, resume=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["last.json", "last.safetensors", "notes.txt"]
+    for path in debris[:3]:  # and a save alone cleans up too
+        path.write_bytes(b"x")
+    net, optimizer, _, _ = trained_net_and_optimizer(steps=1)
+    save_checkpoint(folder / "last", net.state_dict(), optimizer, step=1)
+    assert sorted(p.name for p in folder.iterdir()) == ["last.json", "last.safetensors", "notes.txt"]
+
+
+class ExplodingNorm(nn.Module):
+    """BatchNorm whose running variance turns infinite at forward call `at` while the loss stays finite."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
+        self.norm = nn.BatchNorm1d(4)
+        self.at, self.calls = at, 0
+
+    def forward(self, batch):
+        self.calls += 1
+        x = self.norm(batch["x"])
+        if self.calls == self.at:
+            broken = self.norm.running_var.clone()
+            broken[0] = float("inf")
+            self.norm.running_var = broken  # a new buffer: the graph keeps the old one
+        return {"loss": (self.linear(x).squeeze(-1) - batch["y"]).pow(2).mean()}
+
+
+def test_nonfinite_buffers_stop_the_run_and_keep_a_finite_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = ExplodingNorm(at=6)
+    with pytest.raises(TrainingStopped, match=r"non-finite parameters or buffers after step 6 .*norm.running_var"):
+        train(model, RegressionData(), make_config(epochs=3, checkpoint_every=2), tmp_path / "run", progress=False)
+    state, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "last")
+    assert meta["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_init_checkpoint_of_another_method_or_shape_is_refused(tmp_path):
+    from pointlift.engine.checkpoint import load_init_checkpoint
+
+    net, _, _, _ = trained_net_and_optimizer(steps=0)
+    save_checkpoint(tmp_path / "mine", net.state_dict(), step=0, model_spec={"kind": "tiny", "config": {"w": 6}})
+    save_checkpoint(tmp_path / "other", net.state_dict(), step=0, model_spec={"kind": "i2p_mae"})
+    fresh, _, _, _ = trained_net_and_optimizer(steps=0)
+    assert load_init_checkpoint(fresh, tmp_path / "mine", "tiny") == len(net.state_dict())
+    with pytest.raises(PointliftDataError, match="'i2p_mae' checkpoint, but a 'tiny' model"):
+        load_init_checkpoint(fresh, tmp_path / "other", "tiny")
+    wider = nn.Module()
+    wider.linear, wider.norm, wider.head = nn.Linear(3, 7), nn.LayerNorm(7), nn.Linear(7, 1, bias=False)
+    with pytest.raises(PointliftDataError, match=r"linear.weight is \(4, 3\) in the checkpoint, \(7, 3\) in the"):
+        load_init_checkpoint(wider, tmp_path / "mine", "tiny")
+    new_head = nn.Module()
+    new_head.linear, new_head.norm, new_head.head = nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 5, bias=False)
+    assert load_init_checkpoint(new_head, tmp_path / "mine", "tiny", reinit=("head.",)) == len(net.state_dict()) - 1
+    assert torch.equal(new_head.linear.weight, net.linear.weight)
+
+
+SAVE_FOREVER = """
+import sys, torch
+from pointlift.engine.checkpoint import save_checkpoint
+state = {"w": torch.zeros(5_000_000)}
+step = 0
+while True:
+    step += 1
+    state["w"][0] = step
+    save_checkpoint(sys.argv[1], state, step=step)
+"""
+
+
+def test_kill_9_during_saves_leaves_a_loadable_checkpoint_and_debris_that_cleanup_removes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pointlift.engine.checkpoint import clean_stale_files
+
+    stem = tmp_path / "last"
+    worker = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(stem)],
+                              env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=subprocess.PIPE)
+    debris = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and worker.poll() is None:
+            names = {p.name for p in tmp_path.iterdir()}
+            if "last.json" in names and any(".tmp" in n for n in names):  # mid-save, after a first save
+                break
+            time.sleep(0.005)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.communicate()
+    debris = [p.name for p in tmp_path.iterdir() if p.name not in ("last.json", "last.safetensors")]
+    assert debris, "the kill did not land during a save"
+    state, meta = load_checkpoint(stem)  # whatever the moment, a complete checkpoint loads
+    assert state["w"][0].item() == meta["step"]
+    clean_stale_files(stem)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    # `.prev` survives only where the kill fell between the two renames: the sidecar still needs it
+    assert left in (["last.json", "last.safetensors"], ["last.json", "last.prev.safetensors", "last.safetensors"])
+    state, meta = load_checkpoint(stem)
+    assert state["w"][0].item() == meta["step"]

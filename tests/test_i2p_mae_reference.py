@@ -230,14 +230,19 @@ def test_fails_when_the_position_embedding_is_added_once_per_stage(model, ref, m
     assert subset_error(model, ref) > 1e-3
 
 
-def test_released_masking_probabilities(ref):
+@pytest.mark.parametrize("sampler", ["multinomial", "per_sample_noise"])
+def test_released_masking_probabilities(ref, sampler):
+    """Both draws of the released masking (torch.multinomial, and Gumbel-top-k on the per-sample noise
+    that training uses so that DDP ranks agree) give the released visibility probabilities."""
     masking = ref["masking"]
     saliency = torch.from_numpy(masking["sal"])
     probs = torch.softmax(saliency, dim=1)
     assert relative_error(probs, masking["probs"]) < RTOL
     draws = 10000
     generator = torch.Generator().manual_seed(0)
-    visible = released_top_mask(saliency.repeat_interleave(draws, 0), 0.8, generator).reshape(20, draws, 64)
+    repeated = saliency.repeat_interleave(draws, 0)
+    noise = torch.rand(repeated.shape, generator=generator) if sampler == "per_sample_noise" else None
+    visible = released_top_mask(repeated, 0.8, generator, noise=noise).reshape(20, draws, 64)
     assert bool((visible.sum(-1) == int(masking["num_keep"])).all())
     frequency = visible.double().mean(1).numpy()
     expected = masking["visible_prob"]

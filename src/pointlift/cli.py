@@ -334,9 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except PointliftError as error:
         print(f"pointlift: error: {_one_line(error)}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as error:  # missing, unreadable or unwritable files, full disks: one line, no traceback
-        print(f"pointlift: error: {error.filename or ''}: {_one_line(error.strerror or error)}", file=sys.stderr)
+        return int(getattr(error, "exit_code", EXIT_USAGE))  # 3: a run stopped on non-finite values
+    except OSError as error:  # read-only or full disk, permissions, missing files: one line, exit 2
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"pointlift: error: {where}{_one_line(error.strerror or error)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("pointlift: interrupted", file=sys.stderr)

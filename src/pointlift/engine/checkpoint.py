@@ -8,15 +8,26 @@ and `scheduler/...` (model keys never contain "/").
 Atomicity: both files are written to temporaries and moved into place with os.replace, tensors
 first. The old tensor file is kept as `<path>.prev.safetensors` until the new sidecar is in place,
 and both files carry the same random checkpoint id: whatever moment a crash hits, the sidecar on
-disk finds a tensor file with its own id, so the previous checkpoint stays loadable.
+disk finds a tensor file with its own id, so the previous checkpoint stays loadable. Temporaries a
+crash left behind are removed by `clean_stale_files` (the trainer calls it at start; every save
+calls it when done).
+
+Integrity (format 2): the sidecar holds a SHA-256 of the tensors (names, dtypes, shapes, bytes) and
+the tensor file's header holds a SHA-256 of the sidecar's exact text, plus the step. Loading checks
+both, so flipped tensor bytes and an edited sidecar (say its `step`) are refused, not trained on.
+A write that fails (read-only or full disk) raises PointliftDataError and leaves the previous
+checkpoint as it was.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +41,7 @@ from pointlift.engine.seed import get_rng_state
 from pointlift.errors import PointliftDataError
 
 FORMAT = "pointlift-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: content hashes (format 1 files still load, unchecked, with a warning)
 _STATE_PREFIXES = ("optimizer", "scheduler")
 
 _replace = os.replace  # module-level so tests can simulate a crash between the two writes
@@ -160,6 +171,7 @@ def save_checkpoint(path: str | Path, model_state: dict[str, torch.Tensor], opti
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "checkpoint_id": checkpoint_id,
+        "tensor_sha256": tensor_digest(tensors),
         "pointlift_version": pointlift.__version__,
         "torch_version": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -174,11 +186,18 @@ def save_checkpoint(path: str | Path, model_state: dict[str, torch.Tensor], opti
     }
     sidecar_text = json.dumps(sidecar, indent=1)  # fail before touching the disk if not JSON-safe
 
-    suffix = f".tmp-{os.getpid()}-{checkpoint_id[:8]}"
+    header = {"checkpoint_id": checkpoint_id, "format": FORMAT, "step": str(int(step)),
+              "sidecar_sha256": hashlib.sha256(sidecar_text.encode()).hexdigest()}
+    suffix = f"{_TMP_MARK}{os.getpid()}-{checkpoint_id[:8]}"
     tensor_tmp = tensor_path.with_name(tensor_path.name + suffix)
     sidecar_tmp = sidecar_path.with_name(sidecar_path.name + suffix)
     try:
-        save_file(tensors, str(tensor_tmp), metadata={"checkpoint_id": checkpoint_id, "format": FORMAT})
+        try:
+            save_file(tensors, str(tensor_tmp), metadata=header)
+        except Exception as error:  # safetensors reports a full disk as its own error type, not OSError
+            if isinstance(error, OSError):
+                raise
+            raise OSError(str(error)) from None
         _fsync_file(tensor_tmp)
         sidecar_tmp.write_text(sidecar_text)
         _fsync_file(sidecar_tmp)
@@ -191,18 +210,70 @@ def save_checkpoint(path: str | Path, model_state: dict[str, torch.Tensor], opti
         _replace(sidecar_tmp, sidecar_path)  # the commit point
         _fsync_dir(tensor_path.parent)
         previous.unlink(missing_ok=True)
+    except OSError as error:
+        raise PointliftDataError(tensor_path, f"cannot write the checkpoint ({error.strerror or error}); "
+                                              "the previous checkpoint is kept") from None
     finally:
-        tensor_tmp.unlink(missing_ok=True)
-        sidecar_tmp.unlink(missing_ok=True)
+        for tmp in (tensor_tmp, sidecar_tmp):
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+    clean_stale_files(tensor_path)
     return tensor_path
 
 
-def _tensor_file_id(path: Path) -> str | None:
+_TMP_MARK = ".tmp-"
+_SAFETENSORS_TMP = re.compile(r"^\.tmp[A-Za-z0-9_]{6,}$")  # safetensors' own hidden temporary
+
+
+def clean_stale_files(path: str | Path) -> list[Path]:
+    """Remove what interrupted saves of checkpoint `path` left behind: our `*.tmp-PID-ID`
+    temporaries, safetensors' hidden `.tmpXXXXXX` files in the checkpoint folder, and a
+    `.prev.safetensors` the sidecar no longer needs. Returns the removed paths.
+
+    Call it only where no other process is saving into the same folder (the trainer: rank 0)."""
+    tensor_path, sidecar_path = checkpoint_files(path)
+    folder = tensor_path.parent
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    stems = (tensor_path.name + _TMP_MARK, sidecar_path.name + _TMP_MARK)
+    for entry in folder.iterdir():
+        if entry.is_file() and (entry.name.startswith(stems) or _SAFETENSORS_TMP.match(entry.name)):
+            removed.append(entry)
+    previous = _previous_tensor_file(tensor_path)
+    if previous.exists() and tensor_path.exists() and _sidecar_id(sidecar_path) is not None \
+            and _tensor_file_id(tensor_path) == _sidecar_id(sidecar_path):
+        removed.append(previous)  # the sidecar's own tensors are in place: `.prev` is stale
+    for entry in removed:
+        try:
+            entry.unlink(missing_ok=True)
+        except OSError:
+            pass
+    return removed
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _tensor_file_header(path: Path) -> dict:
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get("checkpoint_id")
+            return dict(handle.metadata() or {})
     except Exception:
-        return None
+        return {}
+
+
+def _tensor_file_id(path: Path) -> str | None:
+    return _tensor_file_header(path).get("checkpoint_id")
 
 
 def _sidecar_id(sidecar_path: Path) -> str | None:
@@ -223,6 +294,9 @@ def read_checkpoint_meta(path: str | Path) -> dict:
         raise PointliftDataError(sidecar_path, f"corrupt checkpoint sidecar ({error})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "checkpoint_id" not in meta:
         raise PointliftDataError(sidecar_path, "not a pointlift checkpoint sidecar")
+    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
+        raise PointliftDataError(sidecar_path, f"checkpoint format {meta.get('format_version')!r} is not one this "
+                                               f"pointlift ({pointlift.__version__}) reads")
     return meta
 
 
@@ -240,14 +314,31 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         problem = "tensor file missing" if not tensor_path.exists() else \
             "tensor file is corrupt or does not belong to this sidecar"
         raise PointliftDataError(tensor_path, f"{problem} (checkpoint {sidecar_path.name})")
+    checked = meta["format_version"] >= 2
+    if checked:
+        header = _tensor_file_header(source)
+        if header.get("sidecar_sha256") != hashlib.sha256(sidecar_path.read_bytes()).hexdigest():
+            raise PointliftDataError(sidecar_path, f"sidecar does not match its tensor file {source.name} "
+                                                   "(edited or damaged); refusing to load it")
+        if header.get("step") != str(meta.get("step")):
+            raise PointliftDataError(sidecar_path, f"sidecar step {meta.get('step')} differs from the tensor "
+                                                   f"file's step {header.get('step')}")
+    else:
+        warnings.warn(f"{sidecar_path}: checkpoint format 1 has no content hash; loaded unchecked")
     try:
-        tensors = load_file(str(source), device=str(map_location))
+        tensors = load_file(str(source), device="cpu")
     except Exception as error:  # safetensors raises its own error types for truncated files
         raise PointliftDataError(source, f"corrupt checkpoint tensors ({error})") from None
+    if checked and tensor_digest(tensors) != meta.get("tensor_sha256"):
+        raise PointliftDataError(source, "tensor bytes do not match the checkpoint's content hash (corrupt file)")
+    tensors = {k: v.to(map_location) for k, v in tensors.items()}
     model_state = {k: v for k, v in tensors.items() if "/" not in k}
     missing = [k for k in meta.get("model_keys", []) if k not in model_state]
     if missing:
         raise PointliftDataError(source, f"checkpoint lacks model tensors {missing[:5]}")
+    extra = [k for k in model_state if k not in set(meta.get("model_keys", []))]
+    if extra:
+        raise PointliftDataError(source, f"tensor file has model tensors the sidecar does not list: {extra[:5]}")
     for name in _STATE_PREFIXES:
         if meta.get(name) is not None:
             try:
@@ -255,3 +346,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             except KeyError as error:
                 raise PointliftDataError(source, f"checkpoint lacks {name} tensor {error}") from None
     return model_state, meta
+
+
+def load_init_checkpoint(model: nn.Module, path: str | Path, kind: str, reinit: tuple[str, ...] = ()) -> int:
+    """Initialise `model` from the checkpoint at `path`, which must be a `kind` checkpoint whose tensors
+    fit the model; only keys under the `reinit` prefixes (say a new classifier head) may differ in
+    shape or be absent, and keep their fresh values. Anything else - another method's checkpoint, or
+    another architecture - is a PointliftDataError naming both sides. Returns the number of tensors loaded."""
+    state, meta = load_checkpoint(path)
+    spec = meta.get("model_spec") or {}
+    if spec.get("kind") != kind:
+        raise PointliftDataError(path, f"is a {spec.get('kind') or 'unknown'!r} checkpoint, but a {kind!r} "
+                                       f"model is being initialised from it")
+    own = model_state_for_checkpoint(model)
+    flexible = lambda key: any(key.startswith(p) for p in reinit)  # noqa: E731
+    problems = []
+    for key, value in own.items():
+        if key not in state:
+            if not flexible(key):
+                problems.append(f"{key} missing")
+        elif state[key].shape != value.shape and not flexible(key):
+            problems.append(f"{key} is {tuple(state[key].shape)} in the checkpoint, {tuple(value.shape)} in the model")
+    problems += [f"{key} unexpected" for key in state if key not in own and not flexible(key)]
+    if problems:
+        described = spec.get("config") or {}
+        raise PointliftDataError(path, f"{kind} checkpoint of another shape ({json.dumps(described)[:200]}) "
+                                       f"does not fit the model: {'; '.join(problems[:3])}"
+                                       f"{f' (+{len(problems) - 3} more)' if len(problems) > 3 else ''}")
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    unwrap_model(model).load_state_dict(usable, strict=False)
+    return len(usable)

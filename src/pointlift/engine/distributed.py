@@ -1,18 +1,63 @@
 """torchrun support: one code path for a single process and for N processes.
 
 Under `torchrun` (env vars RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) `init_distributed`
-joins the process group (NCCL on GPU, Gloo on CPU); without them everything below is a no-op
-over a world of one, so callers never branch on "am I distributed".
+joins the process group (NCCL for CUDA tensors, Gloo for CPU tensors); without them everything
+below is a no-op over a world of one, so callers never branch on "am I distributed".
+
+Collective waits time out after `POINTLIFT_COLLECTIVE_TIMEOUT` seconds (default 600): a process
+that died or froze ends the run with `CollectiveTimeout` (one line from the CLI) instead of leaving
+the others waiting for torch's default half hour.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from pointlift.errors import PointliftConfigError, PointliftError
+
+DEFAULT_TIMEOUT_S = 600.0
+
+
+class CollectiveTimeout(PointliftError):
+    """A collective operation failed or timed out: another process died, froze or lost its connection."""
+
+    exit_code = 3
+
+
+def collective_timeout() -> float:
+    """Seconds a process waits in a collective before giving up (`POINTLIFT_COLLECTIVE_TIMEOUT`)."""
+    text = os.environ.get("POINTLIFT_COLLECTIVE_TIMEOUT", "")
+    try:
+        value = float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise PointliftConfigError(f"POINTLIFT_COLLECTIVE_TIMEOUT: expected seconds > 0, got {text!r}")
+    return value
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """Whether `error` (raised inside a training step) is a failed or timed-out collective."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        marker in text for marker in ("timed out", "timeout", "connection closed", "connection reset", "gloo", "nccl"))
+
+
+def collective_failure(error: BaseException) -> CollectiveTimeout:
+    first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    return CollectiveTimeout(f"process {get_rank()} of {get_world_size()}: a collective wait failed (limit "
+                             f"{collective_timeout():g} s, POINTLIFT_COLLECTIVE_TIMEOUT); another process died or "
+                             f"froze ({first})")
 
 
 @dataclass(frozen=True)
@@ -53,8 +98,9 @@ def init_distributed(device: str | torch.device | None = None) -> DistributedCon
     if not launched_by_torchrun() or (int(os.environ["WORLD_SIZE"]) == 1 and not dist.is_initialized()):
         return DistributedContext(0, 1, 0, device, None)
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        # CPU tensors (run-dir names, flags) go through gloo even when the model is on CUDA
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=collective_timeout()))
     return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, device, dist.get_backend())
 
 
@@ -100,6 +146,48 @@ def all_true(flag: bool, device: torch.device | str = "cpu") -> bool:
     tensor = torch.tensor(1 if flag else 0, dtype=torch.int32, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
     return bool(tensor.item())
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Process `src`'s `obj`, in every process."""
+    if not is_distributed():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather of (n_r, ...) tensors with different n_r, differentiable: the gradient of each
+    process's rows is the sum over processes of the gradients of the gathered copy (all_reduce)."""
+
+    @staticmethod
+    def forward(ctx, tensor, counts):
+        width = max(counts)
+        padded = tensor.new_zeros((width,) + tuple(tensor.shape[1:]))
+        padded[: tensor.shape[0]] = tensor
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded.contiguous())
+        ctx.counts, ctx.rank = counts, get_rank()
+        return torch.cat([part[:n] for part, n in zip(parts, counts)])
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start = sum(ctx.counts[: ctx.rank])
+        return grad[start: start + ctx.counts[ctx.rank]], None
+
+
+def all_gather_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """(every process's rows concatenated in rank order, rows per process); differentiable."""
+    if not is_distributed():
+        return tensor, [tensor.shape[0]]
+    count = torch.tensor([tensor.shape[0]], dtype=torch.long, device=tensor.device)
+    counts = [torch.zeros_like(count) for _ in range(get_world_size())]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    return _GatherRows.apply(tensor, counts), counts
 
 
 def all_gather_object(obj: Any) -> list:

@@ -7,8 +7,15 @@ exactly: the data order of every epoch is a pure function of (seed, epoch), the 
 the epoch is saved, and so are the random states of every process.
 
 Under torchrun each process gets `batch_size / world_size` samples per step from an equal-size
-shard (DistributedSampler, drop_last), and DDP averages the gradients, so N processes take the
-same steps as one process with the same global batch.
+shard (DistributedSampler, drop_last), DDP averages the gradients, BatchNorm layers use the global
+batch's statistics (`convert_sync_batchnorm`) and each sample's random draws come from its own
+(seed, epoch, index) streams (`SampleStreams`), so N processes take the same steps as one process
+with the same global batch, up to float rounding.
+
+Honest failure: after every step the checkpointed parameters and buffers (BN statistics included)
+are checked; non-finite values, or `max_nonfinite` non-finite losses in a row, end the run with
+`TrainingStopped` (exit code 3 in the CLI) - never a checkpoint of the broken state, never a
+return value that callers could mistake for a finished run.
 """
 
 from __future__ import annotations
@@ -25,15 +32,16 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pointlift.engine import distributed as dist_utils
-from pointlift.engine.checkpoint import (checkpoint_files, load_checkpoint, load_model_state,
+from pointlift.engine.checkpoint import (checkpoint_files, clean_stale_files, load_checkpoint, load_model_state,
                                          model_state_for_checkpoint, save_checkpoint)
 from pointlift.engine.config import TrainConfig
 from pointlift.engine.metrics import MetricsLogger
 from pointlift.engine.optim import build_optimizer, build_scheduler
 from pointlift.engine.rundir import last_checkpoint
-from pointlift.engine.seed import derive_seed, get_rng_state, make_generator, seed_everything, seed_worker, \
-    set_rng_state
-from pointlift.errors import PointliftConfigError
+from pointlift.engine.sync_batchnorm import convert_sync_batchnorm
+from pointlift.engine.seed import SampleStreams, derive_seed, get_rng_state, make_generator, seed_everything, \
+    seed_worker, set_rng_state
+from pointlift.errors import PointliftConfigError, PointliftError
 
 
 @dataclass
@@ -45,6 +53,28 @@ class TrainResult:
     stop_reason: str = "completed"  # "completed" | "nonfinite" | "interrupted"
     epoch: int = 0  # completed epochs
     extra: dict = field(default_factory=dict)
+
+
+class TrainingStopped(PointliftError):
+    """The run stopped on non-finite values. Metrics up to the stop and the last finite checkpoint are
+    kept; nothing else is written. The CLI prints the message and exits with `exit_code`."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, result: "TrainResult"):
+        super().__init__(message)
+        self.result = result
+
+
+def nonfinite_tensors(module: nn.Module) -> list[str]:
+    """Names of the checkpointed parameters and buffers holding NaN or inf (empty when all are finite)."""
+    state = {k: v for k, v in model_state_for_checkpoint(module).items() if v.is_floating_point()}
+    if not state:
+        return []
+    flags = torch.stack([torch.isfinite(v).all() for v in state.values()])
+    if bool(flags.all()):  # one device sync in the common case
+        return []
+    return [k for k, ok in zip(state, flags.tolist()) if not ok]
 
 
 def move_to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
@@ -122,11 +152,13 @@ def train(model: nn.Module, dataset, config: TrainConfig, run_dir: str | Path, *
     checkpoint_stem = last_checkpoint(run_dir)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale_files(checkpoint_stem)  # temporaries of a save that a crash interrupted
 
     if config.batch_size % world:
         raise PointliftConfigError(f"batch_size: {config.batch_size} is not divisible by the {world} processes")
     per_rank = config.batch_size // world
     num_samples = len(dataset)
+    samples = SampleStreams(dataset, config.seed)  # sample i of epoch e: the same draws on any rank
     steps_per_epoch = len(epoch_indices(num_samples, 0, config.seed, rank, world)) // per_rank
     if steps_per_epoch == 0:
         raise PointliftConfigError(f"batch_size: {config.batch_size} is larger than the dataset "
@@ -137,6 +169,7 @@ def train(model: nn.Module, dataset, config: TrainConfig, run_dir: str | Path, *
     model.to(device)
     module = model
     if world > 1:
+        convert_sync_batchnorm(module)  # BN statistics over the global batch, as in one process
         model = nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=bool(getattr(module, "ddp_find_unused_parameters", False)))
@@ -182,20 +215,43 @@ def train(model: nn.Module, dataset, config: TrainConfig, run_dir: str | Path, *
     history: list[dict] = list(logger.rows) if logger is not None else []
     checkpointed_at = step if resume else -1
 
+    stop_reason, stop_detail = "completed", ""
+    nonfinite_in_a_row = 0
+
+    def state_is_finite(after: str) -> bool:
+        nonlocal stop_reason, stop_detail
+        broken = nonfinite_tensors(module)
+        if dist_utils.all_true(not broken, device):
+            return True
+        stop_reason = "nonfinite"
+        stop_detail = (f"non-finite parameters or buffers {after}"
+                       + (f" ({len(broken)} tensors, e.g. {', '.join(broken[:3])})" if broken else " on another rank"))
+        return False
+
     def save(current_step: int) -> None:
         nonlocal checkpointed_at
+        if not state_is_finite(f"before saving step {current_step}"):  # e.g. after an eval that touched BN
+            return
         rng_states = dist_utils.all_gather_object(get_rng_state())
+        failure = None
         if is_main:
             extra = {"epoch": epoch, "epoch_batch": epoch_batch, "steps_per_epoch": steps_per_epoch,
                      "total_steps": total_steps, "world_size": world, "global_batch": config.batch_size,
                      "metrics_rows": logger.num_rows, "evaluated_at": evaluated_at,
                      "window_sums": window_sums, "window_steps": window_steps,
                      "scaler": scaler.state_dict() if scaler is not None else None}
-            save_checkpoint(checkpoint_stem, model_state_for_checkpoint(module), optimizer, scheduler,
-                            config=config_for_checkpoint if config_for_checkpoint is not None else config,
-                            step=current_step, extra=extra, model_spec=model_spec, rng_states=rng_states)
+            try:
+                save_checkpoint(checkpoint_stem, model_state_for_checkpoint(module), optimizer, scheduler,
+                                config=config_for_checkpoint if config_for_checkpoint is not None else config,
+                                step=current_step, extra=extra, model_spec=model_spec, rng_states=rng_states)
+            except PointliftError as error:  # a full or read-only disk: every process stops with it
+                if world == 1:
+                    raise
+                failure = str(error)
+        failure = dist_utils.broadcast_object(failure)
+        if failure is not None:
+            raise PointliftError(failure if is_main else f"process 0 could not save: {failure}")
         checkpointed_at = current_step
-        dist_utils.barrier()
 
     def log(row: dict) -> None:
         history.append(row)
@@ -231,92 +287,106 @@ def train(model: nn.Module, dataset, config: TrainConfig, run_dir: str | Path, *
 
     bar = tqdm(total=total_steps, initial=step, disable=not (progress and is_main), dynamic_ncols=True,
                desc="train")
-    stop_reason = "completed"
-    nonfinite_in_a_row = 0
     window_start = time.perf_counter()
     model.train()
     def more_to_do() -> bool:  # epochs bound the run unless max_steps is set (skipped batches count)
         return step < total_steps and (config.max_steps is not None or epoch < config.epochs)
 
-    while more_to_do() and stop_reason == "completed":
-        indices = epoch_indices(num_samples, epoch, config.seed, rank, world)
-        remaining = indices[epoch_batch * per_rank: steps_per_epoch * per_rank]
-        loader = DataLoader(dataset, batch_size=per_rank, sampler=remaining, drop_last=True,
-                            collate_fn=collate_fn, num_workers=config.num_workers,
-                            pin_memory=device.type == "cuda", worker_init_fn=seed_worker,
-                            generator=make_generator(derive_seed(config.seed, epoch, epoch_batch, rank)))
-        for batch in loader:
-            epoch_batch += 1
-            batch = move_to_device(batch, device, non_blocking=device.type == "cuda")
-            with _autocast(device, amp_dtype):
-                outputs = model(batch)
-            if not isinstance(outputs, dict) or "loss" not in outputs:
-                raise TypeError("model(batch) must return a dict with a scalar 'loss'")
-            loss = outputs["loss"]
-            finite = dist_utils.all_true(bool(torch.isfinite(loss.detach()).all()), device)
-            if not finite:
-                nonfinite_in_a_row += 1
+    try:
+        while more_to_do() and stop_reason == "completed":
+            indices = epoch_indices(num_samples, epoch, config.seed, rank, world)
+            remaining = indices[epoch_batch * per_rank: steps_per_epoch * per_rank]
+            samples.set_epoch(epoch)
+            loader = DataLoader(samples, batch_size=per_rank, sampler=remaining, drop_last=True,
+                                collate_fn=collate_fn, num_workers=config.num_workers,
+                                pin_memory=device.type == "cuda", worker_init_fn=seed_worker,
+                                generator=make_generator(derive_seed(config.seed, epoch, epoch_batch, rank)))
+            for batch in loader:
+                epoch_batch += 1
+                batch = move_to_device(batch, device, non_blocking=device.type == "cuda")
+                with _autocast(device, amp_dtype):
+                    outputs = model(batch)
+                if not isinstance(outputs, dict) or "loss" not in outputs:
+                    raise TypeError("model(batch) must return a dict with a scalar 'loss'")
+                loss = outputs["loss"]
+                finite = dist_utils.all_true(bool(torch.isfinite(loss.detach()).all()), device)
+                if not finite:
+                    nonfinite_in_a_row += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    if is_main:
+                        warnings.warn(f"non-finite loss at epoch {epoch}, batch {epoch_batch} (after step {step}): "
+                                      f"update skipped ({nonfinite_in_a_row}/{config.max_nonfinite} in a row)",
+                                      RuntimeWarning)
+                    if nonfinite_in_a_row >= config.max_nonfinite:
+                        stop_reason = "nonfinite"
+                        stop_detail = f"{nonfinite_in_a_row} non-finite losses in a row after step {step}"
+                        break
+                    if not state_is_finite(f"after a skipped batch at step {step}"):  # e.g. BN statistics
+                        break
+                    continue
+                nonfinite_in_a_row = 0
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    if config.grad_clip is not None:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    if config.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+                    optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                if is_main:
-                    warnings.warn(f"non-finite loss at epoch {epoch}, batch {epoch_batch} (after step {step}): "
-                                  f"update skipped ({nonfinite_in_a_row}/{config.max_nonfinite} in a row)",
-                                  RuntimeWarning)
-                if nonfinite_in_a_row >= config.max_nonfinite:
-                    stop_reason = "nonfinite"
+                scheduler.step()
+                step += 1
+                if not state_is_finite(f"after step {step}"):
+                    break  # never logged as progress, never checkpointed
+
+                for key, value in _scalars(outputs).items():
+                    window_sums[key] = window_sums.get(key, 0.0) + value.item()
+                window_steps += 1
+                bar.update(1)
+                if step % config.log_every == 0 or step == total_steps:
+                    now = time.perf_counter()
+                    row = flush_window(step, now - window_start)
+                    window_start = now
+                    log(row)
+                    bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4g}",
+                                    samples_s=f"{row['samples_per_s']:.1f}")
+                if config.checkpoint_every and step % config.checkpoint_every == 0:
+                    save(step)
+                    if stop_reason != "completed":
+                        break
+                if interrupt_after_step is not None and step >= interrupt_after_step:
+                    stop_reason = "interrupted"
                     break
-                continue
-            nonfinite_in_a_row = 0
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                if config.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                if config.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
+                if step >= total_steps:
+                    break  # max_steps reached mid-epoch
+            if stop_reason == "completed" and epoch_batch >= steps_per_epoch:
+                epoch, epoch_batch = epoch + 1, 0
+                evaluate(epoch - 1)
 
-            for key, value in _scalars(outputs).items():
-                window_sums[key] = window_sums.get(key, 0.0) + value.item()
-            window_steps += 1
-            bar.update(1)
-            if step % config.log_every == 0 or step == total_steps:
-                now = time.perf_counter()
-                row = flush_window(step, now - window_start)
-                window_start = now
-                log(row)
-                bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4g}",
-                                samples_s=f"{row['samples_per_s']:.1f}")
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
+        if stop_reason == "completed":
+            if window_steps:  # steps since the last log row (skipped batches can shift the last one)
+                log(flush_window(step, time.perf_counter() - window_start))
+            if evaluated_at != step:
+                evaluate(epoch)
+            if checkpointed_at != step:
                 save(step)
-            if interrupt_after_step is not None and step >= interrupt_after_step:
-                stop_reason = "interrupted"
-                break
-            if step >= total_steps:
-                break  # max_steps reached mid-epoch
-        if stop_reason == "completed" and epoch_batch >= steps_per_epoch:
-            epoch, epoch_batch = epoch + 1, 0
-            evaluate(epoch - 1)
-
-    if stop_reason == "completed":
-        if window_steps:  # steps since the last log row (skipped batches can shift the last one)
-            log(flush_window(step, time.perf_counter() - window_start))
-        if evaluated_at != step:
-            evaluate(epoch)
-        if checkpointed_at != step:
-            save(step)
-    bar.close()
-    if logger is not None:
-        logger.close()
-    if stop_reason == "nonfinite" and is_main:
-        warnings.warn(f"stopped after {config.max_nonfinite} non-finite losses in a row at step {step}; "
-                      f"the last good checkpoint is kept", RuntimeWarning)
+    except RuntimeError as error:
+        if dist_utils.is_collective_failure(error):
+            raise dist_utils.collective_failure(error) from None
+        raise
+    finally:  # also on errors: the bar ends its line before the CLI prints the error
+        bar.close()
+        if logger is not None:
+            logger.close()
     tensor_path = checkpoint_files(checkpoint_stem)[0]
-    return TrainResult(history=history, step=step, checkpoint_path=tensor_path if tensor_path.exists() else None,
-                       stopped_early=stop_reason != "completed", stop_reason=stop_reason, epoch=epoch)
+    result = TrainResult(history=history, step=step, checkpoint_path=tensor_path if tensor_path.exists() else None,
+                         stopped_early=stop_reason != "completed", stop_reason=stop_reason, epoch=epoch)
+    if stop_reason == "nonfinite":
+        kept = (f"the last finite checkpoint (step {checkpointed_at}) is kept at {tensor_path}"
+                if checkpointed_at >= 0 and tensor_path.exists() else "no checkpoint was written")
+        raise TrainingStopped(f"training stopped: {stop_detail}; {kept}", result)
+    return result

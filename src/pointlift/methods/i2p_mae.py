@@ -175,23 +175,33 @@ class I2PMAEExperiment:
 # --------------------------------------------------------------------------------- masking
 
 
-def released_top_mask(saliency: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def released_top_mask(saliency: torch.Tensor, ratio: float, generator: torch.Generator | None = None,
+                      noise: torch.Tensor | None = None) -> torch.Tensor:
     """Visible mask (B, T) bool, the released `mask_2D_guided`: the first T - int(ratio*T) tokens of
-    `torch.multinomial(softmax(saliency), T, replacement=False)` stay visible."""
+    `torch.multinomial(softmax(saliency), T, replacement=False)` stay visible.
+
+    With `noise` (B, T) uniform (drawn per sample by the dataset, so that every DDP rank draws the same
+    masks), the same sequential draw is made by Gumbel-top-k on log softmax(saliency): the same
+    distribution as the released call, from the sample's own random stream."""
     batch, tokens = saliency.shape
     num_keep = tokens - int(ratio * tokens)
     if not 0 < num_keep <= tokens:
         raise PointliftConfigError(f"mask ratio {ratio} leaves no visible token among {tokens}")
     probs = F.softmax(saliency.float(), dim=1)
+    if noise is not None:
+        gumbel = -torch.log(-torch.log(noise.to(probs.device).float().clamp(1e-12, 1 - 1e-7)))
+        drawn = (torch.log_softmax(saliency.float(), dim=1) + gumbel).topk(num_keep, dim=1).indices
+        return torch.zeros_like(probs, dtype=torch.bool).scatter_(1, drawn, True)
     drawn = torch.multinomial(probs, tokens, replacement=False, generator=generator)
     return torch.zeros_like(probs, dtype=torch.bool).scatter_(1, drawn[:, :num_keep], True)
 
 
 def guided_top_mask(saliency: torch.Tensor, ratio: float, temperature: float = 0.5,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """pointlift's `masking: standardised`. Visible mask (B, T) bool: T - int(ratio*T) tokens drawn
     without replacement from softmax(z / temperature), z = per-shape standardised saliency (B, T).
-    Gumbel-top-k draws exactly that sequential sampling."""
+    Gumbel-top-k draws exactly that sequential sampling; `noise` (B, T) uniform, when given, is the
+    per-sample draw (the same mask on any DDP rank)."""
     batch, tokens = saliency.shape
     num_visible = tokens - int(ratio * tokens)
     if not 0 < num_visible <= tokens:
@@ -199,7 +209,8 @@ def guided_top_mask(saliency: torch.Tensor, ratio: float, temperature: float = 0
     s = saliency.float()
     z = (s - s.mean(dim=1, keepdim=True)) / s.std(dim=1, keepdim=True).clamp_min(1e-6)
     logits = torch.log_softmax(z / temperature, dim=1)
-    uniform = torch.rand(s.shape, generator=generator, device=s.device if generator is None else generator.device)
+    uniform = noise if noise is not None else \
+        torch.rand(s.shape, generator=generator, device=s.device if generator is None else generator.device)
     gumbel = -torch.log(-torch.log(uniform.to(s.device).clamp(1e-12, 1 - 1e-7)))
     chosen = (logits + gumbel).topk(num_visible, dim=1).indices
     return torch.zeros_like(s, dtype=torch.bool).scatter_(1, chosen, True)
@@ -314,15 +325,18 @@ class I2PMAE(PointM2AE):
             return pixels.gather(2, index[:, None, :, None].expand(-1, pixels.shape[1], -1, 2))
 
         visible = batch.get("top_visible")
+        noise = batch.get("mask_noise")  # drawn per sample by the dataset: the same masks on any rank
         if config.guided_masking:
             centre_pixels = pixels_of(hierarchy.point_index(top))
             per_view = read_back(saliency[:, :, None].float(), centre_pixels, config.image_size)[..., 0]
             parts["saliency_per_view"] = per_view
             parts["top_saliency"] = top_saliency = per_view.mean(dim=1)
             if visible is None and config.masking == "released":
-                visible = released_top_mask(top_saliency, config.mask_ratio, generator)
+                visible = released_top_mask(top_saliency, config.mask_ratio, generator, noise=noise)
             elif visible is None:
-                visible = guided_top_mask(top_saliency, config.mask_ratio, config.temperature, generator)
+                visible = guided_top_mask(top_saliency, config.mask_ratio, config.temperature, generator, noise=noise)
+        elif visible is None and noise is not None:  # random_top_mask's rule on the sample's own uniform noise
+            visible = noise.argsort(dim=1).argsort(dim=1) >= int(config.mask_ratio * num_top)
         elif visible is None:
             visible = random_top_mask(points.shape[0], num_top, config.mask_ratio, generator,
                                       device=None if generator is not None else points.device)
@@ -449,7 +463,7 @@ class PretrainShapes(torch.utils.data.Dataset):
     U(-translate, translate) drawn per axis; "uniform" (pointlift's, keeps cached maps valid): one scale."""
 
     def __init__(self, points: np.ndarray, maps: TeacherMaps | None = None, scale_range=(2 / 3, 3 / 2),
-                 translate: float = 0.2, augment: str = "per_axis"):
+                 translate: float = 0.2, augment: str = "per_axis", mask_tokens: int = 0):
         if maps is not None and len(maps) != len(points):
             raise PointliftConfigError(f"teacher maps for {len(maps)} shapes, but {len(points)} shapes given")
         if augment not in ("per_axis", "uniform"):
@@ -461,6 +475,7 @@ class PretrainShapes(torch.utils.data.Dataset):
         self.scale_range = scale_range
         self.translate = translate
         self.augment = augment
+        self.mask_tokens = mask_tokens  # > 0: also draw the masking noise of that many top tokens
 
     def __len__(self) -> int:
         return len(self.points)
@@ -470,6 +485,8 @@ class PretrainShapes(torch.utils.data.Dataset):
         scale = low + (high - low) * torch.rand(3 if self.augment == "per_axis" else 1)
         shift = (torch.rand(3) * 2 - 1) * self.translate
         item = {"points": self.points[index] * scale + shift}
+        if self.mask_tokens:
+            item["mask_noise"] = torch.rand(self.mask_tokens)
         if self.maps is not None:
             item["teacher_features"], item["teacher_saliency"] = self.maps.get(index)
         return item
@@ -508,8 +525,10 @@ def pretrain(experiment: I2PMAEExperiment, run_dir: str | Path, resume: bool = F
 
     With `data.cache_teacher` the teacher runs once per shape before training (pointlift's option);
     otherwise it runs inside every training step on the augmented batch (the released recipe)."""
+    from pointlift.engine.seed import seed_everything
     from pointlift.engine.trainer import train
 
+    seed_everything(experiment.train.seed)  # before anything random is built: runs repeat exactly
     method, data = experiment.method, experiment.data
     device = torch.device(experiment.device) if experiment.device else \
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -530,7 +549,8 @@ def pretrain(experiment: I2PMAEExperiment, run_dir: str | Path, resume: bool = F
             info["cache_seconds"] = time.perf_counter() - start
             info["cache_built"] = maps.built
     model = I2PMAE(method, teacher if needs_teacher else None)
-    dataset = PretrainShapes(points, maps, data.scale_range, data.translate, data.augment)
+    dataset = PretrainShapes(points, maps, data.scale_range, data.translate, data.augment,
+                             mask_tokens=method.model.num_centers[-1])
     start = time.perf_counter()
     result = train(model, dataset, experiment.train, run_dir, resume=resume, device=device, progress=progress,
                    config_for_checkpoint=config_to_dict(experiment), model_spec=model_spec(method))
@@ -549,8 +569,12 @@ def pretrain_command(config_path, resume: bool = False, run_dir=None) -> Path:
     _, result, info = pretrain(experiment, run_dir, resume=resume)
     summary = {"step": result.step, "stop_reason": result.stop_reason,
                "checkpoint": str(result.checkpoint_path), **info}
-    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"i2p-mae: {result.step} steps, checkpoint {result.checkpoint_path}")
+    from pointlift.engine.distributed import is_main_process
+    from pointlift.engine.rundir import write_json
+
+    write_json(Path(run_dir) / "summary.json", summary)  # rank 0 only
+    if is_main_process():
+        print(f"i2p-mae: {result.step} steps, checkpoint {result.checkpoint_path}")
     return Path(run_dir)
 
 

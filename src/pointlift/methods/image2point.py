@@ -130,24 +130,20 @@ def apply_fip(model: SparseShapeClassifier, fip: str) -> dict[str, int]:
 
 
 def _load_init_checkpoint(model: SparseShapeClassifier, path: str) -> int:
-    """Load an inflated checkpoint, skipping tensors whose shape differs (the classifier); returns loaded count."""
-    from pointlift.engine.checkpoint import load_checkpoint
+    """Load an Image2Point (e.g. `pointlift inflate`) checkpoint of this architecture; only the classifier
+    may differ (re-initialised for the new classes). Another method's or architecture's checkpoint is an error."""
+    from pointlift.engine.checkpoint import load_init_checkpoint
 
-    state, meta = load_checkpoint(path)
-    if (meta.get("model_spec") or {}).get("kind") != "image2point":  # else nothing would load, silently
-        raise PointliftConfigError(f"init_checkpoint {path}: a {(meta.get('model_spec') or {}).get('kind')!r} "
-                                   "checkpoint; Image2Point starts from `pointlift inflate` output "
-                                   "(I2P-MAE checkpoints fine-tune with `pointlift finetune i2p-mae`)")
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(usable, strict=False)
-    return len(usable)
+    head = tuple(f"backbone.{name}." for name in _input_output_layers(model.backbone)[1])
+    return load_init_checkpoint(model, path, "image2point", reinit=head)
 
 
 def build_classifier(config: Image2PointConfig, num_classes: int) -> tuple[SparseShapeClassifier, dict]:
     """The FIP-configured classifier and {trainable_params, total_params, ...}."""
+    from pointlift.engine.seed import seed_everything
+
     inflation = config.inflation
-    torch.manual_seed(config.train.seed)
+    seed_everything(config.train.seed)  # before anything random is built: runs repeat exactly
     net, _ = build_network(inflation.teacher, inflation.weights, inflation.mode, inflation.axis, num_classes)
     model = SparseShapeClassifier(net)
     if config.init_checkpoint:
@@ -168,6 +164,9 @@ def model_spec(config: Image2PointConfig, num_classes: int) -> dict:
 def finetune(config: Image2PointConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
              train_split=None, test_split=None) -> dict:
     """Fine-tune on shape classification; returns last-epoch metrics, the per-epoch curve and counts."""
+    from pointlift.engine.seed import seed_everything
+
+    seed_everything(config.train.seed)
     train_set, val_set, test_set, class_names = build_datasets_with_validation(config.data, train_split, test_split)
     num_classes = len(class_names)
     model, counts = build_classifier(config, num_classes)
@@ -179,15 +178,26 @@ def finetune(config: Image2PointConfig, run_dir: str | Path, *, resume: bool = F
                               resume=resume, progress=progress, config_for_checkpoint=config_to_dict(config),
                               model_spec=model_spec(config, num_classes), device=config.device, val_set=val_set,
                               precise_bn=config.precise_bn)
-    curve = result["curve"]
+    curve = _curve_from_history(result["history"], val_set is not None) or result["curve"]
     summary = {"overall_acc": result["final"]["overall_acc"], "mean_class_acc": result["final"]["mean_class_acc"],
                "curve": curve, "curve_split": result["curve_split"],
                "val_overall_acc": curve[-1]["overall_acc"] if val_set is not None and curve else float("nan"),
                "train_shapes": len(train_set), "val_shapes": len(val_set) if val_set is not None else 0,
                "test_shapes": len(test_set),
                "seconds": time.perf_counter() - start, **counts}
-    (Path(run_dir) / "results.json").write_text(json.dumps(summary, indent=2))
+    from pointlift.engine.rundir import write_json
+
+    write_json(Path(run_dir) / "results.json", summary)  # rank 0 only: its evaluation is the run's
     return summary
+
+
+def _curve_from_history(history: list[dict], validation: bool) -> list[dict]:
+    """Per-epoch accuracy rows from the run's logged evaluations - on resume these include the epochs
+    before the interruption, which the evaluation callback of this process never saw."""
+    prefix = "eval/val_" if validation else "eval/"
+    return [{"epoch": int(row["epoch"]), "overall_acc": row[prefix + "overall_acc"],
+             "mean_class_acc": row.get(prefix + "mean_class_acc", float("nan"))}
+            for row in history if prefix + "overall_acc" in row]
 
 
 def finetune_command(config_path, resume: bool = False, run_dir=None) -> dict:
@@ -199,7 +209,10 @@ def finetune_command(config_path, resume: bool = False, run_dir=None) -> dict:
         raise PointliftConfigError("--resume needs --run-dir (the run to continue)")
     run_dir = create_run_dir(config.name, run_dir=run_dir, config=config)
     summary = finetune(config, run_dir, resume=resume)
-    print(f"[image2point] overall accuracy {summary['overall_acc']:.4f}, mean-class {summary['mean_class_acc']:.4f} "
+    from pointlift.engine.distributed import is_main_process
+
+    if is_main_process():
+        print(f"[image2point] overall accuracy {summary['overall_acc']:.4f}, mean-class {summary['mean_class_acc']:.4f} "
           f"(last epoch) -> {run_dir}")
     return summary
 

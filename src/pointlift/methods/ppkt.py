@@ -250,8 +250,11 @@ class PPKTDataset(torch.utils.data.Dataset):
                 maps[flipped] = maps[flipped].flip(-1)
                 mirror = flipped[pairs.pair_view]
                 pixels[mirror, 0] = self.image_size[1] - 1 - pixels[mirror, 0]
+        # a random key per pair, drawn with the sample (per-sample stream): the loss uses the pairs with
+        # the smallest keys of the whole batch, so N processes pick exactly the pairs one process picks
+        pair_key = torch.rand(pairs.pair_point.shape[0], dtype=torch.float64)
         return {"points": points.float(), "colors": pairs.colors.float(), "pair_point": pairs.pair_point,
-                "pair_view": pairs.pair_view, "pair_pixel": pixels, key: maps}
+                "pair_view": pairs.pair_view, "pair_pixel": pixels, "pair_key": pair_key, key: maps}
 
     def _augment_points(self, points: torch.Tensor) -> torch.Tensor:
         aug = self.augment
@@ -272,6 +275,8 @@ class PPKTDataset(torch.utils.data.Dataset):
 def collate_ppkt(samples: list[dict]) -> dict:
     """Concatenate samples: points get a batch index, pair indices are offset into the batch."""
     batch = {"points": [], "colors": [], "batch_index": [], "pair_point": [], "pair_view": [], "pair_pixel": []}
+    if "pair_key" in samples[0]:
+        batch["pair_key"] = [sample["pair_key"] for sample in samples]
     maps_key = "teacher_features" if "teacher_features" in samples[0] else "images"
     maps = []
     point_offset = view_offset = 0
@@ -413,11 +418,43 @@ class PPKTModel(nn.Module):
         return points[batch["pair_point"][pairs]], f2d
 
     def forward(self, batch: dict) -> dict:
-        count = batch["pair_point"].shape[0]
-        chosen = torch.randperm(count, device=batch["pair_point"].device)[: self.loss_config.num_pairs]
+        if "pair_key" in batch:
+            chosen = select_pairs(batch["pair_key"], self.loss_config.num_pairs)
+        else:
+            count = batch["pair_point"].shape[0]
+            chosen = torch.randperm(count, device=batch["pair_point"].device)[: self.loss_config.num_pairs]
         f3d, f2d = self.pair_features(batch, chosen)
-        loss, accuracy = info_nce(f3d, f2d, self.loss_config.temperature)
+        loss, accuracy = info_nce_global(f3d, f2d, self.loss_config.temperature)
         return {"loss": loss, "pair_accuracy": accuracy}
+
+
+def select_pairs(keys: torch.Tensor, num_pairs: int) -> torch.Tensor:
+    """Indices of this process's pairs among the `num_pairs` smallest keys of the global batch (all
+    processes together under torchrun): a uniform draw of `num_pairs` pairs without replacement."""
+    from pointlift.engine.distributed import all_gather_rows
+
+    every, _ = all_gather_rows(keys.detach())
+    if every.numel() <= num_pairs:
+        return torch.arange(keys.numel(), device=keys.device)
+    threshold = every.kthvalue(num_pairs).values
+    return torch.nonzero(keys <= threshold).squeeze(1)
+
+
+def info_nce_global(f3d: torch.Tensor, f2d: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`info_nce` over the pairs of the global batch: under torchrun each process's points are scored
+    against the pixels of every process (gathered, with gradients), and the loss is scaled so that the
+    DDP gradient average equals the one-process gradient of the mean over all pairs."""
+    from pointlift.engine.distributed import all_gather_rows, get_rank, get_world_size, is_distributed
+
+    if not is_distributed():
+        return info_nce(f3d, f2d, temperature)
+    keys, counts = all_gather_rows(f2d)
+    offset, total, world = sum(counts[: get_rank()]), sum(counts), get_world_size()
+    logits = f3d @ keys.T / temperature
+    target = torch.arange(f3d.shape[0], device=f3d.device) + offset
+    loss = F.cross_entropy(logits.float(), target, reduction="sum") * (world / total)
+    accuracy = (logits.argmax(1) == target).float().sum().detach() * (world / total)
+    return loss, accuracy
 
 
 def info_nce(f3d: torch.Tensor, f2d: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -540,12 +577,14 @@ def pretrain(config: PPKTConfig, run_dir: str | Path, resume: bool = False, prog
              device: str | None = None) -> dict:
     """Pretrain the 3D network; returns (and writes to run_dir/ppkt_results.json) the retrieval results."""
     from pointlift.engine import seed_everything, train
+    from pointlift.engine.rundir import write_json
 
+    seed_everything(config.train.seed)  # before anything random is built: runs repeat exactly
     run_dir = Path(run_dir)
     device = _resolve_device(device or config.device)
     cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "teacher_cache"
     setup = build_setup(config, cache_dir, device, progress)
-    seed_everything(config.train.seed)
+    seed_everything(config.train.seed)  # the cache build may have drawn numbers (it does not when reused)
     model = PPKTModel(config.model, config.loss, config.data.image_size, setup.teacher)
     results = {"retrieval_chance": None}
     if config.eval_untrained:
@@ -564,7 +603,7 @@ def pretrain(config: PPKTConfig, run_dir: str | Path, resume: bool = False, prog
     results["cache"] = None if setup.cache is None else {"dir": str(setup.cache.directory), "key": setup.cache.key,
                                                          "built_now": setup.cache.built_now,
                                                          "build_seconds": setup.cache.build_seconds}
-    (run_dir / "ppkt_results.json").write_text(json.dumps(results, indent=1, default=str))
+    write_json(run_dir / "ppkt_results.json", results, indent=1)  # rank 0 only
     return results
 
 
@@ -578,7 +617,10 @@ def pretrain_command(config_path: str | Path, resume: bool = False, run_dir: str
     run_dir = create_run_dir("ppkt", config.run_root, run_dir, config=config)
     results = pretrain(config, run_dir, resume=resume)
     summary = {k: results[k] for k in ("retrieval_pretrained", "retrieval_untrained", "checkpoint") if k in results}
-    print(json.dumps({"run_dir": str(run_dir), **summary}, indent=1, default=str))
+    from pointlift.engine.distributed import is_main_process
+
+    if is_main_process():
+        print(json.dumps({"run_dir": str(run_dir), **summary}, indent=1, default=str))
     return results
 
 
