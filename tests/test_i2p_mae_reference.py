@@ -246,8 +246,12 @@ def test_released_masking_probabilities(ref, sampler):
     assert bool((visible.sum(-1) == int(masking["num_keep"])).all())
     frequency = visible.double().mean(1).numpy()
     expected = masking["visible_prob"]
-    z = (frequency - expected) / np.sqrt(expected * (1 - expected) / draws)
+    variance = expected * (1 - expected) / draws
+    normal = draws * expected * (1 - expected) >= 10  # z-scores only where the normal approximation holds
+    z = (frequency - expected)[normal] / np.sqrt(variance[normal])
     assert np.abs(z).max() < 5.0, np.abs(z).max()
+    # near-certain cells (p or 1 - p below ~1e-3): at most a handful of surprises in 10,000 draws
+    assert np.abs(frequency - expected)[~normal].max() < 2e-3
     # the draw really is biased by saliency on the sharp rows (the test can fail): most salient token
     sharp = 19  # saliency scale 8
     top_token = int(np.argmax(masking["sal"][sharp]))
