@@ -43,7 +43,7 @@ def _tiny_batch(num_classes=4):
 @pytest.fixture(scope="module")
 def tiny_network_and_batch():
     torch.manual_seed(0)
-    net, _ = build_network(TINY, "random", "copy", "z", num_classes=4)
+    net, _ = build_network(TINY, "random", "copy", "z-axis", num_classes=4, design="imagenet-stem")
     return net, _tiny_batch()
 
 
@@ -193,7 +193,7 @@ def test_random_baseline_uses_he_initialisation_with_3d_fan_out():
     from pointlift.sparse import SparseConv3d, SubMConv3d
 
     torch.manual_seed(0)
-    net, _ = build_network(TINY, "random", "copy", "z", num_classes=4)
+    net, _ = build_network(TINY, "random", "copy", "z-axis", num_classes=4, design="imagenet-stem")
     checked = 0
     for module in net.modules():
         if isinstance(module, (SubMConv3d, SparseConv3d)) and module.weight.numel() > 5000:

@@ -147,3 +147,22 @@ def test_fip_sets_equal_released(reference, mode):
     norms = {n: m for n, m in model.backbone.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
     assert sorted(n for n, m in norms.items() if m.training) == sorted(expected["bn_layers_updating_running_stats"])
     assert sorted(n for n, m in norms.items() if not m.training) == sorted(expected["bn_layers_frozen_stats_eval_mode"])
+
+
+def test_released_pipeline_reproduces_the_reference_input(reference):
+    from pointlift.tasks.shape_classification import released_voxelize
+
+    ref = reference["forward"]
+    coords, feats, index = [], [], []
+    for b, cloud in enumerate(ref["points"]):
+        c, f, i = released_voxelize(cloud, 0.05)
+        coords.append(np.concatenate([c, np.full((len(c), 1), b)], 1))
+        feats.append(f)
+        index.append(i)
+    coords = np.concatenate(coords)
+    order = np.lexsort((coords[:, 2], coords[:, 1], coords[:, 0], coords[:, 3]))
+    ref_coords = ref["input_coords"].astype(np.int64)
+    ref_order = np.lexsort((ref_coords[:, 2], ref_coords[:, 1], ref_coords[:, 0], ref_coords[:, 3]))
+    assert np.array_equal(coords[order], ref_coords[ref_order])
+    assert np.array_equal(np.concatenate(feats)[order], ref["input_feats"][ref_order])
+    assert np.array_equal(np.concatenate(index)[order], ref["input_point_index"][ref_order])
