@@ -95,6 +95,18 @@ def _config(preset: dict, weights: str | None, fip: str, epochs: int, batch: int
         eval_every_epoch=eval_every_epoch, eval_batch_size=50, precise_bn=preset["precise_bn"])
 
 
+def _write_progress(path: Path, preset: str, finished: dict) -> None:
+    """Every finished run so far (test accuracy, validation curve, seconds), rewritten after each run, so a
+    long preset that is stopped early still leaves its completed runs on disk."""
+    import json
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"preset": preset, "runs": finished}, indent=1))
+    os.replace(temporary, path)
+
+
 def mean_curve(curves: list[list[dict]]) -> list[dict]:
     """Per-epoch mean of several runs' validation curves (same epochs)."""
     return [{"epoch": rows[0]["epoch"], "overall_acc": float(np.mean([row["overall_acc"] for row in rows]))}
@@ -117,6 +129,7 @@ def run(preset: str, out_dir: Path) -> BenchResult:
     curves: dict[str, list] = {}
     timings: dict[str, float] = {}
     seeds = settings["seeds"]
+    finished: dict[str, dict] = {}
 
     def finetune_arm(label, fip, epochs, batch, per_class, seed, lr, eval_every_epoch, run_name,
                      design="released"):
@@ -125,23 +138,40 @@ def run(preset: str, out_dir: Path) -> BenchResult:
         summary = finetune(config, out_dir / run_name, progress=False, train_split=train_split,
                            test_split=test_split)
         timings[run_name] = summary["seconds"]
+        finished[run_name] = {"test_overall_acc": summary["overall_acc"], "test_mean_class_acc":
+                              summary["mean_class_acc"], "val_curve": summary["curve"], "seconds": summary["seconds"],
+                              "trainable_params": summary["trainable_params"]}
+        _write_progress(out_dir / "progress.json", preset, finished)
         print(f"[bench image2point] {run_name}: test {summary['overall_acc']:.4f} "
               f"({summary['seconds']:.0f} s)", flush=True)
         return summary
 
-    # `all` first, every seed: the time-to-accuracy comparison is the headline and needs the curves
-    for label in ARMS:
-        accuracies = []
-        for seed in seeds:
+    # `all` first, arms interleaved per seed (a cut-short run still holds paired results): the time-to-
+    # accuracy comparison is the headline and needs the curves
+    accuracies: dict[str, list] = {label: [] for label in ARMS}
+    earlier: dict[str, list] = {label: [] for label in ARMS}
+    for seed in seeds:
+        for label in ARMS:
             summary = finetune_arm(label, "all", settings["epochs"], settings["batch_size"],
                                    settings["train_per_class"], seed, settings[f"lr_{label}"], True,
                                    f"{label}_all_seed{seed}")
-            accuracies.append(summary["overall_acc"])
+            accuracies[label].append(summary["overall_acc"])
             curves[f"{label}_all_seed{seed}"] = summary["curve"]
             metrics["trainable_params_all"] = summary["trainable_params"]
             metrics["train_shapes"], metrics["test_shapes"] = summary["train_shapes"], summary["test_shapes"]
-        metrics[f"acc_{label}_all"] = float(np.mean(accuracies))
-        metrics[f"acc_{label}_all_std"] = float(np.std(accuracies))
+        if settings["compare_design"]:  # the earlier design, same data, budget and rates (cheap: stride 2 stem)
+            for label in ARMS:
+                earlier[label].append(finetune_arm(
+                    label, "all", settings["epochs"], settings["batch_size"], settings["train_per_class"], seed,
+                    settings[f"lr_{label}"], False, f"{label}_all_imagenet_stem_seed{seed}",
+                    design="imagenet-stem")["overall_acc"])
+    for label in ARMS:
+        if earlier[label]:
+            metrics[f"acc_{label}_all_imagenet_stem"] = float(np.mean(earlier[label]))
+            metrics[f"acc_{label}_all_imagenet_stem_std"] = float(np.std(earlier[label]))
+    for label in ARMS:
+        metrics[f"acc_{label}_all"] = float(np.mean(accuracies[label]))
+        metrics[f"acc_{label}_all_std"] = float(np.std(accuracies[label]))
         curves[f"{label}_all_mean"] = mean_curve([curves[f"{label}_all_seed{seed}"] for seed in seeds])
         metrics[f"val_acc_{label}_all"] = curves[f"{label}_all_mean"][-1]["overall_acc"]
 
@@ -161,15 +191,6 @@ def run(preset: str, out_dir: Path) -> BenchResult:
                   for seed in settings.get("fewshot_seeds", seeds)]
         metrics[f"fewshot{k}_{label}_mean"] = float(np.mean(scores))
         metrics[f"fewshot{k}_{label}_std"] = float(np.std(scores))
-
-    if settings["compare_design"]:  # the earlier design, same budget and rates
-        for label in ARMS:
-            scores = [finetune_arm(label, "all", settings["epochs"], settings["batch_size"],
-                                   settings["train_per_class"], seed, settings[f"lr_{label}"], False,
-                                   f"{label}_all_imagenet_stem_seed{seed}", design="imagenet-stem")["overall_acc"]
-                      for seed in seeds]
-            metrics[f"acc_{label}_all_imagenet_stem"] = float(np.mean(scores))
-            metrics[f"acc_{label}_all_imagenet_stem_std"] = float(np.std(scores))
 
     # time to accuracy on the seed-averaged *validation* curves; the target is fixed by a rule
     target = settings["target_fraction"] * min(metrics["val_acc_inflated_all"], metrics["val_acc_random_all"])
