@@ -66,7 +66,7 @@ PRESETS = {
                      io_epochs=1, fips=("io", "ioms", "iobn"), batch_size=32, fewshot_k=10, fewshot_epochs=15,
                      fewshot_batch=25, seeds=(0,), fewshot_seeds=(0, 1, 2), target_fraction=0.9, lr_io=0.02,
                      lr_inflated=0.005, lr_random=0.02, warmup_epochs=0.2, precise_bn=False, max_points=2048,
-                     compare_design=False),
+                     compare_design=False, order=("fewshot", "fips", "all")),
     # one GPU, the released ModelNet setting: voxel 0.05, every shape, 100 epochs, batch 32, SGD 0.1 for both
     # arms (the released rate; not validated here - no GPU was available)
     "gpu": dict(voxel_size=0.05, train_per_class=None, val_per_class=20, test_per_class=None, epochs=100, io_epochs=100,
@@ -146,51 +146,61 @@ def run(preset: str, out_dir: Path) -> BenchResult:
               f"({summary['seconds']:.0f} s)", flush=True)
         return summary
 
-    # `all` first, arms interleaved per seed (a cut-short run still holds paired results): the time-to-
-    # accuracy comparison is the headline and needs the curves
-    accuracies: dict[str, list] = {label: [] for label in ARMS}
-    earlier: dict[str, list] = {label: [] for label in ARMS}
-    for seed in seeds:
-        for label in ARMS:
-            summary = finetune_arm(label, "all", settings["epochs"], settings["batch_size"],
-                                   settings["train_per_class"], seed, settings[f"lr_{label}"], True,
-                                   f"{label}_all_seed{seed}")
-            accuracies[label].append(summary["overall_acc"])
-            curves[f"{label}_all_seed{seed}"] = summary["curve"]
-            metrics["trainable_params_all"] = summary["trainable_params"]
-            metrics["train_shapes"], metrics["test_shapes"] = summary["train_shapes"], summary["test_shapes"]
-        if settings["compare_design"]:  # the earlier design, same data, budget and rates (cheap: stride 2 stem)
+    def run_all():
+        """FIP `all`, arms interleaved per seed (a cut-short run still holds paired results), with the
+        validation curves behind time-to-accuracy; with `compare_design`, the earlier design per seed."""
+        accuracies: dict[str, list] = {label: [] for label in ARMS}
+        earlier: dict[str, list] = {label: [] for label in ARMS}
+        for seed in seeds:
             for label in ARMS:
-                earlier[label].append(finetune_arm(
-                    label, "all", settings["epochs"], settings["batch_size"], settings["train_per_class"], seed,
-                    settings[f"lr_{label}"], False, f"{label}_all_imagenet_stem_seed{seed}",
-                    design="imagenet-stem")["overall_acc"])
-    for label in ARMS:
-        if earlier[label]:
-            metrics[f"acc_{label}_all_imagenet_stem"] = float(np.mean(earlier[label]))
-            metrics[f"acc_{label}_all_imagenet_stem_std"] = float(np.std(earlier[label]))
-    for label in ARMS:
-        metrics[f"acc_{label}_all"] = float(np.mean(accuracies[label]))
-        metrics[f"acc_{label}_all_std"] = float(np.std(accuracies[label]))
-        curves[f"{label}_all_mean"] = mean_curve([curves[f"{label}_all_seed{seed}"] for seed in seeds])
-        metrics[f"val_acc_{label}_all"] = curves[f"{label}_all_mean"][-1]["overall_acc"]
-
-    for fip in settings["fips"]:
+                summary = finetune_arm(label, "all", settings["epochs"], settings["batch_size"],
+                                       settings["train_per_class"], seed, settings[f"lr_{label}"], True,
+                                       f"{label}_all_seed{seed}")
+                accuracies[label].append(summary["overall_acc"])
+                curves[f"{label}_all_seed{seed}"] = summary["curve"]
+                metrics["trainable_params_all"] = summary["trainable_params"]
+                metrics["train_shapes"], metrics["test_shapes"] = summary["train_shapes"], summary["test_shapes"]
+            if settings["compare_design"]:  # the earlier design, same data, budget and rates (stride-2 stem)
+                for label in ARMS:
+                    earlier[label].append(finetune_arm(
+                        label, "all", settings["epochs"], settings["batch_size"], settings["train_per_class"],
+                        seed, settings[f"lr_{label}"], False, f"{label}_all_imagenet_stem_seed{seed}",
+                        design="imagenet-stem")["overall_acc"])
         for label in ARMS:
-            summary = finetune_arm(label, fip, settings["io_epochs"], settings["batch_size"],
-                                   settings["train_per_class"], 0, settings["lr_io"], False, f"{label}_{fip}")
-            metrics[f"acc_{label}_{fip}"] = summary["overall_acc"]
-            metrics[f"mean_class_acc_{label}_{fip}"] = summary["mean_class_acc"]
-            metrics[f"val_acc_{label}_{fip}"] = summary["val_overall_acc"]
-            metrics[f"trainable_params_{fip}"] = summary["trainable_params"]
+            if earlier[label]:
+                metrics[f"acc_{label}_all_imagenet_stem"] = float(np.mean(earlier[label]))
+                metrics[f"acc_{label}_all_imagenet_stem_std"] = float(np.std(earlier[label]))
+            metrics[f"acc_{label}_all"] = float(np.mean(accuracies[label]))
+            metrics[f"acc_{label}_all_std"] = float(np.std(accuracies[label]))
+            curves[f"{label}_all_mean"] = mean_curve([curves[f"{label}_all_seed{seed}"] for seed in seeds])
+            metrics[f"val_acc_{label}_all"] = curves[f"{label}_all_mean"][-1]["overall_acc"]
 
-    k = settings["fewshot_k"]
-    for label in ARMS:
-        scores = [finetune_arm(label, "all", settings["fewshot_epochs"], settings["fewshot_batch"], k, seed,
-                               settings[f"lr_{label}"], False, f"fewshot_{label}_seed{seed}")["overall_acc"]
-                  for seed in settings.get("fewshot_seeds", seeds)]
-        metrics[f"fewshot{k}_{label}_mean"] = float(np.mean(scores))
-        metrics[f"fewshot{k}_{label}_std"] = float(np.std(scores))
+    def run_fips():
+        for fip in settings["fips"]:
+            for label in ARMS:
+                summary = finetune_arm(label, fip, settings["io_epochs"], settings["batch_size"],
+                                       settings["train_per_class"], 0, settings["lr_io"], False, f"{label}_{fip}")
+                metrics[f"acc_{label}_{fip}"] = summary["overall_acc"]
+                metrics[f"mean_class_acc_{label}_{fip}"] = summary["mean_class_acc"]
+                metrics[f"val_acc_{label}_{fip}"] = summary["val_overall_acc"]
+                metrics[f"trainable_params_{fip}"] = summary["trainable_params"]
+
+    def run_fewshot():
+        k = settings["fewshot_k"]
+        scores: dict[str, list] = {label: [] for label in ARMS}
+        for seed in settings.get("fewshot_seeds", seeds):
+            for label in ARMS:
+                scores[label].append(finetune_arm(label, "all", settings["fewshot_epochs"], settings["fewshot_batch"],
+                                                  k, seed, settings[f"lr_{label}"], False,
+                                                  f"fewshot_{label}_seed{seed}")["overall_acc"])
+        for label in ARMS:
+            metrics[f"fewshot{k}_{label}_mean"] = float(np.mean(scores[label]))
+            metrics[f"fewshot{k}_{label}_std"] = float(np.std(scores[label]))
+
+    # cheap parts first where the preset says so (cpu-full), so that finished runs accumulate early
+    phases = {"all": run_all, "fips": run_fips, "fewshot": run_fewshot}
+    for phase in settings.get("order", ("all", "fips", "fewshot")):
+        phases[phase]()
 
     # time to accuracy on the seed-averaged *validation* curves; the target is fixed by a rule
     target = settings["target_fraction"] * min(metrics["val_acc_inflated_all"], metrics["val_acc_random_all"])
