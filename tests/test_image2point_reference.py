@@ -166,3 +166,16 @@ def test_released_pipeline_reproduces_the_reference_input(reference):
     assert np.array_equal(coords[order], ref_coords[ref_order])
     assert np.array_equal(np.concatenate(feats)[order], ref["input_feats"][ref_order])
     assert np.array_equal(np.concatenate(index)[order], ref["input_point_index"][ref_order])
+
+
+def test_build_network_from_the_weights_file_gives_the_released_stage_tensors(reference, shared):
+    """The user path (`inflation.weights` = a 2D ResNet file, read through timm) equals the tested rules."""
+    from pointlift.methods.image2point import build_network
+
+    path = shared(f"{REF}/resnet18_2d.safetensors")
+    net, report = build_network("resnet18", str(path), "copy", "z-axis", num_classes=40)
+    expected = inflate_resnet_state(reference["resnet"], mode="copy", axis="z-axis")
+    state = net.state_dict()
+    for name, tensor in expected.items():
+        assert torch.equal(state[name], tensor), name
+    assert len(report) == sum(1 for k in reference["resnet"] if k.startswith("layer") and k.endswith("weight"))
