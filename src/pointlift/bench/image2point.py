@@ -62,6 +62,9 @@ PRESETS = {
     # / iobn / all for both arms. Seeds only where they change the data: few-shot subsets (3 seeds); the
     # full-data runs use seed 0. Rates: the cpu preset's validation choice (no full-size sweep fits).
     # Precise BN is off: with 121 steps per epoch the running statistics have converged.
+    # Cost (measured 2026-11-27, one thread, shared CPU-2): the released design runs the first blocks at
+    # stride 1 on ~2,300 sites per shape: 0.57 s per training shape (`all`), 0.38 s (`io`), 0.26 s per
+    # evaluated shape - about 8-9 h for this preset, far over the 60-minute target (BENCHMARKS.md).
     "cpu-full": dict(voxel_size=0.05, train_per_class=None, val_per_class=10, test_per_class=None, epochs=3,
                      io_epochs=1, fips=("io", "ioms", "iobn"), batch_size=32, fewshot_k=10, fewshot_epochs=15,
                      fewshot_batch=25, seeds=(0,), fewshot_seeds=(0, 1, 2), target_fraction=0.9, lr_io=0.02,
