@@ -106,7 +106,7 @@ def test_accuracy_metrics_match_a_loop():
     assert metrics["mean_class_acc"] == pytest.approx(sum(per_class) / 5)
 
 
-def test_augmentation_stays_in_the_official_ranges():
+def test_voxel_mean_augmentation_stays_in_its_ranges():
     torch.manual_seed(0)
     ones = torch.ones(50, 3)
     for _ in range(20):

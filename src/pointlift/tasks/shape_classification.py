@@ -123,7 +123,8 @@ class VoxelShapeDataset(torch.utils.data.Dataset):
 
 
 def augment_points(points: torch.Tensor) -> torch.Tensor:
-    """Official Image2Point augmentation: scale U(0.9, 1.1) per axis, shift U(-0.2, 0.2), jitter.
+    """pointlift's earlier augmentation (`voxel_mean` pipeline; not the released one, see `released_augment`):
+    scale U(0.9, 1.1) per axis, shift U(-0.2, 0.2) and jitter, always applied.
 
     Jitter is N(0, 0.01) clipped to +-0.025. Uses torch's global RNG, which the trainer seeds.
     """
