@@ -18,7 +18,7 @@ from pointlift.engine.metrics import read_metrics
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.methods.image2point import (Image2PointConfig, InflationConfig, apply_fip, build_embedder,
                                            build_network, finetune)
-from pointlift.tasks.shape_classification import (ShapeDataConfig, SparseShapeClassifier, VoxelCollate,
+from pointlift.tasks.shape_classification import (ShapeDataConfig, SparseShapeClassifier, VoxelCollate, batch_to_sparse,
                                                   VoxelShapeDataset, accuracy_metrics, augment_points,
                                                   build_datasets, build_datasets_with_validation,
                                                   epochs_to_target, few_shot_indices)
@@ -43,7 +43,7 @@ def _tiny_batch(num_classes=4):
 @pytest.fixture(scope="module")
 def tiny_network_and_batch():
     torch.manual_seed(0)
-    net, _ = build_network(TINY, "random", "copy", "z", num_classes=4)
+    net, _ = build_network(TINY, "random", "copy", "z-axis", num_classes=4, design="imagenet-stem")
     return net, _tiny_batch()
 
 
@@ -106,7 +106,7 @@ def test_accuracy_metrics_match_a_loop():
     assert metrics["mean_class_acc"] == pytest.approx(sum(per_class) / 5)
 
 
-def test_augmentation_stays_in_the_official_ranges():
+def test_voxel_mean_augmentation_stays_in_its_ranges():
     torch.manual_seed(0)
     ones = torch.ones(50, 3)
     for _ in range(20):
@@ -193,7 +193,7 @@ def test_random_baseline_uses_he_initialisation_with_3d_fan_out():
     from pointlift.sparse import SparseConv3d, SubMConv3d
 
     torch.manual_seed(0)
-    net, _ = build_network(TINY, "random", "copy", "z", num_classes=4)
+    net, _ = build_network(TINY, "random", "copy", "z-axis", num_classes=4, design="imagenet-stem")
     checked = 0
     for module in net.modules():
         if isinstance(module, (SubMConv3d, SparseConv3d)) and module.weight.numel() > 5000:
@@ -206,8 +206,14 @@ def test_random_baseline_uses_he_initialisation_with_3d_fan_out():
 
 
 def test_config_file_loads_and_is_validated(tmp_path):
-    config = load_config(REPO / "configs" / "image2point_modelnet10.yaml", Image2PointConfig)
-    assert config.fip in ("io", "ioms", "iobn", "all") and config.data.voxel_size > 0
+    for name in ("image2point_modelnet10.yaml", "image2point_modelnet10_mobilenetv2.yaml"):
+        config = load_config(REPO / "configs" / name, Image2PointConfig)
+        assert config.fip in ("io", "ioms", "iobn", "all") and config.data.voxel_size > 0
+    released = load_config(REPO / "configs" / "image2point_modelnet10.yaml", Image2PointConfig)
+    assert (released.inflation.teacher, released.inflation.axis, released.inflation.design, released.data.pipeline,
+            released.fip, released.train.optim.lr, released.train.batch_size) == (
+        "resnet18", "z-axis", "released", "released", "all", 0.1, 32)
+    assert Image2PointConfig().data.pipeline == "released" and Image2PointConfig().inflation.axis == "z-axis"
     bad = tmp_path / "bad.yaml"
     bad.write_text("fip: sometimes\n")
     with pytest.raises(PointliftConfigError, match="fip"):
@@ -241,3 +247,94 @@ def test_mean_curve_averages_epochs_across_runs():
     assert mean_curve(runs) == [{"epoch": 0, "overall_acc": pytest.approx(0.2)},
                                 {"epoch": 1, "overall_acc": pytest.approx(0.6)}]
     assert epochs_to_target(mean_curve(runs), 0.55) == 2.0
+
+
+# ------------------------------------------------------------------------- the released recipe and design
+
+
+def test_released_augmentation_probabilities_and_ranges():
+    """Shift, scale and jitter are each applied with their released probability (0.9, 0.9, 0.7)."""
+    from pointlift.tasks.shape_classification import released_augment
+
+    torch.manual_seed(0)
+    cloud = torch.cat([torch.zeros(40, 3), torch.ones(40, 3)])
+    trials, counts = 3000, {"scale": 0, "shift": 0, "jitter": 0}
+    for _ in range(trials):
+        out = released_augment(cloud)
+        high = out.sum(1) > 1.5  # the points that were at 1 (shuffled, but still identifiable)
+        assert high.sum() == 40
+        lo, hi = out[~high], out[high]
+        jitter = (lo - lo.mean(0)).abs().max()
+        scale, shift = hi.mean(0) - lo.mean(0), lo.mean(0)
+        assert jitter <= 0.025 and (scale - 1).abs().max() <= 0.1 + 0.01 and shift.abs().max() <= 0.2 + 0.01
+        counts["jitter"] += bool(jitter > 1e-6)
+        counts["scale"] += bool((scale - 1).abs().max() > 0.006)
+        counts["shift"] += bool(shift.abs().max() > 0.006)
+    rates = {k: v / trials for k, v in counts.items()}
+    assert abs(rates["jitter"] - 0.7) < 0.03 and abs(rates["scale"] - 0.9) < 0.03 and abs(rates["shift"] - 0.9) < 0.03, rates
+
+
+def test_released_voxelize_keeps_the_first_point_of_each_voxel_in_lexicographic_order():
+    from pointlift.tasks.shape_classification import released_voxelize
+
+    rng = np.random.default_rng(0)
+    points = rng.uniform(-1, 1, size=(500, 3)).astype(np.float32)
+    coords, features, index = released_voxelize(points, 0.25)
+    grid = np.round(points / np.float32(0.25))
+    grid = (grid - grid.min(0)).astype(np.int64)
+    first = {}
+    for i, cell in enumerate(map(tuple, grid)):  # slow, obvious reference
+        first.setdefault(cell, i)
+    assert [tuple(c) for c in coords] == sorted(first)
+    assert list(index) == [first[tuple(c)] for c in coords]
+    assert np.array_equal(features, points[index])
+
+
+def test_depthwise_network_on_the_released_design_has_stride_8_and_the_released_head():
+    from pointlift.sparse import SparseConv3d, SubMConv3d
+    from pointlift.tasks.shape_classification import ReleasedCollate, ReleasedShapeDataset
+
+    torch.manual_seed(0)
+    net, _ = build_network(TINY, "random", "copy", "z-axis", num_classes=4, design="released")
+    assert isinstance(net.conv_stem, SubMConv3d) and net.conv_stem.in_channels == 3
+    assert isinstance(net.classifier, torch.nn.Sequential) and isinstance(net.classifier[1], torch.nn.BatchNorm1d)
+    strided = [m for m in net.modules() if isinstance(m, SparseConv3d) and m.stride > 1]
+    assert len(strided) == 3  # 2^3 = 8 (the earlier design: stem + 4 blocks = 32)
+    train, _ = _synthetic_splits()
+    data = ReleasedShapeDataset(train.points[:4], train.labels[:4], augment=True, normalize=True)
+    batch = ReleasedCollate(0.2)([data[i] for i in range(4)])
+    model = SparseShapeClassifier(net)
+    counts = apply_fip(model, "io")
+    trainable = {n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"conv_stem", "bn1", "classifier"} and counts["frozen_bn_layers"] > 10
+    model.train()
+    out = model(batch)
+    out["loss"].backward()
+    assert net.conv_stem.weight.grad is not None and net.conv_stem.weight.grad.abs().sum() > 0
+    assert model.backbone.forward_features(batch_to_sparse(batch)).stride == 8
+
+
+def test_released_resnet50_inflates_every_stage_tensor_and_runs():
+    """ResNet-50 on the released design: bottleneck blocks, the stride-1 2x2x2 shortcut of stage 1."""
+    import timm
+
+    from pointlift.models.inflate import inflate_resnet_state
+    from pointlift.models.sparse_resnet import Image2PointResNet
+    from pointlift.sparse import SparseTensor
+
+    torch.manual_seed(0)
+    state_2d = timm.create_model("resnet50", pretrained=False).state_dict()
+    net = Image2PointResNet("resnet50", num_classes=5)
+    inflated = inflate_resnet_state(state_2d, "copy", "z-axis")
+    result = net.load_state_dict(inflated, strict=False)
+    assert not result.unexpected_keys
+    assert {k.split(".")[0] for k in result.missing_keys} == {"stem", "classifier"}
+    shortcut = net.stage1[0].downsample[0]
+    assert shortcut.kernel_size == 2 and shortcut.stride == 1
+    assert torch.equal(shortcut.weight[:, :, 1, 0, 1], state_2d["layer1.0.downsample.0.weight"][:, :, 0, 0])
+    coords = torch.unique(torch.cat([torch.randint(0, 2, (300, 1)), torch.randint(0, 12, (300, 3))], 1), dim=0)
+    net.eval()
+    with torch.no_grad():
+        features = net.forward_features(SparseTensor(torch.randn(len(coords), 3), coords, batch_size=2))
+        assert features.stride == 8 and features.num_channels == 2048
+        assert net.forward_head(features).shape == (2, 5)

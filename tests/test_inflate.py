@@ -21,30 +21,34 @@ MOBILENET = "weights/mobilenet_v2.torchvision_in1k.safetensors"
 
 
 def _reference_inflation(weight, mode, axis):
-    """Slow, explicit version of inflate_kernel: loop over every 3D kernel index."""
+    """Slow, explicit version of inflate_kernel: loop over every 3D kernel index, with the released axis
+    definitions written out literally (W3[o, i, x, y, z] = W2[o, i, row, col])."""
     cout, cin, k, _ = weight.shape
     out = torch.zeros(cout, cin, k, k, k)
-    axis_index = "xyz".index(axis)
-    for i in range(k):
-        for j in range(k):
-            for l in range(k):
-                idx = [i, j, l]
-                new = idx.pop(axis_index)  # position along the new axis; the rest index the 2D kernel
-                value = weight[:, :, idx[0], idx[1]]
+    for x in range(k):
+        for y in range(k):
+            for z in range(k):
+                row, col, new = {"z-axis": (z, x, y), "y-axis": (y, x, z), "x-axis": (y, z, x)}[axis]
+                value = weight[:, :, row, col]
                 if mode == "copy":
-                    out[:, :, i, j, l] = value
+                    out[:, :, x, y, z] = value
                 elif mode == "average":
-                    out[:, :, i, j, l] = value / k
+                    out[:, :, x, y, z] = value / k
                 elif new == k // 2:
-                    out[:, :, i, j, l] = value
+                    out[:, :, x, y, z] = value
     return out
 
 
 @pytest.mark.parametrize("mode", ["copy", "center", "average"])
-@pytest.mark.parametrize("axis", ["x", "y", "z"])
+@pytest.mark.parametrize("axis", ["z-axis", "y-axis", "x-axis"])
 def test_inflate_kernel_matches_loop_reference(mode, axis):
     weight = torch.randn(4, 2, 3, 3)
     assert torch.equal(inflate_kernel(weight, mode, axis), _reference_inflation(weight, mode, axis))
+
+
+def test_unknown_axis_is_a_config_error():
+    with pytest.raises(PointliftConfigError):
+        inflate_kernel(torch.randn(2, 2, 3, 3), "copy", "z")
 
 
 def _random_batchnorm_statistics(model: nn.Module, seed: int = 0) -> None:
@@ -62,7 +66,7 @@ def _random_batchnorm_statistics(model: nn.Module, seed: int = 0) -> None:
 def _compare_on_sheet(model_2d: nn.Module, images: torch.Tensor, tolerance: float = 1e-4) -> int:
     """Run 2D on images and the centre-inflated 3D model on the flat sheet; compare every layer."""
     model_2d.eval()
-    model_3d, report = inflate_network(model_2d, mode="center", axis="z")
+    model_3d, report = inflate_network(model_2d, mode="center", axis="y-axis")
     model_3d.eval()
     outputs_2d, outputs_3d = {}, {}
 
@@ -79,7 +83,7 @@ def _compare_on_sheet(model_2d: nn.Module, images: torch.Tensor, tolerance: floa
             module.register_forward_hook(keep(outputs_3d, name))
     with torch.no_grad():
         logits_2d = model_2d(images)
-        logits_3d = model_3d(sheet_tensor(images, "z"))
+        logits_3d = model_3d(sheet_tensor(images, "y-axis"))
     compared = 0
     for name, out_2d in outputs_2d.items():
         if name not in outputs_3d:  # internals of modules replaced as a whole (e.g. global pool)
@@ -87,7 +91,7 @@ def _compare_on_sheet(model_2d: nn.Module, images: torch.Tensor, tolerance: floa
         out_3d = outputs_3d[name]
         if isinstance(out_3d, SparseTensor):
             assert out_3d.coords[:, 3].eq(0).all(), f"{name}: activation left the sheet"
-            out_3d = sheet_to_image(out_3d, out_2d.shape[2], out_2d.shape[3], "z")
+            out_3d = sheet_to_image(out_3d, out_2d.shape[2], out_2d.shape[3], "y-axis")
         error = ((out_3d - out_2d).abs().max() / out_2d.abs().max().clamp(min=1e-6)).item()
         assert error < tolerance, f"layer {name}: relative error {error:.2e}"
         compared += 1
@@ -127,14 +131,14 @@ def test_copy_and_average_on_a_z_constant_slab(mode, factor):
     torch.manual_seed(3)
     conv = nn.Conv2d(2, 4, 3, padding=1, bias=False)
     image = torch.randn(1, 2, 5, 6)
-    model_3d, _ = inflate_network(nn.Sequential(conv), mode=mode)
+    model_3d, _ = inflate_network(nn.Sequential(conv), mode=mode, axis="y-axis")  # copies along z; row y, column x
     depth = 3
-    b, x, y, z = torch.meshgrid(torch.arange(1), torch.arange(5), torch.arange(6), torch.arange(depth), indexing="ij")
+    b, x, y, z = torch.meshgrid(torch.arange(1), torch.arange(6), torch.arange(5), torch.arange(depth), indexing="ij")
     coords = torch.stack([b, x, y, z], -1).reshape(-1, 4)
-    features = image[0].permute(1, 2, 0)[coords[:, 1], coords[:, 2]]
+    features = image[0].permute(1, 2, 0)[coords[:, 2], coords[:, 1]]
     out = model_3d(SparseTensor(features, coords))
     middle = out.coords[:, 3] == 1
-    expected = F.conv2d(image, conv.weight, padding=1)[0].permute(1, 2, 0)[out.coords[middle, 1], out.coords[middle, 2]]
+    expected = F.conv2d(image, conv.weight, padding=1)[0].permute(1, 2, 0)[out.coords[middle, 2], out.coords[middle, 1]]
     torch.testing.assert_close(out.features[middle], factor * expected, rtol=1e-4, atol=1e-5)
 
 
@@ -149,13 +153,13 @@ def test_strided_pointwise_downsample_modes():
 
 def test_efficientnet_lite0_bundled_weights_inflate_with_depthwise_kernels_and_train():
     model_2d = create_2d_network("tf_efficientnet_lite0", num_classes=4)  # bundled ImageNet weights
-    model_3d, report = inflate_network(model_2d, mode="copy")
+    model_3d, report = inflate_network(model_2d, mode="copy", axis="x-axis")  # x-axis: W3[:, :, x] = W2
     depthwise = [r for r in report if r.kind == "conv" and r.shape_2d[1] == 1 and r.shape_2d[2] > 1]
     assert depthwise and all(r.shape_3d == (r.shape_2d[0], 1, *(r.shape_2d[2],) * 3) for r in depthwise)
     name = depthwise[0].name_3d
     weight_3d = dict(model_3d.named_parameters())[name + ".weight"]
     weight_2d = dict(model_2d.named_parameters())[name + ".weight"]
-    assert torch.equal(weight_3d[..., 0], weight_2d) and torch.equal(weight_3d[..., -1], weight_2d)
+    assert torch.equal(weight_3d[:, :, 0], weight_2d) and torch.equal(weight_3d[:, :, -1], weight_2d)
     bn_name = next(r.name_3d for r in report if r.kind == "norm")
     assert torch.equal(dict(model_3d.named_buffers())[bn_name + ".running_var"],
                        dict(model_2d.named_buffers())[bn_name + ".running_var"])

@@ -182,7 +182,8 @@ def _cmd_inflate(args) -> int:
     from pointlift.methods.image2point import inflate_command
 
     inflate_command(
-        teacher=args.teacher, weights=args.weights, mode=args.mode, axis=args.axis, out=args.out
+        teacher=args.teacher, weights=args.weights, mode=args.mode, axis=args.axis, out=args.out,
+        design=args.design,
     )
     return 0
 
@@ -273,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help="timm model name, e.g. mobilenetv2_100")
     p.add_argument("--weights", type=_existing_file, default=None, help="local .safetensors/.pth")
     p.add_argument("--mode", choices=["copy", "center", "average"], default="copy")
-    p.add_argument("--axis", choices=["x", "y", "z"], default="z")
+    p.add_argument("--axis", choices=["z-axis", "y-axis", "x-axis"], default="z-axis",
+                   help="released Image2Point axis option (z-axis = released default)")
+    p.add_argument("--design", choices=["released", "imagenet-stem"], default="released")
     p.add_argument("--out", type=Path, required=True, help="output checkpoint path")
     p.set_defaults(func=_cmd_inflate)
 

@@ -2,7 +2,8 @@
 
 Each benchmark lives in its own module `pointlift.bench.<name>` with a function
 `run(preset: str, out_dir: pathlib.Path) -> BenchResult`. Presets: `smoke` (seconds, CI-sized),
-`cpu` (a real measurement on 2 CPU cores), `gpu` (paper-sized, on one GPU).
+`cpu` (a real measurement on 2 CPU cores), `cpu-full` (image2point only: full ModelNet10 on CPU),
+`gpu` (paper-sized, on one GPU).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PRESETS = ("smoke", "cpu", "gpu")
+PRESETS = ("smoke", "cpu", "cpu-full", "gpu")
 
 
 def shared_path(relative: str) -> Path:

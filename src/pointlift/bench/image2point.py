@@ -1,19 +1,27 @@
 """Image2Point benchmark on ModelNet10: inflated ImageNet CNN vs the same network from scratch.
 
+Network: torchvision's ImageNet MobileNetV2 (../shared/weights; timm mobilenetv2_100) on the released
+design (`inflation.design: released`: random stride-1 stem + BN, total stride 8, Linear + BatchNorm1d
+head; pointlift's extension of the released ResNet design to depthwise networks - no ImageNet ResNet
+weights are available offline). Data: the released point pipeline (round, first point per voxel, xyz
+features, released augmentation with its probabilities) on ModelNet10's voxel-grid centres, scaled once
+into the unit sphere (the released ModelNet40 h5 files come that way).
+
 Runs (test accuracies are the *last* epoch's; nothing is selected by test score):
 - FIP `all` (full fine-tuning), inflated vs random, one run per seed: acc_{inflated,random}_all (mean over
   seeds) and their per-epoch *validation* curves (validation shapes carved from the training split);
-- FIP `io`, inflated vs random (seed 0): acc_inflated_io, acc_random_io;
-- few-shot (K = 10 shapes per class, the same seeds, fip `all`): fewshot10_{inflated,random}_{mean,std};
+- the other FIP modes of the preset (`fips`), inflated vs random (seed 0): acc_{arm}_{fip};
+- few-shot (K shapes per class, the same seeds, fip `all`): fewshot{K}_{inflated,random}_{mean,std};
 - time to accuracy: on the seed-averaged validation curves of the `all` runs, the first epoch reaching the
   target, and their ratio. The target is a rule fixed in the preset: `target_fraction` x the lower of the
-  two arms' final mean validation accuracies, so that both arms reach it (the paper's "e.g. 90 %" is also
-  a level both reach).
+  two arms' final mean validation accuracies, so that both arms reach it;
+- with `compare_design`, FIP `all` of both arms again on pointlift's earlier `imagenet-stem` design
+  (inflated ImageNet stem, total stride 32, Linear head): acc_{arm}_all_imagenet_stem.
 
 Each arm fine-tunes at its own learning rate (`lr_inflated`, `lr_random`), chosen on the validation
-shapes: a pretrained network wants a smaller step than one trained from scratch, and one shared rate
-either erodes the ImageNet prior or starves the scratch network (see BENCHMARKS.md for the sweep).
-The teacher is torchvision's ImageNet MobileNetV2 from ../shared/weights (timm mobilenetv2_100).
+shapes: a pretrained network wants a smaller step than one trained from scratch.
+Schedule: one cosine over the run (not the released per-iteration cosine with T_max = 100, which swings
+0.1 -> 0 -> 0.1 every 200 iterations), the last epoch evaluated (not the released best-test-epoch pick).
 """
 
 from __future__ import annotations
@@ -35,41 +43,71 @@ ARMS = ("inflated", "random")
 PRESETS = {
     # seconds: CI-sized, checks that every piece runs
     "smoke": dict(voxel_size=0.25, train_per_class=3, val_per_class=1, test_per_class=2, epochs=2, batch_size=10,
-                  io_epochs=2, fewshot_k=2, fewshot_epochs=1, fewshot_batch=10, seeds=(0,), target_fraction=0.9,
-                  lr_io=0.05, lr_inflated=0.05, lr_random=0.05, warmup_epochs=0.0),
-    # 2 shared CPU cores, < 45 min (about 6 min on a quiet machine): 16^3 voxels (0.125 on the unit sphere),
-    # 25 training shapes per class, 10 validation shapes per class carved from the training split (fixed
-    # seed), a class-balanced test subset of 10 per class; `all` runs 12 epochs (cosine, 1 warm-up epoch),
-    # `io` 6 epochs, few-shot 8 epochs of 4 steps.
-    # Learning rates from a validation sweep (fip `all`, 12 epochs, 3 seeds, lr 0.001 / 0.005 / 0.02 / 0.1,
-    # mean final validation accuracy, 2026-11-21): inflated 0.50 / 0.54 / 0.30 / 0.12, random 0.20 / 0.40 /
-    # 0.48 / 0.27 -> 0.005 for the inflated arm, 0.02 for the random one. `io` keeps 0.02.
+                  io_epochs=2, fips=("io",), fewshot_k=2, fewshot_epochs=1, fewshot_batch=10, seeds=(0,),
+                  target_fraction=0.9, lr_io=0.05, lr_inflated=0.05, lr_random=0.05, warmup_epochs=0.0,
+                  precise_bn=True, max_points=None, compare_design=False),
+    # 2 shared CPU cores: 16^3 voxels (0.125 on the unit sphere), 25 training shapes per class, 10 validation
+    # shapes per class carved from the training split (fixed seed), a class-balanced test subset of 10 per
+    # class; `all` runs 12 epochs (cosine, 1 warm-up epoch), `io` 6 epochs, few-shot 8 epochs of 4 steps.
+    # Learning rates from a validation sweep on the earlier imagenet-stem design (fip `all`, 12 epochs,
+    # 3 seeds, lr 0.001 / 0.005 / 0.02 / 0.1, mean final validation accuracy, 2026-11-21): inflated 0.50 /
+    # 0.54 / 0.30 / 0.12, random 0.20 / 0.40 / 0.48 / 0.27 -> 0.005 inflated, 0.02 random; `io` 0.02.
     "cpu": dict(voxel_size=0.125, train_per_class=25, val_per_class=10, test_per_class=10, epochs=12, io_epochs=6,
-                batch_size=25, fewshot_k=10, fewshot_epochs=8, fewshot_batch=25, seeds=(0, 1, 2),
-                target_fraction=0.9, lr_io=0.02, lr_inflated=0.005, lr_random=0.02, warmup_epochs=1.0),
-    # one GPU, the official ModelNet setting: voxel 0.05, every shape, 100 epochs, batch 32, SGD 0.1 for both
-    # arms (the official rate; not validated here - no GPU was available)
+                fips=("io",), batch_size=25, fewshot_k=10, fewshot_epochs=8, fewshot_batch=25, seeds=(0, 1, 2),
+                target_fraction=0.9, lr_io=0.02, lr_inflated=0.005, lr_random=0.02, warmup_epochs=1.0,
+                precise_bn=True, max_points=None, compare_design=True),
+    # Full ModelNet10 at the released resolution: every training shape but 10 per class kept for validation
+    # (3,864 train / 100 validation of the 3,964 non-empty training grids), the whole test split (901
+    # non-empty of 908), voxel 0.05, 2,048 points per shape (released num_points), batch 32, FIP io / ioms
+    # / iobn / all for both arms. Seeds only where they change the data: few-shot subsets (3 seeds); the
+    # full-data runs use seed 0. Rates: the cpu preset's validation choice (no full-size sweep fits).
+    # Precise BN is off: with 121 steps per epoch the running statistics have converged.
+    # Cost (measured 2026-11-27, one thread, shared CPU-2): the released design runs the first blocks at
+    # stride 1 on ~2,300 sites per shape: 0.57 s per training shape (`all`), 0.38 s (`io`), 0.26 s per
+    # evaluated shape - about 8-9 h for this preset, far over the 60-minute target (BENCHMARKS.md).
+    "cpu-full": dict(voxel_size=0.05, train_per_class=None, val_per_class=10, test_per_class=None, epochs=3,
+                     io_epochs=1, fips=("io", "ioms", "iobn"), batch_size=32, fewshot_k=10, fewshot_epochs=15,
+                     fewshot_batch=25, seeds=(0,), fewshot_seeds=(0, 1, 2), target_fraction=0.9, lr_io=0.02,
+                     lr_inflated=0.005, lr_random=0.02, warmup_epochs=0.2, precise_bn=False, max_points=2048,
+                     compare_design=False, order=("fewshot", "fips", "all")),
+    # one GPU, the released ModelNet setting: voxel 0.05, every shape, 100 epochs, batch 32, SGD 0.1 for both
+    # arms (the released rate; not validated here - no GPU was available)
     "gpu": dict(voxel_size=0.05, train_per_class=None, val_per_class=20, test_per_class=None, epochs=100, io_epochs=100,
-                batch_size=32, fewshot_k=10, fewshot_epochs=100, fewshot_batch=20, seeds=(0, 1, 2),
-                target_fraction=0.9, lr_io=0.1, lr_inflated=0.1, lr_random=0.1, warmup_epochs=0.0),
+                fips=("io", "ioms", "iobn"), batch_size=32, fewshot_k=10, fewshot_epochs=100, fewshot_batch=20,
+                seeds=(0, 1, 2), target_fraction=0.9, lr_io=0.1, lr_inflated=0.1, lr_random=0.1, warmup_epochs=0.0,
+                precise_bn=False, max_points=2048, compare_design=True),
 }
 
 
 def _config(preset: dict, weights: str | None, fip: str, epochs: int, batch: int, train_per_class, seed: int,
-            eval_every_epoch: bool, data_path: Path, lr: float, mode: str = "copy"):
-    from pointlift.methods.image2point import Image2PointConfig, InflationConfig
+            eval_every_epoch: bool, data_path: Path, lr: float, mode: str = "copy", design: str = "released"):
+    from pointlift.methods.image2point import Image2PointConfig, Image2PointDataConfig, InflationConfig
 
     return Image2PointConfig(
-        name="bench", inflation=InflationConfig(teacher="mobilenetv2_100", weights=weights, mode=mode, axis="z"),
+        name="bench", inflation=InflationConfig(teacher="mobilenetv2_100", weights=weights, mode=mode,
+                                                axis="z-axis", design=design),
         fip=fip,
-        data=ShapeDataConfig(dataset="modelnet10", path=str(data_path), voxel_size=preset["voxel_size"],
-                             augment=True, train_per_class=train_per_class, subset_seed=seed,
-                             test_per_class=preset["test_per_class"], val_per_class=preset["val_per_class"]),
+        data=Image2PointDataConfig(dataset="modelnet10", path=str(data_path), voxel_size=preset["voxel_size"],
+                                   augment=True, train_per_class=train_per_class, subset_seed=seed,
+                                   test_per_class=preset["test_per_class"], val_per_class=preset["val_per_class"],
+                                   max_points=preset["max_points"], pipeline="released"),
         train=TrainConfig(epochs=epochs, batch_size=batch, seed=seed, log_every=5, checkpoint_every=0,
                           optim=OptimConfig(name="sgd", lr=lr, momentum=0.9,
                                             weight_decay=1e-4, schedule="cosine",
                                             warmup_epochs=preset["warmup_epochs"])),
-        eval_every_epoch=eval_every_epoch, eval_batch_size=100, precise_bn=True)
+        eval_every_epoch=eval_every_epoch, eval_batch_size=50, precise_bn=preset["precise_bn"])
+
+
+def _write_progress(path: Path, preset: str, finished: dict) -> None:
+    """Every finished run so far (test accuracy, validation curve, seconds), rewritten after each run, so a
+    long preset that is stopped early still leaves its completed runs on disk."""
+    import json
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"preset": preset, "runs": finished}, indent=1))
+    os.replace(temporary, path)
 
 
 def mean_curve(curves: list[list[dict]]) -> list[dict]:
@@ -93,44 +131,79 @@ def run(preset: str, out_dir: Path) -> BenchResult:
     metrics: dict[str, float] = {}
     curves: dict[str, list] = {}
     timings: dict[str, float] = {}
+    seeds = settings["seeds"]
+    finished: dict[str, dict] = {}
 
-    def finetune_arm(label, fip, epochs, batch, per_class, seed, lr, eval_every_epoch, run_name):
+    def finetune_arm(label, fip, epochs, batch, per_class, seed, lr, eval_every_epoch, run_name,
+                     design="released"):
         config = _config(settings, weights[label], fip, epochs, batch, per_class, seed,
-                         eval_every_epoch=eval_every_epoch, data_path=data_path, lr=lr)
+                         eval_every_epoch=eval_every_epoch, data_path=data_path, lr=lr, design=design)
         summary = finetune(config, out_dir / run_name, progress=False, train_split=train_split,
                            test_split=test_split)
         timings[run_name] = summary["seconds"]
+        finished[run_name] = {"test_overall_acc": summary["overall_acc"], "test_mean_class_acc":
+                              summary["mean_class_acc"], "val_curve": summary["curve"], "seconds": summary["seconds"],
+                              "trainable_params": summary["trainable_params"]}
+        _write_progress(out_dir / "progress.json", preset, finished)
+        print(f"[bench image2point] {run_name}: test {summary['overall_acc']:.4f} "
+              f"({summary['seconds']:.0f} s)", flush=True)
         return summary
 
-    # `all` first, every seed: the time-to-accuracy comparison is the headline and needs the curves
-    for label in ARMS:
-        accuracies = []
-        for seed in settings["seeds"]:
-            summary = finetune_arm(label, "all", settings["epochs"], settings["batch_size"],
-                                   settings["train_per_class"], seed, settings[f"lr_{label}"], True,
-                                   f"{label}_all_seed{seed}")
-            accuracies.append(summary["overall_acc"])
-            curves[f"{label}_all_seed{seed}"] = summary["curve"]
-            metrics["trainable_params_all"] = summary["trainable_params"]
-        metrics[f"acc_{label}_all"] = float(np.mean(accuracies))
-        metrics[f"acc_{label}_all_std"] = float(np.std(accuracies))
-        curves[f"{label}_all_mean"] = mean_curve([curves[f"{label}_all_seed{seed}"] for seed in settings["seeds"]])
-        metrics[f"val_acc_{label}_all"] = curves[f"{label}_all_mean"][-1]["overall_acc"]
+    def run_all():
+        """FIP `all`, arms interleaved per seed (a cut-short run still holds paired results), with the
+        validation curves behind time-to-accuracy; with `compare_design`, the earlier design per seed."""
+        accuracies: dict[str, list] = {label: [] for label in ARMS}
+        earlier: dict[str, list] = {label: [] for label in ARMS}
+        for seed in seeds:
+            for label in ARMS:
+                summary = finetune_arm(label, "all", settings["epochs"], settings["batch_size"],
+                                       settings["train_per_class"], seed, settings[f"lr_{label}"], True,
+                                       f"{label}_all_seed{seed}")
+                accuracies[label].append(summary["overall_acc"])
+                curves[f"{label}_all_seed{seed}"] = summary["curve"]
+                metrics["trainable_params_all"] = summary["trainable_params"]
+                metrics["train_shapes"], metrics["test_shapes"] = summary["train_shapes"], summary["test_shapes"]
+            if settings["compare_design"]:  # the earlier design, same data, budget and rates (stride-2 stem)
+                for label in ARMS:
+                    earlier[label].append(finetune_arm(
+                        label, "all", settings["epochs"], settings["batch_size"], settings["train_per_class"],
+                        seed, settings[f"lr_{label}"], False, f"{label}_all_imagenet_stem_seed{seed}",
+                        design="imagenet-stem")["overall_acc"])
+        for label in ARMS:
+            if earlier[label]:
+                metrics[f"acc_{label}_all_imagenet_stem"] = float(np.mean(earlier[label]))
+                metrics[f"acc_{label}_all_imagenet_stem_std"] = float(np.std(earlier[label]))
+            metrics[f"acc_{label}_all"] = float(np.mean(accuracies[label]))
+            metrics[f"acc_{label}_all_std"] = float(np.std(accuracies[label]))
+            curves[f"{label}_all_mean"] = mean_curve([curves[f"{label}_all_seed{seed}"] for seed in seeds])
+            metrics[f"val_acc_{label}_all"] = curves[f"{label}_all_mean"][-1]["overall_acc"]
 
-    for label in ARMS:
-        summary = finetune_arm(label, "io", settings["io_epochs"], settings["batch_size"],
-                               settings["train_per_class"], 0, settings["lr_io"], False, f"{label}_io")
-        metrics[f"acc_{label}_io"] = summary["overall_acc"]
-        metrics[f"mean_class_acc_{label}_io"] = summary["mean_class_acc"]
-        metrics[f"val_acc_{label}_io"] = summary["val_overall_acc"]
-        metrics["trainable_params_io"] = summary["trainable_params"]
+    def run_fips():
+        for fip in settings["fips"]:
+            for label in ARMS:
+                summary = finetune_arm(label, fip, settings["io_epochs"], settings["batch_size"],
+                                       settings["train_per_class"], 0, settings["lr_io"], False, f"{label}_{fip}")
+                metrics[f"acc_{label}_{fip}"] = summary["overall_acc"]
+                metrics[f"mean_class_acc_{label}_{fip}"] = summary["mean_class_acc"]
+                metrics[f"val_acc_{label}_{fip}"] = summary["val_overall_acc"]
+                metrics[f"trainable_params_{fip}"] = summary["trainable_params"]
 
-    for label in ARMS:
-        scores = [finetune_arm(label, "all", settings["fewshot_epochs"], settings["fewshot_batch"],
-                               settings["fewshot_k"], seed, settings[f"lr_{label}"], False,
-                               f"fewshot_{label}_seed{seed}")["overall_acc"] for seed in settings["seeds"]]
-        metrics[f"fewshot{settings['fewshot_k']}_{label}_mean"] = float(np.mean(scores))
-        metrics[f"fewshot{settings['fewshot_k']}_{label}_std"] = float(np.std(scores))
+    def run_fewshot():
+        k = settings["fewshot_k"]
+        scores: dict[str, list] = {label: [] for label in ARMS}
+        for seed in settings.get("fewshot_seeds", seeds):
+            for label in ARMS:
+                scores[label].append(finetune_arm(label, "all", settings["fewshot_epochs"], settings["fewshot_batch"],
+                                                  k, seed, settings[f"lr_{label}"], False,
+                                                  f"fewshot_{label}_seed{seed}")["overall_acc"])
+        for label in ARMS:
+            metrics[f"fewshot{k}_{label}_mean"] = float(np.mean(scores[label]))
+            metrics[f"fewshot{k}_{label}_std"] = float(np.std(scores[label]))
+
+    # cheap parts first where the preset says so (cpu-full), so that finished runs accumulate early
+    phases = {"all": run_all, "fips": run_fips, "fewshot": run_fewshot}
+    for phase in settings.get("order", ("all", "fips", "fewshot")):
+        phases[phase]()
 
     # time to accuracy on the seed-averaged *validation* curves; the target is fixed by a rule
     target = settings["target_fraction"] * min(metrics["val_acc_inflated_all"], metrics["val_acc_random_all"])
@@ -144,20 +217,25 @@ def run(preset: str, out_dir: Path) -> BenchResult:
     plot = plot_overlaid({f"{label} (lr {settings[f'lr_{label}']})": [(row["epoch"] + 1, row["overall_acc"])
                                                                       for row in curves[f"{label}_all_mean"]]
                           for label in ARMS}, out_dir / "validation_curves.png",
-                         title=f"Image2Point `all`: validation accuracy, mean of {len(settings['seeds'])} seeds",
+                         title=f"Image2Point `all`: validation accuracy, mean of {len(seeds)} seed(s)",
                          level=("target", target))
 
     config = {"preset": preset, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()},
-              "teacher": "mobilenetv2_100", "weights": weights["inflated"], "inflation": "copy, axis z",
-              "random_init": "same architecture, He-normal (3D fan-out) convs, BN reset",
-              "dataset": str(data_path), "features": "mean xyz per voxel (unit-sphere normalised), input_scale 1",
-              "augmentation": "scale U(0.9,1.1) per axis, shift U(-0.2,0.2), jitter N(0,0.01) clipped 0.025",
-              "optimizer": f"SGD momentum 0.9, wd 1e-4, cosine, warm-up {settings['warmup_epochs']} epoch(s); "
-                           "lr per arm (lr_inflated, lr_random) for `all` and few-shot, lr_io for `io`",
-              "fewshot_fip": "all", "io_runs_seed": 0,
-              "evaluation_bn": "precise BN: trainable BN statistics re-estimated on the training shapes before "
-                               "each evaluation (with ~10 momentum-0.1 updates per epoch the running statistics "
-                               "lag the weights)",
+              "teacher": "mobilenetv2_100", "weights": weights["inflated"],
+              "design": "released (random stride-1 stem + BN, first stride-2 block at stride 1: total stride 8, "
+                        "Linear + BatchNorm1d head)",
+              "inflation": "copy, axis z-axis (released default)",
+              "random_init": "same architecture, He-normal (3D fan-out) convs, BN reset; stem torchsparse init",
+              "dataset": str(data_path),
+              "pipeline": "released: unit sphere once at load, round(xyz / voxel), first point per voxel, xyz "
+                          "features; augmentation shuffle, scale U(0.9,1.1) p 0.9, shift U(-0.2,0.2) p 0.9, "
+                          "jitter U(+-0.0125) p 0.7",
+              "optimizer": f"SGD momentum 0.9, wd 1e-4 (not on BN/bias: the engine's rule; released decays every "
+                           f"tensor), one cosine over the run, warm-up {settings['warmup_epochs']} epoch(s); lr per "
+                           "arm (lr_inflated, lr_random) for `all` and few-shot, lr_io for the other FIP modes",
+              "fewshot_fip": "all", "fip_runs_seed": 0,
+              "evaluation_bn": ("precise BN: trainable BN statistics re-estimated on the training shapes before "
+                                "each evaluation" if settings["precise_bn"] else "running statistics"),
               "validation": f"{settings['val_per_class']} shapes/class of the training split (seed 54321), "
                             "disjoint from every training subset",
               "target_accuracy": target,

@@ -1,8 +1,14 @@
 """Image2Point (Xu et al., ECCV 2022): 2D ConvNet weights as 3D weights, then fine-tune a few layers.
 
-1. `build_network`: a timm 2D CNN (ImageNet weights) -> `inflate_network` (pointlift.models.inflate)
-   -> a sparse 3D network of the same shape; `weights="random"` gives the same architecture trained
-   from scratch (3D default initialisation), the paper's baseline.
+1. `build_network`, design `released` (default): for ResNet 18/34/50/101 the released classification
+   network (`Image2PointResNet`: random stride-1 3x3x3 stem + BN, the 2D stages inflated with the
+   released rules and axis options, total stride 8, mean pool, Linear + BatchNorm1d), tested against
+   the released code's outputs; for the depthwise families (MobileNetV2, EfficientNet-Lite; pointlift's
+   extension, there is no released version) the same design: the whole timm network inflated, its stem
+   replaced by a random stride-1 conv + BN, its first stride-2 block at stride 1 (total stride 8 instead
+   of 32, as the released ResNet drops conv1's stride and the max-pool), a Linear + BatchNorm1d head.
+   Design `imagenet-stem` (pointlift's earlier design): the whole 2D network inflated, ImageNet stem
+   included, total stride 32, plain Linear head. `weights="random"`: the same network from scratch.
 2. `apply_fip`: "fine-tuning image-pretrained" modes. `io`: only the input layer (stem conv + its BN)
    and the output layer (classifier) train, everything inside is frozen *including* its BN running
    statistics; `ioms`: as io but the BN running statistics update; `iobn`: all conv kernels frozen
@@ -33,12 +39,23 @@ from pointlift.tasks.shape_classification import (ShapeDataConfig, SparseShapeCl
 FIP_MODES = ("io", "ioms", "iobn", "all")
 
 
+DESIGNS = ("released", "imagenet-stem")
+
+
 @dataclass
 class InflationConfig:
-    teacher: str = "tf_efficientnet_lite0"  # any timm ResNet / MobileNetV2 / EfficientNet(-Lite) name
+    teacher: str = "resnet18"  # resnet18/34/50/101, or a timm MobileNetV2 / EfficientNet(-Lite) name
     weights: Optional[str] = None  # local file; None = bundled package or timm hub; "random" = from scratch
-    mode: Literal["copy", "center", "average"] = "copy"
-    axis: Literal["x", "y", "z"] = "z"
+    mode: Literal["copy", "center", "average"] = "copy"  # copy = released; center/average = pointlift's
+    axis: Literal["z-axis", "y-axis", "x-axis"] = "z-axis"  # the released options (models/inflate.py)
+    design: Literal["released", "imagenet-stem"] = "released"
+
+
+@dataclass
+class Image2PointDataConfig(ShapeDataConfig):
+    """Shape data with the released point pipeline as default (`voxel_mean` = pointlift's earlier one)."""
+
+    pipeline: Literal["released", "voxel_mean"] = "released"
 
 
 @dataclass
@@ -47,7 +64,7 @@ class Image2PointConfig:
     inflation: InflationConfig = field(default_factory=InflationConfig)
     fip: Literal["io", "ioms", "iobn", "all"] = "io"
     init_checkpoint: Optional[str] = None  # start from `pointlift inflate` output (head re-initialised)
-    data: ShapeDataConfig = field(default_factory=ShapeDataConfig)
+    data: Image2PointDataConfig = field(default_factory=Image2PointDataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=100, batch_size=32, optim=OptimConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4)))
     eval_every_epoch: bool = True
@@ -80,39 +97,100 @@ def _reinitialise(module: nn.Module) -> None:
             layer.reset_parameters()
 
 
+def _released_depthwise_design(net: nn.Module, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """An inflated timm MobileNetV2 / EfficientNet on the released design (pointlift's extension): a random
+    3x3x3 stride-1 stem conv + BN (no activation, as the released stem), the first stride-2 conv of the
+    blocks at stride 1 (no early downsampling: total stride 8), a Linear + BatchNorm1d classifier."""
+    from pointlift.models.sparse_resnet import init_conv_released
+
+    if not all(hasattr(net, a) for a in ("conv_stem", "bn1", "blocks", "classifier")):
+        raise PointliftConfigError(f"the released design needs a ResNet or a timm EfficientNet-style network, "
+                                   f"got {type(net).__name__}")
+    channels = net.conv_stem.out_channels
+    net.conv_stem = SubMConv3d(in_channels, channels, 3)
+    init_conv_released(net.conv_stem)
+    net.bn1 = SparseBatchNorm(channels)
+    for name, module in net.blocks.named_modules():
+        if isinstance(module, SparseConv3d) and module.stride > 1 and module.kernel_size % 2 == 1:
+            parent_name, _, child = name.rpartition(".")
+            parent = net.blocks.get_submodule(parent_name) if parent_name else net.blocks
+            flat = SubMConv3d(module.in_channels, module.out_channels, module.kernel_size, groups=module.groups,
+                              bias=module.bias is not None)
+            flat.load_state_dict(module.state_dict())
+            setattr(parent, child, flat)
+            break
+    features = net.classifier.in_features if isinstance(net.classifier, nn.Linear) else net.num_features
+    net.classifier = nn.Sequential(nn.Linear(features, num_classes), nn.BatchNorm1d(num_classes))
+    net.io_prefixes = ("conv_stem", "bn1", "classifier")
+    return net
+
+
 def build_network(teacher: str, weights: str | None, mode: str, axis: str,
-                  num_classes: int | None) -> tuple[nn.Module, list]:
+                  num_classes: int | None, design: str = "released") -> tuple[nn.Module, list]:
     """(3D network SparseTensor -> logits, inflation report). `weights="random"`: trained from scratch."""
+    from pointlift.models.inflate import InflatedLayer, inflate_resnet_state, released_resnet_name
+    from pointlift.models.sparse_resnet import RELEASED_RESNETS, Image2PointResNet
+
+    if design not in DESIGNS:
+        raise PointliftConfigError(f"inflation.design must be one of {DESIGNS}, got {design!r}")
+    if design == "released" and teacher in RELEASED_RESNETS:
+        net = Image2PointResNet(teacher, in_channels=3, num_classes=num_classes or 1000)
+        report = []
+        if weights != "random":
+            state = create_2d_network(teacher, weights=weights).state_dict()
+            inflated = inflate_resnet_state(state, mode, axis)
+            result = net.load_state_dict(inflated, strict=False)
+            untouched = {k.split(".")[0] for k in result.missing_keys}
+            if result.unexpected_keys or untouched - {"stem", "classifier"}:
+                raise PointliftConfigError(f"2D {teacher} does not fit the released network: unexpected "
+                                           f"{result.unexpected_keys[:3]}, missing {result.missing_keys[:3]}")
+            report = [InflatedLayer(k2, released_resnet_name(k2), "conv" if state[k2].ndim == 4 else "norm",
+                                    tuple(state[k2].shape), tuple(inflated[released_resnet_name(k2)].shape),
+                                    mode if state[k2].ndim == 4 else "copied")
+                      for k2 in state if released_resnet_name(k2) is not None and k2.endswith("weight")]
+        return net, report
     net_2d = create_2d_network(teacher, weights=weights, num_classes=num_classes)
     net_3d, report = inflate_network(net_2d, mode=mode, axis=axis)
     if weights == "random":
         _reinitialise(net_3d)
+    if design == "released":
+        net_3d = _released_depthwise_design(net_3d, num_classes or 1000)
     return net_3d, report
 
 
-def _input_output_layers(net: nn.Module) -> tuple[list[str], list[str]]:
-    """Names of the input layer (first conv and first norm) and output layer (the classifier)."""
+def _input_output_layers(net: nn.Module) -> tuple[str, ...]:
+    """Names of the input layer (stem conv and its norm) and the output layer (the classifier, with its
+    BatchNorm1d in the released head); every module inside them counts as input/output layer."""
+    if hasattr(net, "io_prefixes"):
+        return tuple(net.io_prefixes)
     modules = list(net.named_modules())
     first_conv = next(n for n, m in modules if isinstance(m, (SubMConv3d, SparseConv3d)))
     first_norm = next(n for n, m in modules if isinstance(m, SparseBatchNorm))
     classifier = net.get_classifier()
     head = [n for n, m in modules if m is classifier]
-    return [first_conv, first_norm], head
+    return (first_conv, first_norm, *head)
 
 
 def apply_fip(model: SparseShapeClassifier, fip: str) -> dict[str, int]:
-    """Set requires_grad and the frozen-statistics norms for an FIP mode; returns parameter counts."""
+    """Set requires_grad and the frozen-statistics norms for an FIP mode; returns parameter counts.
+
+    Released semantics (tests/test_image2point_reference.py against fip.json): the input (stem conv + BN)
+    and output (classifier) layers always train; `io` freezes everything else and puts every other BN in
+    eval mode (its running statistics neither used from the batch nor updated); `ioms` the same trainable
+    set with every BN in train mode; `iobn` also trains every BN's affine; `all` trains everything."""
     if fip not in FIP_MODES:
         raise PointliftConfigError(f"fip must be one of {FIP_MODES}, got {fip!r}")
     net = model.backbone
-    io_names = [n for group in _input_output_layers(net) for n in group]
-    modules = dict(net.named_modules())
-    io_modules = {id(modules[n]) for n in io_names}
+    prefixes = _input_output_layers(net)
+
+    def is_io(name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in prefixes)
+
     frozen_norms = []
     for name, module in net.named_modules():
         own = list(module.parameters(recurse=False))
         is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
-        if fip == "all" or id(module) in io_modules:
+        if fip == "all" or is_io(name):
             trainable = True
         elif fip == "iobn":
             trainable = is_norm
@@ -120,7 +198,7 @@ def apply_fip(model: SparseShapeClassifier, fip: str) -> dict[str, int]:
             trainable = False
         for p in own:
             p.requires_grad_(trainable)
-        if fip == "io" and is_norm and id(module) not in io_modules:
+        if fip == "io" and is_norm and not is_io(name):
             frozen_norms.append(name)
     model.frozen_norms = tuple(frozen_norms)
     model.train(model.training)
@@ -134,7 +212,9 @@ def _load_init_checkpoint(model: SparseShapeClassifier, path: str) -> int:
     may differ (re-initialised for the new classes). Another method's or architecture's checkpoint is an error."""
     from pointlift.engine.checkpoint import load_init_checkpoint
 
-    head = tuple(f"backbone.{name}." for name in _input_output_layers(model.backbone)[1])
+    net = model.backbone
+    classifier = net.get_classifier()
+    head = tuple(f"backbone.{name}." for name, module in net.named_modules() if module is classifier)
     return load_init_checkpoint(model, path, "image2point", reinit=head)
 
 
@@ -144,7 +224,8 @@ def build_classifier(config: Image2PointConfig, num_classes: int) -> tuple[Spars
 
     inflation = config.inflation
     seed_everything(config.train.seed)  # before anything random is built: runs repeat exactly
-    net, _ = build_network(inflation.teacher, inflation.weights, inflation.mode, inflation.axis, num_classes)
+    net, _ = build_network(inflation.teacher, inflation.weights, inflation.mode, inflation.axis, num_classes,
+                           inflation.design)
     model = SparseShapeClassifier(net)
     if config.init_checkpoint:
         _load_init_checkpoint(model, config.init_checkpoint)
@@ -155,7 +236,10 @@ def build_classifier(config: Image2PointConfig, num_classes: int) -> tuple[Spars
 def model_spec(config: Image2PointConfig, num_classes: int) -> dict:
     return {"kind": "image2point", "config": {
         "teacher": config.inflation.teacher, "mode": config.inflation.mode, "axis": config.inflation.axis,
-        "num_classes": num_classes, "voxel_size": config.data.voxel_size, "input_scale": config.data.input_scale}}
+        "design": config.inflation.design, "num_classes": num_classes, "voxel_size": config.data.voxel_size,
+        "input_scale": config.data.input_scale, "pipeline": config.data.pipeline,
+        "normalize": config.data.normalize if config.data.normalize is not None else
+        config.data.dataset == "modelnet10"}}
 
 
 # -------------------------------------------------------------------------------------- training
@@ -217,16 +301,21 @@ def finetune_command(config_path, resume: bool = False, run_dir=None) -> dict:
     return summary
 
 
-def inflate_command(teacher: str, weights=None, mode: str = "copy", axis: str = "z", out=None) -> Path:
-    """`pointlift inflate`: save the inflated network (ImageNet classifier kept) as a checkpoint."""
+def inflate_command(teacher: str, weights=None, mode: str = "copy", axis: str = "z-axis", out=None,
+                    design: str = "released") -> Path:
+    """`pointlift inflate`: save the inflated network as a checkpoint (design `imagenet-stem` keeps the
+    ImageNet classifier; the released design has a fresh 1000-way Linear + BatchNorm1d head)."""
     from pointlift.engine.checkpoint import model_state_for_checkpoint, save_checkpoint
 
-    net, report = build_network(teacher, str(weights) if weights is not None else None, mode, axis, None)
+    net, report = build_network(teacher, str(weights) if weights is not None else None, mode, axis, None, design)
     print(format_report(report))
     model = SparseShapeClassifier(net)
-    spec = {"kind": "image2point", "config": {"teacher": teacher, "mode": mode, "axis": axis,
-                                              "num_classes": int(net.get_classifier().out_features),
-                                              "voxel_size": 0.05, "input_scale": 1.0}}
+    head = net.get_classifier()
+    linear = head[0] if isinstance(head, nn.Sequential) else head
+    spec = {"kind": "image2point", "config": {"teacher": teacher, "mode": mode, "axis": axis, "design": design,
+                                              "num_classes": int(linear.out_features),
+                                              "voxel_size": 0.05, "input_scale": 1.0, "pipeline": "released",
+                                              "normalize": True}}
     path = save_checkpoint(out, model_state_for_checkpoint(model), config={"teacher": teacher,
                            "weights": str(weights) if weights else None, "mode": mode, "axis": axis},
                            step=0, model_spec=spec,
@@ -242,14 +331,16 @@ def inflate_command(teacher: str, weights=None, mode: str = "copy", axis: str = 
 class Image2PointEmbedder(SparseShapeClassifier):
     """The inflated network as a feature extractor: `.embed(points (B,P,3)) -> (B, F)` pooled features."""
 
-    def __init__(self, backbone: nn.Module, voxel_size: float, input_scale: float):
+    def __init__(self, backbone: nn.Module, voxel_size: float, input_scale: float, pipeline: str = "voxel_mean",
+                 normalize: bool = True):
         super().__init__(backbone)
         self.voxel_size = voxel_size
         self.input_scale = input_scale
+        self.pipeline, self.normalize = pipeline, normalize
 
     @torch.no_grad()
     def embed(self, points: torch.Tensor) -> torch.Tensor:
-        batch = points_to_batch(points.float(), self.voxel_size, self.input_scale)
+        batch = points_to_batch(points.float(), self.voxel_size, self.input_scale, self.pipeline, self.normalize)
         features = self.backbone.forward_features(batch_to_sparse(batch))
         return self.backbone.forward_head(features, pre_logits=True)
 
@@ -257,9 +348,18 @@ class Image2PointEmbedder(SparseShapeClassifier):
 def build_embedder(model_spec_config: dict) -> Image2PointEmbedder:
     """Architecture from a checkpoint's model_spec config (weights are loaded by the caller)."""
     cfg = dict(model_spec_config)
+    # checkpoints written before the released design carry no "design"/"pipeline": the earlier ones
     net, _ = build_network(cfg.get("teacher", "tf_efficientnet_lite0"), "random", cfg.get("mode", "copy"),
-                           cfg.get("axis", "z"), cfg.get("num_classes"))
-    return Image2PointEmbedder(net, float(cfg.get("voxel_size", 0.05)), float(cfg.get("input_scale", 1.0))).eval()
+                           _legacy_axis(cfg.get("axis", "z-axis")), cfg.get("num_classes"),
+                           cfg.get("design", "imagenet-stem"))
+    return Image2PointEmbedder(net, float(cfg.get("voxel_size", 0.05)), float(cfg.get("input_scale", 1.0)),
+                               cfg.get("pipeline", "voxel_mean"), bool(cfg.get("normalize", True))).eval()
+
+
+def _legacy_axis(axis: str) -> str:
+    """Axis names of older checkpoints ("x"/"y"/"z") -> the released option with the same copy axis (the
+    architecture, which is all build_embedder needs, does not depend on the rows/columns placement)."""
+    return {"x": "x-axis", "y": "z-axis", "z": "y-axis"}.get(axis, axis)
 
 
 # ------------------------------------------------------------------------------------ quickstart
@@ -267,7 +367,7 @@ def build_embedder(model_spec_config: dict) -> Image2PointEmbedder:
 
 def quickstart(run_dir, progress: bool = True) -> dict:
     """About a minute of CPU time on 2 cores: ImageNet EfficientNet-Lite0 (bundled weights) inflated
-    (copy along z) vs the same network from scratch, identical budget: fip `ioms` (stem and classifier
+    (pointlift's earlier `imagenet-stem` design, copy along z = axis `y-axis`) vs the same network from scratch, identical budget: fip `ioms` (stem and classifier
     train, inner weights frozen, BN statistics adapt), 16^3 voxels (0.125 on the unit sphere), 8 steps
     of 20 on 40 synthetic shapes (4 classes), tested on 32 others (seed 1); chance = 0.25.
 
@@ -293,8 +393,10 @@ def quickstart(run_dir, progress: bool = True) -> dict:
     for label, weights in (("inflated", None), ("random", "random")):
         config = Image2PointConfig(
             name=f"quickstart-{label}",
-            inflation=InflationConfig(teacher="tf_efficientnet_lite0", weights=weights, mode="copy", axis="z"),
-            fip="ioms", precise_bn=True, data=ShapeDataConfig(voxel_size=0.125, augment=False),
+            inflation=InflationConfig(teacher="tf_efficientnet_lite0", weights=weights, mode="copy", axis="y-axis",
+                                      design="imagenet-stem"),
+            fip="ioms", precise_bn=True,
+            data=Image2PointDataConfig(voxel_size=0.125, augment=False, pipeline="voxel_mean"),
             train=TrainConfig(epochs=4, batch_size=20, log_every=1, checkpoint_every=0,
                               optim=OptimConfig(name="adamw", lr=1e-2, weight_decay=1e-4)),
             eval_every_epoch=False)

@@ -11,15 +11,20 @@ tensors. Module names (and so state-dict keys) stay those of the 2D model, which
 Only containers whose forward we have checked are accepted (`SUPPORTED_CONTAINERS`); anything else
 raises `PointliftConfigError` naming the layer, so an unknown block can never run half-converted.
 
-Kernel inflation, for a k x k kernel W[cout, cin, kh, kw] and a new axis (default z):
-- `copy` (official Image2Point): repeat W k times along the new axis, no rescaling;
-- `center`: W in the centre slice, zeros elsewhere: exact on a flat sheet of voxels (see tests);
-- `average`: `copy` / k, so a constant-along-the-axis input gives the 2D response.
+Kernel inflation, for a k x k kernel W[cout, cin, kh, kw] (weights in torch's Conv3d layout
+(cout, cin, kx, ky, kz)). The *axis* option places the 2D kernel in 3D, with the names and meaning of
+the released code (chenfengxu714/image2point `weight_transform`; checked bit-exactly against its
+inflated tensors in tests/test_image2point_reference.py):
+- `z-axis` (released default): W3[o,i,x,y,z] = W2[o,i,kh=z,kw=x], the same for every y;
+- `y-axis`: W3[o,i,x,y,z] = W2[o,i,kh=y,kw=x], the same for every z;
+- `x-axis`: W3[o,i,x,y,z] = W2[o,i,kh=y,kw=z], the same for every x.
+The *mode* says how the k copies along that "copy" axis are filled:
+- `copy` (released): the 2D kernel repeated k times, no rescaling;
+- `center` (pointlift): the 2D kernel in the centre slice, zeros elsewhere: exact on a flat sheet of voxels;
+- `average` (pointlift): `copy` / k, so an input constant along the copy axis gives the 2D response.
 A stride-s 1x1 convolution (ResNet downsample) becomes an s x s x s kernel filled by repetition in
-`copy` mode (official), the same / s^3 in `average` mode, and a stride-s 1x1x1 kernel in `center`
-mode (it then samples voxel 2*o exactly as the 2D layer samples pixel 2*o).
-Grid axes: 2D rows (kh) map to the first spatial axis, columns (kw) to the second of the two
-remaining ones; with axis z an image laid flat at z = 0 sees x = row, y = column.
+`copy` mode (released: a sum over the cell), the same / s^3 in `average` mode, and a stride-s 1x1x1
+kernel in `center` mode (it then samples voxel 2*o exactly as the 2D layer samples pixel 2*o).
 TF "same" padding (timm Conv2dSame, `tf_` models) is asymmetric; sparse convolutions are centred, so
 those layers shift by half a voxel relative to 2D (noted in the report; harmless for 3D training).
 """
@@ -37,7 +42,16 @@ from pointlift.sparse import (SparseBatchNorm, SparseConv3d, SparseTensor, SubMC
                               global_pool)
 
 INFLATION_MODES = ("copy", "center", "average")
-AXES = ("x", "y", "z")
+# released axis option -> (copy axis, axis of the 2D rows, axis of the 2D columns); 0/1/2 = x/y/z
+AXIS_LAYOUTS = {"z-axis": (1, 2, 0), "y-axis": (2, 1, 0), "x-axis": (0, 1, 2)}
+AXES = tuple(AXIS_LAYOUTS)
+DEFAULT_AXIS = "z-axis"
+
+
+def check_axis(axis: str) -> str:
+    if axis not in AXIS_LAYOUTS:
+        raise PointliftConfigError(f"inflation axis must be one of {AXES} (the released options), got {axis!r}")
+    return axis
 
 
 @dataclass
@@ -56,26 +70,24 @@ class InflatedLayer:
 # ------------------------------------------------------------------------------------------ kernels
 
 
-def inflate_kernel(weight: torch.Tensor, mode: str = "copy", axis: str = "z") -> torch.Tensor:
-    """(cout, cin, k, k) -> (cout, cin, k, k, k) by `mode` along the new `axis`."""
+def inflate_kernel(weight: torch.Tensor, mode: str = "copy", axis: str = DEFAULT_AXIS) -> torch.Tensor:
+    """(cout, cin, k, k) -> (cout, cin, k, k, k) in Conv3d layout, placed by `axis`, filled by `mode`."""
     if mode not in INFLATION_MODES:
         raise PointliftConfigError(f"inflation mode must be one of {INFLATION_MODES}, got {mode!r}")
-    if axis not in AXES:
-        raise PointliftConfigError(f"inflation axis must be one of {AXES}, got {axis!r}")
+    copy_dim, row_dim, col_dim = AXIS_LAYOUTS[check_axis(axis)]
     k = weight.shape[-1]
     if weight.ndim != 4 or weight.shape[-2] != k:
         raise PointliftConfigError(f"only square 2D kernels inflate to isotropic 3D ones, got {tuple(weight.shape)}")
-    dim = 2 + AXES.index(axis)
-    copied = weight.unsqueeze(dim).expand(*weight.shape[:dim], k, *weight.shape[dim:]).contiguous()
-    if mode == "copy":
-        return copied
-    if mode == "average":
-        return copied / k
-    centred = torch.zeros_like(copied)
-    index = [slice(None)] * 5
-    index[dim] = k // 2
-    centred[tuple(index)] = weight
-    return centred
+    # (o, i, row, col, copy) -> spatial dims ordered x, y, z
+    source = {row_dim: 2, col_dim: 3, copy_dim: 4}
+    if mode == "center":
+        slab = torch.zeros(*weight.shape, k, dtype=weight.dtype, device=weight.device)
+        slab[..., k // 2] = weight
+    else:
+        slab = weight.unsqueeze(-1).expand(*weight.shape, k)
+        if mode == "average":
+            slab = slab / k
+    return slab.permute(0, 1, source[0], source[1], source[2]).contiguous()
 
 
 def inflate_strided_pointwise(weight: torch.Tensor, stride: int, mode: str) -> torch.Tensor:
@@ -84,6 +96,55 @@ def inflate_strided_pointwise(weight: torch.Tensor, stride: int, mode: str) -> t
         return weight.unsqueeze(-1).clone()
     filled = weight.reshape(*weight.shape[:2], 1, 1, 1).expand(*weight.shape[:2], stride, stride, stride).contiguous()
     return filled / stride**3 if mode == "average" else filled
+
+
+def inflate_cell_pointwise(weight: torch.Tensor, mode: str) -> torch.Tensor:
+    """A 1x1 shortcut -> the released 2x2x2 kernel: `copy` (released) every tap = W (a sum over the cell),
+    `average` W / 8, `center` W at tap (0, 0, 0) only (samples the cell's first voxel, as 2D samples 2*o)."""
+    filled = weight.reshape(*weight.shape[:2], 1, 1, 1).expand(*weight.shape[:2], 2, 2, 2)
+    if mode == "copy":
+        return filled.contiguous()
+    if mode == "average":
+        return filled / 8
+    out = torch.zeros_like(filled)
+    out[:, :, 0, 0, 0] = weight[:, :, 0, 0]
+    return out
+
+
+# 2D ResNet block member -> released block member (torchvision / timm names on the left)
+_RESNET_MEMBERS = {"conv1": "net.0", "bn1": "net.1", "conv2": "net.3", "bn2": "net.4", "conv3": "net.6",
+                   "bn3": "net.7", "downsample.0": "downsample.0", "downsample.1": "downsample.1"}
+
+
+def released_resnet_name(name_2d: str) -> str | None:
+    """`layer2.0.conv1.weight` -> `stage2.0.net.0.weight` (None for conv1/bn1/fc, which are not used). This
+    is the released positional zip of the 2D keys containing 'layer' with the 3D keys containing 'stage'."""
+    parts = name_2d.split(".")
+    if not parts[0].startswith("layer"):
+        return None
+    member = ".".join(parts[2:-1])
+    if member not in _RESNET_MEMBERS:
+        raise PointliftConfigError(f"cannot map 2D ResNet tensor {name_2d!r} onto the released network")
+    return f"stage{parts[0][len('layer'):]}.{parts[1]}.{_RESNET_MEMBERS[member]}.{parts[-1]}"
+
+
+def inflate_resnet_state(state_2d: dict, mode: str = "copy", axis: str = DEFAULT_AXIS) -> dict:
+    """The stage tensors of `Image2PointResNet` (Conv3d layout) from a 2D ResNet state dict, as the released
+    `model_zoo.weight_transform` builds them: 3x3 kernels by `inflate_kernel`, 1x1 shortcuts as 2x2x2
+    cells (`inflate_cell_pointwise`), other 1x1 kernels as 1x1x1, BN tensors copied."""
+    out = {}
+    for name, value in state_2d.items():
+        target = released_resnet_name(name)
+        if target is None:
+            continue
+        if value.ndim == 4 and value.shape[-1] == 3:
+            value = inflate_kernel(value, mode, axis)
+        elif value.ndim == 4 and ".downsample." in f".{target}":
+            value = inflate_cell_pointwise(value, mode)
+        elif value.ndim == 4:
+            value = value[..., None].clone()
+        out[target] = value
+    return out
 
 
 # ----------------------------------------------------------------------------------- sparse layers
@@ -302,7 +363,7 @@ def _convert(module: nn.Module, name: str, mode: str, axis: str, report: list[In
         f"cannot inflate layer '{label}' ({_class_name(module)}): no sparse 3D counterpart is known")
 
 
-def inflate_network(model_2d: nn.Module, mode: str = "copy", axis: str = "z") -> tuple[nn.Module, list[InflatedLayer]]:
+def inflate_network(model_2d: nn.Module, mode: str = "copy", axis: str = DEFAULT_AXIS) -> tuple[nn.Module, list[InflatedLayer]]:
     """(3D sparse network, report). The 2D model is left untouched; the 3D one takes `SparseTensor`s.
 
     The result has the 2D model's class and module names (timm's forward code runs on sparse
@@ -310,8 +371,7 @@ def inflate_network(model_2d: nn.Module, mode: str = "copy", axis: str = "z") ->
     """
     if mode not in INFLATION_MODES:
         raise PointliftConfigError(f"inflation mode must be one of {INFLATION_MODES}, got {mode!r}")
-    if axis not in AXES:
-        raise PointliftConfigError(f"inflation axis must be one of {AXES}, got {axis!r}")
+    check_axis(axis)
     if getattr(model_2d, "grad_checkpointing", False):
         raise PointliftConfigError("disable gradient checkpointing on the 2D model before inflating it")
     report: list[InflatedLayer] = []
@@ -358,21 +418,24 @@ def create_2d_network(name: str, weights: str | None = None, num_classes: int | 
     return model.eval()
 
 
-def sheet_tensor(images: torch.Tensor, axis: str = "z") -> SparseTensor:
-    """Lay images (B, C, H, W) flat as a sheet of voxels: rows/columns on the two axes other than `axis`."""
+def sheet_tensor(images: torch.Tensor, axis: str = DEFAULT_AXIS) -> SparseTensor:
+    """Lay images (B, C, H, W) flat as a sheet of voxels: rows and columns on the axes `axis` gives them
+    (`AXIS_LAYOUTS`), the copy axis at 0, so an inflated kernel sees the image as its 2D layer does."""
+    copy_dim, row_dim, col_dim = AXIS_LAYOUTS[check_axis(axis)]
     b, c, h, w = images.shape
     bb, rr, cc = torch.meshgrid(torch.arange(b), torch.arange(h), torch.arange(w), indexing="ij")
-    plane = [rr.reshape(-1), cc.reshape(-1)]
-    plane.insert(AXES.index(axis), torch.zeros(b * h * w, dtype=torch.long))
-    coords = torch.stack([bb.reshape(-1), *plane], dim=1).to(images.device)
+    xyz = [None, None, None]
+    xyz[row_dim], xyz[col_dim] = rr.reshape(-1), cc.reshape(-1)
+    xyz[copy_dim] = torch.zeros(b * h * w, dtype=torch.long)
+    coords = torch.stack([bb.reshape(-1), *xyz], dim=1).to(images.device)
     features = images.permute(0, 2, 3, 1).reshape(-1, c)
     return SparseTensor(features, coords, batch_size=b)
 
 
-def sheet_to_image(x: SparseTensor, height: int, width: int, axis: str = "z") -> torch.Tensor:
+def sheet_to_image(x: SparseTensor, height: int, width: int, axis: str = DEFAULT_AXIS) -> torch.Tensor:
     """The inverse of `sheet_tensor` for an activation on a sheet: (B, C, height, width), 0 where inactive."""
-    keep = [i for i in range(3) if i != AXES.index(axis)]
+    _, row_dim, col_dim = AXIS_LAYOUTS[check_axis(axis)]
     coords = x.coords
     out = x.features.new_zeros(x.batch_size, x.num_channels, height, width)
-    out[coords[:, 0], :, coords[:, 1 + keep[0]], coords[:, 1 + keep[1]]] = x.features
+    out[coords[:, 0], :, coords[:, 1 + row_dim], coords[:, 1 + col_dim]] = x.features
     return out

@@ -1,10 +1,16 @@
 """Classification of voxelised shapes with a sparse 3D network (Image2Point; PPKT's downstream check).
 
-Pipeline: a `ShapeSet` (points per shape) -> `VoxelShapeDataset` (unit-sphere normalisation and the
-official Image2Point augmentations: anisotropic scale 0.9-1.1, translation +-0.2, clipped Gaussian
-jitter 0.025) -> `VoxelCollate` (one batched voxelisation, features = mean xyz per voxel, as the
-official code feeds xyz to the 3-channel stem) -> `SparseShapeClassifier` (cross-entropy, trained
-by the engine's trainer) -> `evaluate_classifier` (overall and mean-class accuracy).
+Two point-cloud pipelines (`ShapeDataConfig.pipeline`), both over (N, 3) point arrays of any shape set:
+- `released` (Image2Point's released ModelNet code; tests/test_image2point_reference.py checks it against
+  the reference batch): points as given (no renormalisation), training augmentation `released_augment`
+  (shuffle; per-axis scale U(0.9, 1.1) with p = 0.9; shift U(-0.2, 0.2) with p = 0.9; jitter U(+-0.0125)
+  per coordinate with p = 0.7), then `released_voxelize`: round(xyz / voxel) minus the per-cloud minimum,
+  the first point of each voxel, voxels in lexicographic (x, y, z) order, features = that point's xyz.
+- `voxel_mean` (pointlift's earlier pipeline, PPKT's downstream evaluation): unit-sphere normalisation,
+  scale/shift/clipped-Gaussian jitter always applied (`augment_points`), floor voxelisation, features =
+  mean xyz per voxel.
+`SparseShapeClassifier` (cross-entropy, trained by the engine's trainer) -> `evaluate_classifier`
+(overall and mean-class accuracy).
 
 The few-shot protocol samples K training shapes per class with a seed (`few_shot_indices`).
 Accuracies are those of the last epoch: nothing here selects a model by its test score.
@@ -35,7 +41,13 @@ class ShapeDataConfig:
     dataset: str = "modelnet10"
     variant: str = "PB_T50_RS"  # ScanObjectNN file variant (shape_sets)
     path: str = "../shared/data/modelnet10_vox32.npz"  # modelnet40: the folder of ply_data_*.h5
-    voxel_size: float = 0.05  # on unit-sphere-normalised shapes (official ModelNet40 setting)
+    voxel_size: float = 0.05  # on unit-sphere shapes (released ModelNet40 setting)
+    # "released": Image2Point's released pipeline; "voxel_mean": pointlift's earlier one (see module doc)
+    pipeline: Literal["released", "voxel_mean"] = "voxel_mean"
+    # `released` pipeline only: scale each shape into the unit sphere once, when it is loaded. The
+    # released code never normalises (its ModelNet40 h5 files come normalised by their provider); the
+    # ModelNet10 voxel-grid file does not (its points fill [-0.5, 0.5]^3). None = True for modelnet10.
+    normalize: Optional[bool] = None
     augment: bool = True
     input_scale: float = 1.0  # multiplies the xyz features fed to the stem
     max_points: Optional[int] = None  # random subset of points per shape (None = all)
@@ -123,7 +135,8 @@ class VoxelShapeDataset(torch.utils.data.Dataset):
 
 
 def augment_points(points: torch.Tensor) -> torch.Tensor:
-    """Official Image2Point augmentation: scale U(0.9, 1.1) per axis, shift U(-0.2, 0.2), jitter.
+    """pointlift's earlier augmentation (`voxel_mean` pipeline; not the released one, see `released_augment`):
+    scale U(0.9, 1.1) per axis, shift U(-0.2, 0.2) and jitter, always applied.
 
     Jitter is N(0, 0.01) clipped to +-0.025. Uses torch's global RNG, which the trainer seeds.
     """
@@ -131,6 +144,82 @@ def augment_points(points: torch.Tensor) -> torch.Tensor:
     shift = torch.empty(1, 3).uniform_(-0.2, 0.2)
     jitter = (torch.randn_like(points) * 0.01).clamp_(-0.025, 0.025)
     return points * scale + shift + jitter
+
+
+def released_augment(points: torch.Tensor) -> torch.Tensor:
+    """The released training augmentation, in its order: shuffle the points; with p = 0.9 scale each axis
+    by U(0.9, 1.1); with p = 0.9 shift by U(-0.2, 0.2) per axis; with p = 0.7 add U(-0.0125, 0.0125) to
+    every coordinate. No rotation. torch's global RNG (seeded by the trainer) draws everything."""
+    points = points[torch.randperm(len(points))]
+    if torch.rand(()) < 0.9:
+        points = points * torch.empty(1, 3).uniform_(0.9, 1.1)
+    if torch.rand(()) < 0.9:
+        points = points + torch.empty(1, 3).uniform_(-0.2, 0.2)
+    if torch.rand(()) < 0.7:
+        points = points + (torch.rand_like(points) - 0.5) * 0.025
+    return points
+
+
+def released_voxelize(points: np.ndarray, voxel_size: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image2Point's released quantisation of one cloud (N, 3) -> (coords (M, 3) int64, features (M, 3)
+    float32, kept point indices (M,)): round(xyz / voxel) in float32 (half to even), minus the per-cloud
+    minimum; the FIRST point of each voxel is kept; voxels in lexicographic (x, y, z) order; features are
+    the kept points' xyz (not centred, not quantised)."""
+    xyz = np.asarray(points, dtype=np.float32)
+    grid = np.round(xyz / np.float32(voxel_size))
+    grid -= grid.min(0, keepdims=True)
+    coords, index = np.unique(grid.astype(np.int64), axis=0, return_index=True)
+    return coords, xyz[index], index
+
+
+class ReleasedCollate:
+    """A list of {"points", "label"} -> coords (M, 4) [b, x, y, z], features (M, 3), labels (B,), with
+    `released_voxelize` per cloud (features times `input_scale`, 1 = released)."""
+
+    def __init__(self, voxel_size: float, input_scale: float = 1.0):
+        self.voxel_size = voxel_size
+        self.input_scale = input_scale
+
+    def __call__(self, items: list[dict]) -> dict:
+        coords, features = [], []
+        for b, item in enumerate(items):
+            c, f, _ = released_voxelize(item["points"].numpy(), self.voxel_size)
+            coords.append(np.concatenate([np.full((len(c), 1), b, dtype=np.int64), c], axis=1))
+            features.append(f)
+        labels = torch.tensor([item["label"] for item in items], dtype=torch.long)
+        return {"coords": torch.from_numpy(np.concatenate(coords)),
+                "features": torch.from_numpy(np.concatenate(features)) * self.input_scale, "labels": labels}
+
+
+class ReleasedShapeDataset(torch.utils.data.Dataset):
+    """Point sets as given (or unit-sphere scaled once with `normalize`), `released_augment` when training."""
+
+    def __init__(self, points: list[np.ndarray], labels: np.ndarray, augment: bool = False,
+                 max_points: int | None = None, normalize: bool = False):
+        if len(points) != len(labels):
+            raise PointliftDataError("<shapes>", f"{len(points)} point sets but {len(labels)} labels")
+        prepare = normalize_unit_sphere if normalize else (lambda p: p)
+        self.points = [prepare(np.asarray(p, dtype=np.float32)).astype(np.float32) for p in points]
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.augment = augment
+        self.max_points = max_points
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __getitem__(self, index: int) -> dict:
+        points = torch.from_numpy(self.points[index])
+        if self.augment:
+            points = released_augment(points)  # shuffles first, so a cut below keeps random points
+        if self.max_points is not None and len(points) > self.max_points:
+            points = points[: self.max_points]  # released: xyz[:num_points]
+        return {"points": points, "label": int(self.labels[index])}
+
+
+def make_collate(config: "ShapeDataConfig"):
+    """The collate function of `config.pipeline`."""
+    cls = ReleasedCollate if config.pipeline == "released" else VoxelCollate
+    return cls(config.voxel_size, config.input_scale)
 
 
 class VoxelCollate:
@@ -150,11 +239,17 @@ class VoxelCollate:
         return {"coords": voxels.coords, "features": features, "labels": labels}
 
 
-def points_to_batch(points: torch.Tensor, voxel_size: float, input_scale: float = 1.0) -> dict:
-    """(B, P, 3) point sets -> the classifier's batch (normalised per set, no augmentation, no labels)."""
-    items = [{"points": torch.from_numpy(normalize_unit_sphere(p.detach().cpu().numpy()).astype(np.float32)),
-              "label": -1} for p in points]
-    batch = VoxelCollate(voxel_size, input_scale)(items)
+def points_to_batch(points: torch.Tensor, voxel_size: float, input_scale: float = 1.0,
+                    pipeline: str = "voxel_mean", normalize: bool = True) -> dict:
+    """(B, P, 3) point sets -> the classifier's batch (no augmentation, no labels). `voxel_mean` always
+    normalises each set to the unit sphere; `released` only with `normalize`."""
+    def prepare(p):
+        p = p.detach().cpu().numpy().astype(np.float32)
+        return normalize_unit_sphere(p) if (normalize or pipeline != "released") else p
+
+    items = [{"points": torch.from_numpy(prepare(p).astype(np.float32)), "label": -1} for p in points]
+    collate = ReleasedCollate if pipeline == "released" else VoxelCollate
+    batch = collate(voxel_size, input_scale)(items)
     return {k: v.to(points.device) for k, v in batch.items()}
 
 
@@ -268,14 +363,19 @@ def build_datasets_with_validation(config: ShapeDataConfig, train_split=None, te
     test_index = np.arange(len(test_split.labels))
     if config.test_per_class is not None:
         test_index = few_shot_indices(test_split.labels, config.test_per_class, seed=12345, allow_fewer=True)
-    train = VoxelShapeDataset([train_split.points[i] for i in train_index], labels[train_index],
-                              augment=config.augment, max_points=config.max_points)
-    val = None
-    if val_index is not None:
-        val = VoxelShapeDataset([train_split.points[i] for i in val_index], labels[val_index],
-                                augment=False, max_points=config.max_points)
-    test = VoxelShapeDataset([test_split.points[i] for i in test_index], test_split.labels[test_index],
-                             augment=False, max_points=config.max_points)
+    if config.pipeline == "released":
+        normalize = config.normalize if config.normalize is not None else config.dataset == "modelnet10"
+
+        def make(split, index, augment):
+            return ReleasedShapeDataset([split.points[i] for i in index], np.asarray(split.labels)[index],
+                                        augment=augment, max_points=config.max_points, normalize=normalize)
+    else:
+        def make(split, index, augment):
+            return VoxelShapeDataset([split.points[i] for i in index], np.asarray(split.labels)[index],
+                                     augment=augment, max_points=config.max_points)
+    train = make(train_split, train_index, config.augment)
+    val = make(train_split, val_index, False) if val_index is not None else None
+    test = make(test_split, test_index, False)
     return train, val, test, list(train_split.class_names)
 
 
@@ -298,8 +398,8 @@ def train_classifier(model: SparseShapeClassifier, train_set: VoxelShapeDataset,
     training shapes (`recalibrate_batchnorm`)."""
     from pointlift.engine.trainer import train
 
-    collate = VoxelCollate(data.voxel_size, data.input_scale)
-    eval_collate = VoxelCollate(data.voxel_size, data.input_scale)
+    collate = make_collate(data)
+    eval_collate = make_collate(data)
     curve: list[dict] = []
     final: dict = {}
     curve_set = val_set if val_set is not None else test_set
