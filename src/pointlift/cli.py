@@ -143,7 +143,10 @@ def _cmd_inflate(args) -> int:
 
 
 def _cmd_finetune(args) -> int:
-    from pointlift.methods.image2point import finetune_command
+    if args.method == "segmentation":
+        from pointlift.tasks.segmentation import finetune_command
+    else:
+        from pointlift.methods.image2point import finetune_command
 
     finetune_command(args.config, resume=args.resume, run_dir=args.run_dir)
     return 0
@@ -159,8 +162,19 @@ def _cmd_pretrain(args) -> int:
 
 
 def _cmd_eval(args) -> int:
+    from pointlift.errors import PointliftConfigError
+
+    if args.method == "segmentation":
+        from pointlift.tasks.segmentation import eval_command
+
+        if args.data is None:
+            raise PointliftConfigError("eval segmentation: --data DIR (the scans to score) is required")
+        eval_command(args.checkpoint, args.data, args.out, predictions_dir=args.predictions)
+        return 0
     from pointlift.methods.ppkt import eval_command
 
+    if args.frames is None:
+        raise PointliftConfigError("eval ppkt: --frames DIR (an RGB-D directory) is required")
     eval_command(args.checkpoint, args.frames, args.out)
     return 0
 
@@ -210,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_inflate)
 
     p = sub.add_parser("finetune", help="fine-tune a 3D network")
-    p.add_argument("method", choices=["image2point"])
+    p.add_argument("method", choices=["image2point", "segmentation"])
     p.add_argument("--config", type=_existing_file, required=True)
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--run-dir", type=Path, default=None)
@@ -223,10 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, default=None)
     p.set_defaults(func=_cmd_pretrain)
 
-    p = sub.add_parser("eval", help="evaluate a pretrained network")
-    p.add_argument("method", choices=["ppkt"])
+    p = sub.add_parser("eval", help="evaluate a pretrained or fine-tuned network")
+    p.add_argument("method", choices=["ppkt", "segmentation"])
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--frames", type=_existing_dir, required=True, help="RGB-D directory")
+    p.add_argument("--frames", type=_existing_dir, default=None, help="ppkt: RGB-D directory")
+    p.add_argument("--data", type=_existing_dir, default=None,
+                   help="segmentation: a directory of scans (ScanNet, SemanticKITTI or S3DIS layout)")
+    p.add_argument("--predictions", type=Path, default=None, help="segmentation: write a PLY per scan here")
     p.add_argument("--out", type=Path, required=True, help="output JSON")
     p.set_defaults(func=_cmd_eval)
     return parser
