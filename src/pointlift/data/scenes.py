@@ -284,7 +284,7 @@ def read_semantickitti_camera_frame(sequence_dir: str | Path, frame: str):
     if not image_path.is_file():
         raise PointliftDataError(image_path, "file not found")
     lidar2img = read_semantickitti_calib(sequence_dir / "calib.txt")
-    return LidarCameraFrame(f"{sequence_dir.name}/{frame}", points, [CameraView("CAM2", read_color_image(image_path), lidar2img)])
+    return LidarCameraFrame(f"{sequence_dir.name}_{frame}", points, [CameraView("CAM2", read_color_image(image_path), lidar2img)])
 
 
 def read_s3dis_room(room_dir: str | Path) -> Scene:
