@@ -264,3 +264,31 @@ def test_s3dis_bad_input(tmp_path):
         S.read_s3dis_room(room)
     with pytest.raises(PointliftDataError, match="no known scene layout"):
         S.detect_layout(tmp_path / "Area_1")
+
+
+def test_ppkt_semantickitti_source_pairs_points_with_pixels(shared):
+    """PPKT's SemanticKITTI source (labels unused): the chosen sequences' sweeps with image_2 and P2 @ Tr;
+    the pairs' pixels hold colour where the projected points are (road points low in the image)."""
+    import torch
+
+    from pointlift.engine.config import load_config
+    from pointlift.methods import ppkt
+    from pointlift.methods.ppkt_pairs import lidar_pairs
+
+    root = shared(KITTI)
+    data = load_config({"kind": "semantickitti", "root": str(root), "sequences": ["05"]}, ppkt.PPKTDataConfig)
+    frames = ppkt.open_lidar_frames(data)
+    assert [f.name for f in frames] == ["05_000000", "05_000008"]
+    frame = frames[0]
+    camera = frame.cameras[0]
+    assert camera.image.shape == (376, 1241, 3)
+    pairs = lidar_pairs(torch.as_tensor(frame.points), [(camera.image.shape[:2], torch.as_tensor(camera.lidar2img))])
+    assert len(pairs.pair_point) > 5000
+    u, v = pairs.pair_pixel[:, 0], pairs.pair_pixel[:, 1]
+    assert int(u.min()) >= 0 and int(u.max()) < 1241 and int(v.min()) >= 0 and int(v.max()) < 376
+    scene = S.read_semantickitti_scan(root / "sequences" / "05", "000000")
+    road = torch.as_tensor(scene.labels)[pairs.pair_point] == S.SEMANTICKITTI19_NAMES.index("road")
+    assert float(v[road].float().mean()) > float(v[~road].float().mean())
+    with pytest.raises(PointliftDataError, match="08"):
+        ppkt.open_lidar_frames(load_config({"kind": "semantickitti", "root": str(root), "sequences": ["08"]},
+                                           ppkt.PPKTDataConfig))

@@ -297,3 +297,9 @@ def test_cli_subprocess_bad_data_directory(tmp_path):
     done = _cli("eval", "segmentation", "--checkpoint", "x", "--data", str(tmp_path / "nope"), "--out", "o.json")
     assert done.returncode == 2 and "no such directory" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("segmentation_*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    config = load_config(path, seg.SegmentationConfig)
+    assert config.data.train and config.data.test
