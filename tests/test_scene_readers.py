@@ -281,11 +281,12 @@ def test_ppkt_semantickitti_source_pairs_points_with_pixels(shared):
     assert [f.name for f in frames] == ["05_000000", "05_000008"]
     frame = frames[0]
     camera = frame.cameras[0]
-    assert camera.image.shape == (376, 1241, 3)
+    h, w = camera.image.shape[:2]
+    assert camera.image.shape == (370, 1226, 3)  # sequences 04-10 (00-02: 376 x 1241)
     pairs = lidar_pairs(torch.as_tensor(frame.points), [(camera.image.shape[:2], torch.as_tensor(camera.lidar2img))])
     assert len(pairs.pair_point) > 5000
     u, v = pairs.pair_pixel[:, 0], pairs.pair_pixel[:, 1]
-    assert int(u.min()) >= 0 and int(u.max()) < 1241 and int(v.min()) >= 0 and int(v.max()) < 376
+    assert int(u.min()) >= 0 and int(u.max()) < w and int(v.min()) >= 0 and int(v.max()) < h
     scene = S.read_semantickitti_scan(root / "sequences" / "05", "000000")
     road = torch.as_tensor(scene.labels)[pairs.pair_point] == S.SEMANTICKITTI19_NAMES.index("road")
     assert float(v[road].float().mean()) > float(v[~road].float().mean())
