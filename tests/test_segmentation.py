@@ -303,3 +303,15 @@ def test_cli_subprocess_bad_data_directory(tmp_path):
 def test_shipped_configs_load(path):
     config = load_config(path, seg.SegmentationConfig)
     assert config.data.train and config.data.test
+
+
+def test_bench_segmentation_is_registered_with_every_preset():
+    from pointlift.bench import PRESETS, load_benchmark
+    from pointlift.bench import segmentation as bench
+
+    assert callable(load_benchmark("segmentation"))
+    assert set(bench.PRESETS) == set(PRESETS)
+    for spec in bench.PRESETS.values():
+        # rooms / sequences never on both sides of the split
+        assert not set(bench.SCANNET_TRAIN) & {t.split("_")[0] for t in spec["scannet"]["test"]}
+        assert not set(bench.KITTI_TRAIN) & set(spec["kitti"]["test"])
