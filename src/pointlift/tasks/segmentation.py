@@ -482,7 +482,8 @@ def write_prediction_ply(path: str | Path, points: np.ndarray, predictions: np.n
 
 def plot_prediction(scene: Scene, predictions: np.ndarray, class_names, path: str | Path,
                     max_points: int = 60000) -> Path:
-    """Top-down picture: ground truth beside prediction, one colour per class, IGNORE grey."""
+    """Top-down picture: ground truth beside prediction, one colour per class (legend: every class in
+    either), IGNORE grey."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -500,7 +501,7 @@ def plot_prediction(scene: Scene, predictions: np.ndarray, class_names, path: st
         ax.set_title(f"{scene.name}: {title}")
         ax.set_aspect("equal")
         ax.axis("off")
-    present = sorted(set(np.unique(scene.labels).tolist()) - {IGNORE})
+    present = sorted((set(np.unique(scene.labels).tolist()) | set(np.unique(predictions).tolist())) - {IGNORE})
     handles = [plt.Line2D([], [], marker="o", ls="", color=colours[c], label=class_names[c]) for c in present]
     fig.legend(handles=handles, loc="lower center", ncol=min(8, max(1, len(handles))), fontsize=7)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
