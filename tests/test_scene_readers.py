@@ -293,3 +293,11 @@ def test_ppkt_semantickitti_source_pairs_points_with_pixels(shared):
     with pytest.raises(PointliftDataError, match="08"):
         ppkt.open_lidar_frames(load_config({"kind": "semantickitti", "root": str(root), "sequences": ["08"]},
                                            ppkt.PPKTDataConfig))
+
+
+def test_ppkt_semantickitti_config_loads():
+    from pointlift.engine.config import load_config
+    from pointlift.methods import ppkt
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "ppkt_semantickitti.yaml", ppkt.PPKTConfig)
+    assert config.data.kind == "semantickitti" and config.model.in_features == "constant"
