@@ -100,7 +100,7 @@ def test_votenet_bad_input(tmp_path, shared):
 def _write_scannet_official(folder: Path, name: str, xyz: np.ndarray, rgb: np.ndarray, nyu40: np.ndarray,
                             label_count: int | None = None) -> Path:
     """`<name>_vh_clean_2.ply` (binary: x y z float, red green blue alpha uchar, triangle faces) and
-    `<name>_vh_clean_2.labels.ply` (x y z float, red green blue alpha uchar, label ushort), as released."""
+    `<name>_vh_clean_2.labels.ply` (x y z float, red green blue alpha uchar, label ushort), in the layout ScanNet ships."""
     folder.mkdir(parents=True, exist_ok=True)
     n = len(xyz)
     faces = np.array([[0, 1, 2]], dtype=np.int32)

@@ -3,13 +3,13 @@
 Layouts read (each reader returns a `Scene` with raw dataset labels and the benchmark's train ids):
 - ScanNet, VoteNet's export: `sceneXXXX_YY_vert.npy` (N x 6: xyz metres, RGB 0-255) + `_sem_label.npy`
   (NYU40 ids, 0 = unannotated);
-- ScanNet, official release: `sceneXXXX_YY_vh_clean_2.ply` (+ `sceneXXXX_YY_vh_clean_2.labels.ply`,
+- ScanNet, its own release layout: `sceneXXXX_YY_vh_clean_2.ply` (+ `sceneXXXX_YY_vh_clean_2.labels.ply`,
   whose vertex property `label` holds the NYU40 id);
 - SemanticKITTI: `sequences/SS/velodyne/NNNNNN.bin` (float32 x, y, z, intensity) + `labels/NNNNNN.label`
   (uint32: semantic id = low 16 bits); `image_2/NNNNNN.png` and `calib.txt` (P2, Tr) for LiDAR + camera;
 - S3DIS: `Area_N/<room>/Annotations/<class>_<k>.txt` (x y z r g b per line).
 
-Label maps: ScanNet-20 (the benchmark's 20 NYU40 ids), SemanticKITTI-19 (the official learning map of
+Label maps: ScanNet-20 (the benchmark's 20 NYU40 ids), SemanticKITTI-19 (the `learning_map` of SemanticKITTI's
 semantic-kitti.yaml), S3DIS-13. Train ids are 0..C-1; IGNORE (-1) marks points no class covers.
 Scene names carry their split group (ScanNet room `sceneXXXX`, KITTI sequence, S3DIS area), so a split
 can keep every scan of one room on one side (`scene_group`).
@@ -73,7 +73,7 @@ def map_scannet20(nyu40: np.ndarray) -> np.ndarray:
 
 def map_semantickitti19(raw: np.ndarray, path="<labels>") -> np.ndarray:
     """Raw SemanticKITTI semantic ids (low 16 bits) -> train ids 0..18 (learning id - 1); unlabelled,
-    outlier, other-structure and other-object -> IGNORE. An id outside the official map is an error."""
+    outlier, other-structure and other-object -> IGNORE. An id outside that map is an error."""
     learning = _lookup(SEMANTICKITTI_LEARNING_MAP, raw, path, "SemanticKITTI semantic", True)
     return learning - 1  # learning id 0 (unlabelled) becomes IGNORE
 
@@ -161,7 +161,7 @@ def list_scannet_votenet(root: str | Path) -> list[str]:
 
 
 def read_scannet_ply(mesh_path: str | Path, labels_path: str | Path | None = None) -> Scene:
-    """Official ScanNet: mesh vertices of `*_vh_clean_2.ply` (xyz, RGB) with the NYU40 `label` vertex
+    """ScanNet release layout: mesh vertices of `*_vh_clean_2.ply` (xyz, RGB) with the NYU40 `label` vertex
     property of `*_vh_clean_2.labels.ply` (default: found beside the mesh; absent = all IGNORE)."""
     from pointlift.data.points import read_point_file
 
@@ -189,7 +189,7 @@ def read_scannet_ply(mesh_path: str | Path, labels_path: str | Path | None = Non
 
 
 def list_scannet_ply(root: str | Path) -> dict[str, Path]:
-    """Scan name -> mesh path for the official layout (`scans/<name>/<name>_vh_clean_2.ply` or flat)."""
+    """Scan name -> mesh path for the release layout (`scans/<name>/<name>_vh_clean_2.ply` or flat)."""
     root = Path(root)
     if not root.is_dir():
         raise PointliftDataError(root, "ScanNet directory not found")
