@@ -191,6 +191,8 @@ def _cmd_inflate(args) -> int:
 def _cmd_finetune(args) -> int:
     if args.method == "image2point":
         from pointlift.methods.image2point import finetune_command
+    elif args.method == "segmentation":
+        from pointlift.tasks.segmentation import finetune_command
     else:
         from pointlift.tasks.point_classification import finetune_command
 
@@ -213,6 +215,11 @@ def _cmd_eval(args) -> int:
         from pointlift.tasks.embed import resolve_checkpoint
 
         eval_command(resolve_checkpoint(args.checkpoint), args.frames, args.out)
+        return 0
+    if args.task == "segmentation":
+        from pointlift.tasks.segmentation import eval_command
+
+        eval_command(args.checkpoint, args.data, args.out, predictions_dir=args.predictions)
         return 0
     from pointlift.tasks.evaluate import describe, evaluate_fewshot, evaluate_svm, write_json
 
@@ -280,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output checkpoint path")
     p.set_defaults(func=_cmd_inflate)
 
-    p = sub.add_parser("finetune", help="fine-tune a 3D network for shape classification")
-    p.add_argument("method", choices=["image2point", "i2p-mae"])
+    p = sub.add_parser("finetune", help="fine-tune a 3D network (shape classification or scene segmentation)")
+    p.add_argument("method", choices=["image2point", "i2p-mae", "segmentation"])
     p.add_argument("--config", type=_existing_file, required=True)
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--run-dir", type=Path, default=None)
@@ -294,11 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, default=None)
     p.set_defaults(func=_cmd_pretrain)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint: ppkt retrieval, linear SVM or few-shot")
+    p = sub.add_parser("eval", help="evaluate a checkpoint: ppkt retrieval, segmentation, linear SVM or few-shot")
     tasks = p.add_subparsers(dest="task", required=True, parser_class=_Parser)
     q = tasks.add_parser("ppkt", help="PPKT: point-to-pixel retrieval on held-out RGB-D frames")
     q.add_argument("--checkpoint", type=Path, required=True)
     q.add_argument("--frames", type=_existing_dir, required=True, help="RGB-D directory")
+    q.add_argument("--out", type=Path, required=True, help="output JSON")
+    q.set_defaults(func=_cmd_eval)
+    q = tasks.add_parser("segmentation", help="scene segmentation: mIoU, per-class IoU, accuracy on held-out scans")
+    q.add_argument("--checkpoint", type=Path, required=True)
+    q.add_argument("--data", type=_existing_dir, required=True,
+                   help="a directory of scans (ScanNet, SemanticKITTI or S3DIS layout)")
+    q.add_argument("--predictions", type=Path, default=None, help="write a PLY per scan here")
     q.add_argument("--out", type=Path, required=True, help="output JSON")
     q.set_defaults(func=_cmd_eval)
     for task, text in (("svm", "linear SVM on frozen features (C by cross-validation on train)"),

@@ -36,6 +36,7 @@ BENCHMARKS = {
     "image2point": "pointlift.bench.image2point",
     "ppkt": "pointlift.bench.ppkt",
     "i2p-mae": "pointlift.bench.i2p_mae",
+    "segmentation": "pointlift.bench.segmentation",
 }
 
 

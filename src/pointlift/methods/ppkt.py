@@ -39,10 +39,12 @@ from pointlift.methods.ppkt_pairs import (PointPixelPairs, lidar_pairs, rescale_
 @dataclass
 class PPKTDataConfig:
     """Where pairs come from. kind: an RGB-D directory (7-Scenes/ScanNet layout), a KITTI-style
-    directory of `NAME.bin/.png/.txt` triples, one nuScenes info pickle, or a synthetic scene."""
+    directory of `NAME.bin/.png/.txt` triples, a SemanticKITTI root (`sequences/SS/velodyne`, `image_2`,
+    `calib.txt`; labels unused), one nuScenes info pickle, or a synthetic scene."""
 
-    kind: Literal["rgbd", "kitti", "nuscenes", "synthetic"] = "rgbd"
+    kind: Literal["rgbd", "kitti", "semantickitti", "nuscenes", "synthetic"] = "rgbd"
     root: Optional[Path] = None
+    sequences: list[str] = field(default_factory=list)  # semantickitti: sequences to use (empty = all)
     info_pkl: Optional[Path] = None  # nuscenes only
     train_below: Optional[int] = None  # rgbd: frame numbers below this train, the rest are held out
     holdout_fraction: float = 0.25  # otherwise: the last fraction of frames is held out
@@ -174,6 +176,17 @@ def open_lidar_frames(data: PPKTDataConfig) -> list:
     """LiDAR + camera frames of a kitti directory or a nuScenes info pickle."""
     from pointlift.data.lidar import read_kitti_frame, read_nuscenes_frame
 
+    if data.kind == "semantickitti":
+        from pointlift.data.scenes import (list_semantickitti, read_semantickitti_camera_frame,
+                                           select_scenes, semantickitti_sequence_dir)
+
+        names = list_semantickitti(data.root)
+        if data.sequences:
+            names = select_scenes(names, data.sequences)
+            if not names:
+                raise PointliftDataError(data.root, f"no scans in sequences {list(data.sequences)}")
+        return [read_semantickitti_camera_frame(semantickitti_sequence_dir(data.root, n.split("/")[0]),
+                                                n.split("/")[1]) for n in names]
     if data.kind == "kitti":
         root = Path(data.root)
         if not root.is_dir():

@@ -1,0 +1,210 @@
+"""`pointlift bench segmentation --preset {smoke,cpu,gpu}`: scene segmentation, the downstream task PPKT
+and Image2Point are judged by, on the real scans of ../shared/data.
+
+- ScanNet (VoteNet export, ScanNet-20), split by room: rooms scene0000-0007 train (17 scans), rooms
+  scene0008-0010 test (6 scans); no room on both sides. PPKT (pretrained on 7-Scenes redkitchen RGB-D,
+  RGB input) vs the same sparse U-Net from scratch, fine-tuned on 20 % and 100 % of the training scans.
+- SemanticKITTI (19 classes), split by sequence: 00-07 train (16 scans), 09 and 10 test (4 scans).
+  PPKT from LiDAR + camera (image_2, P2 @ Tr; pretrained on the training scans, labels unused, constant
+  input) vs scratch; and the Image2Point inflated-encoder U-Net (ImageNet EfficientNet-Lite0, `copy`
+  inflation along z) vs the same architecture from scratch.
+Each fine-tune: 3 seeds (smoke: 1); figures are the mean and std over seeds of the last step's test
+mIoU on every point of the test scans (no validation-based selection, no early stopping). Each PPKT
+network is pretrained once (seed 0) and shared by the seeds. The seed-0 network's mIoU before training
+(`*_untrained`) is measured too. Fractions of scans are drawn per seed (`subset_seed` = seed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pointlift.bench import BenchResult, shared_path
+from pointlift.engine.config import config_to_dict, load_config
+
+SCANNET_TRAIN = ["scene0000", "scene0001", "scene0002", "scene0003", "scene0004", "scene0005", "scene0006",
+                 "scene0007"]
+SCANNET_TEST = ["scene0008", "scene0009", "scene0010"]
+KITTI_TRAIN = ["00", "01", "02", "03", "04", "05", "06", "07"]
+KITTI_TEST = ["09", "10"]
+
+PRESETS = {
+    "smoke": {
+        "seeds": [0], "fractions": [0.2, 1.0],
+        "scannet": {"unet": "spunet-tiny", "voxel_size": 0.15, "max_points": 8000, "test": ["scene0010_00"],
+                    "steps": 3, "batch_size": 2, "lr": 0.01},
+        "kitti": {"unet": "spunet-tiny", "voxel_size": 0.4, "crop_radius": 15.0, "test": ["10"],
+                  "steps": 2, "batch_size": 2, "lr": 0.01, "inflated_lr": 0.005},
+        "ppkt_7scenes": {"frame_stride": 25, "pixel_stride": 16, "image_size": [60, 80], "steps": 3,
+                         "teacher_stage": 3, "num_pairs": 256},
+        "ppkt_kitti": {"image_size": [47, 155], "steps": 2, "teacher_stage": 3, "num_pairs": 256},
+    },
+    "cpu": {
+        "seeds": [0, 1, 2], "fractions": [0.2, 1.0],
+        "scannet": {"unet": "spunet-tiny", "voxel_size": 0.1, "max_points": 20000, "test": SCANNET_TEST,
+                    "steps": 40, "batch_size": 2, "lr": 0.01},
+        "kitti": {"unet": "spunet-tiny", "voxel_size": 0.3, "crop_radius": 20.0, "test": KITTI_TEST,
+                  "steps": 40, "batch_size": 2, "lr": 0.01, "inflated_lr": 0.005},
+        "ppkt_7scenes": {"frame_stride": 2, "pixel_stride": 8, "image_size": [120, 160], "steps": 100,
+                         "teacher_stage": 3, "num_pairs": 2048},
+        "ppkt_kitti": {"image_size": [94, 310], "steps": 60, "teacher_stage": 3, "num_pairs": 2048},
+    },
+    "gpu": {
+        "seeds": [0, 1, 2], "fractions": [0.2, 1.0],
+        "scannet": {"unet": "spunet-v1m1", "voxel_size": 0.02, "max_points": None, "test": SCANNET_TEST,
+                    "steps": 3000, "batch_size": 4, "lr": 0.05},
+        "kitti": {"unet": "spunet-v1m1", "voxel_size": 0.05, "crop_radius": None, "test": KITTI_TEST,
+                  "steps": 3000, "batch_size": 4, "lr": 0.05, "inflated_lr": 0.02},
+        "ppkt_7scenes": {"frame_stride": 1, "pixel_stride": 2, "image_size": [240, 320], "steps": 5000,
+                         "teacher_stage": -1, "num_pairs": 4096},
+        "ppkt_kitti": {"image_size": [188, 620], "steps": 3000, "teacher_stage": -1, "num_pairs": 4096},
+    },
+}
+
+
+def _train(steps: int, batch_size: int, lr: float, seed: int, sgd: bool) -> dict:
+    optim = ({"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 0.0001} if sgd else
+             {"name": "adamw", "lr": lr, "weight_decay": 0.0001})
+    return {"max_steps": steps, "batch_size": batch_size, "seed": seed, "log_every": max(1, steps // 10),
+            "checkpoint_every": 0, "optim": {**optim, "warmup_steps": max(0, steps // 20)}}
+
+
+def pretrain_ppkt_7scenes(spec: dict, unet: str, voxel_size: float, out_dir: Path):
+    """PPKT on 7-Scenes redkitchen (frames below 560): RGB input, the fine-tune's U-Net and voxel size."""
+    from pointlift.methods import ppkt
+
+    p = spec["ppkt_7scenes"]
+    config = load_config({
+        "data": {"kind": "rgbd", "root": str(shared_path("data/7scenes-redkitchen")), "train_below": 560,
+                 "frame_stride": p["frame_stride"], "pixel_stride": p["pixel_stride"], "image_size": p["image_size"],
+                 "max_eval_frames": 6},
+        "model": {"student": unet, "voxel_size": voxel_size, "teacher_stage": p["teacher_stage"],
+                  "in_features": "rgb"},
+        "loss": {"num_pairs": p["num_pairs"]},
+        "train": {**_train(p["steps"], 2, 0.003, 0, False)},
+        "eval_points_per_frame": 128, "run_root": str(out_dir), "cache_dir": str(out_dir / "teacher_cache_7scenes"),
+    }, ppkt.PPKTConfig)
+    results = ppkt.pretrain(config, out_dir / "ppkt_7scenes", progress=False)
+    return Path(results["checkpoint"]), results
+
+
+def pretrain_ppkt_kitti(spec: dict, unet: str, voxel_size: float, out_dir: Path):
+    """PPKT from LiDAR + camera on the SemanticKITTI training sequences (labels unused), constant input."""
+    from pointlift.methods import ppkt
+
+    p = spec["ppkt_kitti"]
+    config = load_config({
+        "data": {"kind": "semantickitti", "root": str(shared_path("data/semantickitti-mini")),
+                 "sequences": KITTI_TRAIN, "image_size": p["image_size"], "holdout_fraction": 0.2},
+        "model": {"student": unet, "voxel_size": voxel_size, "teacher_stage": p["teacher_stage"],
+                  "in_features": "constant", "up_axis": "z"},
+        "loss": {"num_pairs": p["num_pairs"]},
+        "train": {**_train(p["steps"], 2, 0.003, 0, False)},
+        "eval_points_per_frame": 128, "run_root": str(out_dir), "cache_dir": str(out_dir / "teacher_cache_kitti"),
+    }, ppkt.PPKTConfig)
+    results = ppkt.pretrain(config, out_dir / "ppkt_kitti", progress=False)
+    return Path(results["checkpoint"]), results
+
+
+def _finetune(name: str, data: dict, model: dict, train: dict, scenes: dict, out_dir: Path) -> dict:
+    from pointlift.tasks import segmentation as seg
+
+    config = load_config({"name": name, "data": data, "model": model, "train": train,
+                          "write_predictions": train["seed"] == 0, "eval_untrained": train["seed"] == 0,
+                          "run_root": str(out_dir)}, seg.SegmentationConfig)
+    summary = seg.finetune(config, out_dir / name, progress=False, scenes=scenes)
+    return {"miou": summary["test"]["miou"], "overall_acc": summary["test"]["overall_acc"],
+            "untrained_miou": summary["untrained"]["miou"] if "untrained" in summary else None, "loss_first": summary["loss_first"],
+            "loss_last": summary["loss_last"], "train_seconds": summary["train_seconds"],
+            "train_scans": len(summary["train_scans"]), "per_class_iou": summary["test"]["per_class_iou"]}
+
+
+def _aggregate(metrics: dict, key: str, runs: list[dict]) -> None:
+    values = np.array([r["miou"] for r in runs], dtype=float)
+    metrics[f"{key}"] = float(values.mean())
+    metrics[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    metrics[f"{key}_untrained"] = runs[0]["untrained_miou"]  # the seed-0 network before training
+    metrics[f"{key}_loss_first"] = float(np.mean([r["loss_first"] for r in runs]))
+    metrics[f"{key}_loss_last"] = float(np.mean([r["loss_last"] for r in runs]))
+
+
+def run(preset: str, out_dir: Path) -> BenchResult:
+    from pointlift.data.scenes import read_scene
+    from pointlift.tasks import segmentation as seg
+
+    spec = PRESETS[preset]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics: dict[str, float] = {}
+    runs: dict[str, list[dict]] = {}
+    start = time.perf_counter()
+
+    # ------------------------------------------------------------------------------- ScanNet
+    s = spec["scannet"]
+    root = shared_path("data/scannet-votenet")
+    sdata = {"layout": "scannet-votenet", "root": str(root), "train": SCANNET_TRAIN, "test": s["test"],
+             "features": "rgb", "voxel_size": s["voxel_size"], "max_points": s["max_points"]}
+    data_cfg = load_config(sdata, seg.SegDataConfig)
+    scenes = {"train": seg.load_split(data_cfg, SCANNET_TRAIN), "test": seg.load_split(data_cfg, s["test"]), "val": []}
+    t = time.perf_counter()
+    ppkt_ckpt, ppkt_results = pretrain_ppkt_7scenes(spec, s["unet"], s["voxel_size"], out_dir)
+    metrics["scannet_ppkt_pretrain_s"] = time.perf_counter() - t
+    metrics["scannet_ppkt_retrieval_top1"] = ppkt_results["retrieval_pretrained"]["top1"]
+    metrics["scannet_ppkt_retrieval_chance"] = ppkt_results["retrieval_chance"]
+    for fraction in spec["fractions"]:
+        pct = int(round(100 * fraction))
+        for arm, model in (("scratch", {"unet": s["unet"]}),
+                           ("ppkt", {"unet": s["unet"], "init": "ppkt", "checkpoint": str(ppkt_ckpt)})):
+            key = f"scannet_miou_{arm}_{pct}pct"
+            runs[key] = []
+            for seed in spec["seeds"]:
+                data = {**sdata, "scene_fraction": fraction, "subset_seed": seed}
+                train = _train(s["steps"], s["batch_size"], s["lr"], seed, preset == "gpu")
+                runs[key].append(_finetune(f"scannet-{arm}-{pct}pct-seed{seed}", data, model, train, scenes, out_dir))
+            _aggregate(metrics, key, runs[key])
+
+    # ------------------------------------------------------------------------- SemanticKITTI
+    k = spec["kitti"]
+    root = shared_path("data/semantickitti-mini")
+    kdata = {"layout": "semantickitti", "root": str(root), "train": KITTI_TRAIN, "test": k["test"],
+             "features": "constant", "voxel_size": k["voxel_size"], "crop_radius": k["crop_radius"]}
+    data_cfg = load_config(kdata, seg.SegDataConfig)
+    scenes = {"train": seg.load_split(data_cfg, KITTI_TRAIN), "test": seg.load_split(data_cfg, k["test"]), "val": []}
+    t = time.perf_counter()
+    kitti_ckpt, kitti_results = pretrain_ppkt_kitti(spec, k["unet"], k["voxel_size"], out_dir)
+    metrics["kitti_ppkt_pretrain_s"] = time.perf_counter() - t
+    metrics["kitti_ppkt_retrieval_top1"] = kitti_results["retrieval_pretrained"]["top1"]
+    metrics["kitti_ppkt_retrieval_chance"] = kitti_results["retrieval_chance"]
+    arms = (("scratch", {"unet": k["unet"]}, k["lr"]),
+            ("ppkt", {"unet": k["unet"], "init": "ppkt", "checkpoint": str(kitti_ckpt)}, k["lr"]),
+            ("inflated_scratch", {"arch": "inflated"}, k["inflated_lr"]),
+            ("image2point", {"arch": "inflated", "init": "image2point"}, k["inflated_lr"]))
+    for arm, model, lr in arms:
+        key = f"kitti_miou_{arm}"
+        runs[key] = []
+        for seed in spec["seeds"]:
+            train = _train(k["steps"], k["batch_size"], lr, seed, preset == "gpu")
+            runs[key].append(_finetune(f"kitti-{arm}-seed{seed}", kdata, model, train, scenes, out_dir))
+        _aggregate(metrics, key, runs[key])
+
+    metrics["seconds"] = time.perf_counter() - start
+    (out_dir / "runs.json").write_text(json.dumps(runs, indent=1, default=str))
+    _plot(metrics, spec, out_dir)
+    return BenchResult(metrics, {"preset": preset, **{k2: v for k2, v in spec.items()},
+                                 "scannet_split": {"train": SCANNET_TRAIN, "test": spec["scannet"]["test"]},
+                                 "kitti_split": {"train": KITTI_TRAIN, "test": spec["kitti"]["test"]}})
+
+
+def _plot(metrics: dict, spec: dict, out_dir: Path) -> None:
+    from pointlift.report import plot_bars
+
+    groups = {}
+    for fraction in spec["fractions"]:
+        pct = int(round(100 * fraction))
+        groups[f"ScanNet {pct}%"] = {arm: metrics[f"scannet_miou_{arm}_{pct}pct"] for arm in ("scratch", "ppkt")}
+    groups["SemanticKITTI"] = {arm: metrics[f"kitti_miou_{arm}"]
+                               for arm in ("scratch", "ppkt", "inflated_scratch", "image2point")}
+    plot_bars(groups, out_dir / "segmentation_miou.png", title="test mIoU (mean over seeds)", ylabel="mIoU")
