@@ -72,6 +72,7 @@ CASES = [
     ("subm_depthwise", SubMConv3d, 4, 4, dict(kernel_size=3, groups=4)),
     ("subm_grouped", SubMConv3d, 4, 6, dict(kernel_size=3, groups=2)),
     ("strided_k2_s2", SparseConv3d, 4, 5, dict(kernel_size=2, stride=2)),
+    ("even_k2_s1", SparseConv3d, 4, 5, dict(kernel_size=2, stride=1)),  # ResNet-50's stride-1 shortcut
     ("strided_k3_s2", SparseConv3d, 4, 5, dict(kernel_size=3, stride=2)),
     ("strided_k3_s2_dilation2", SparseConv3d, 4, 5, dict(kernel_size=3, stride=2, dilation=2)),
     ("strided_depthwise_k3_s2", SparseConv3d, 4, 4, dict(kernel_size=3, stride=2, groups=4)),

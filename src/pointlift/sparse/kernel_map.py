@@ -195,6 +195,7 @@ def build_kernel_map(
     of offset -d are the pairs of offset d read backwards.
     """
     device = out_coords.device
+    same_sites = same_sites and kernel_size % 2 == 1  # the half-offset shortcut needs symmetric offsets
     offsets = kernel_offsets(kernel_size, dilation, device)  # (K, 3)
     num_offsets, num_out = offsets.shape[0], out_coords.shape[0]
     if same_sites and stride == 1:
