@@ -12,7 +12,7 @@ import yaml
 
 TINY_M2AE = {"num_points": 128, "num_centers": [32, 16, 8], "group_sizes": [8, 4, 4],
              "encoder_dims": [32, 64, 96], "encoder_depths": [1, 1, 1], "num_heads": 4, "embed_hidden": 8,
-             "decoder_dims": [96, 48], "decoder_depths": [1, 1], "drop_path": 0.0}
+             "decoder_dims": [96, 64], "decoder_depths": [1, 1], "drop_path": 0.0}
 
 
 def ppkt_config(root: Path, **train) -> dict:

@@ -59,7 +59,7 @@ class InflatedUNet(nn.Module):
     """forward(x: SparseTensor at stride 1, 3 channels) -> per-voxel logits SparseTensor on the same sites."""
 
     def __init__(self, teacher: str = "tf_efficientnet_lite0", weights: str | None = None, mode: str = "copy",
-                 axis: str = "z", num_classes: int = 20, in_channels: int = 3, decoder_channels: int = 32,
+                 axis: str = "z-axis", num_classes: int = 20, in_channels: int = 3, decoder_channels: int = 32,
                  stem_channels: int = 16):
         super().__init__()
         from pointlift.models.inflate import create_2d_network, inflate_network

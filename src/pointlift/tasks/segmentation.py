@@ -98,7 +98,7 @@ class SegModelConfig:
     teacher: str = "tf_efficientnet_lite0"  # inflated arch
     teacher_weights: Optional[str] = None  # None = bundled / hub ImageNet weights, or a local file
     inflation_mode: Literal["copy", "center", "average"] = "copy"
-    inflation_axis: Literal["x", "y", "z"] = "z"
+    inflation_axis: Literal["z-axis", "y-axis", "x-axis"] = "z-axis"  # the released axis options
     decoder_channels: int = 32
 
     def __post_init__(self):
