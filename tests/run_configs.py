@@ -76,8 +76,11 @@ def ddp_config(method: str, root: Path, modelnet10: Path) -> tuple[list[str], di
         # loss ~150: clipped steps. 2 steps, not 4: the Chamfer nearest-neighbour assignments flip on float
         # noise, so the 1-vs-2-process gap grows ~50x a step (1e-7, 8e-6, ..., 1e-4 after 4), while
         # per-process masks (the old behaviour) give 3e-4 after 2 steps
-        return ["pretrain", "i2p-mae"], i2p_mae_config(root, optim=sgd, grad_clip=1.0, max_steps=2,
-                                                       checkpoint_every=1)
+        # released_quirks off: the released "token 0 of the batch's first cloud is always visible" rule
+        # depends on how the batch is split over processes (each rank has its own first cloud)
+        config = i2p_mae_config(root, optim=sgd, grad_clip=1.0, max_steps=2, checkpoint_every=1)
+        config["method"]["released_quirks"] = False
+        return ["pretrain", "i2p-mae"], config
     config = image2point_config(root, modelnet10)
     config["fip"] = "io"
     return ["finetune", "image2point"], config

@@ -95,9 +95,13 @@ def test_a_frozen_process_ends_the_run_with_one_line_after_the_collective_timeou
 
 METHODS_HELPER = Path(__file__).with_name("ddp_methods_helper.py")
 # Largest |2 processes - 1 process| over the model tensors at the end, allowed. Measured on CPU (gloo):
-# image2point 1.5e-8 and ppkt 1.8e-7 after 4 steps, i2p-mae 8.4e-6 after 2 (see run_configs.ddp_config).
-# Without SyncBatchNorm: image2point 9.8e-3, ppkt 0.11; with per-process masks: i2p-mae 3.1e-4.
-TOLERANCE = {"image2point": 2e-7, "ppkt": 2e-6, "i2p-mae": 5e-5}
+# image2point 2.5e-6 (released stride-1-stem design; 1.5e-8 with the earlier stride-32 design) and ppkt
+# 1.8e-7 after 4 steps (see run_configs.ddp_config). Without SyncBatchNorm: image2point 9.8e-3, ppkt 0.11.
+# I2P-MAE cannot be equal: its released losses average over the masked (3D) and visible (2D) middle-scale
+# tokens of the local batch, whose counts differ between processes, so N processes weight the rows
+# differently from one (and the released "first cloud's token 0" quirk is per process: off here).
+# Measured 2.4e-3 after 2 steps with the released network.
+TOLERANCE = {"image2point": 1e-5, "ppkt": 2e-6, "i2p-mae": 1e-2}
 
 
 @pytest.fixture(scope="module")

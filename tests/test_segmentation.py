@@ -162,7 +162,7 @@ def test_image2point_inflation_initialises_the_encoder():
     net = seg.build_backbone(model, seg.SegDataConfig(train=["x"], test=["y"]), 20)
     net_2d = create_2d_network("tf_efficientnet_lite0")
     stem_3d = net.encoder[0].weight
-    expected = inflate_kernel(net_2d.conv_stem.weight.detach(), "copy", "z")
+    expected = inflate_kernel(net_2d.conv_stem.weight.detach(), "copy", "z-axis")
     assert torch.equal(stem_3d.detach(), expected)
     assert torch.allclose(net.encoder[1].running_mean, net_2d.bn1.running_mean)
     # the scratch arm: the same architecture, not the ImageNet weights
