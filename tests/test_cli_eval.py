@@ -155,6 +155,7 @@ def test_other_methods_checkpoints(chain, tmp_path, capsys):
     _, _, run = chain
     config = tmp_path / "i2p.yaml"
     config.write_text(yaml.safe_dump({"init_checkpoint": str(run / "checkpoints" / "last"),
+                                      "inflation": {"teacher": "tf_efficientnet_lite0"},
                                       "data": {"dataset": "auto", "path": str(data)}}))
     _one_line_exit_2(capsys, ["finetune", "image2point", "--config", str(config)], "'i2p_mae'",
                      "finetune i2p-mae")

@@ -210,8 +210,13 @@ def apply_fip(model: SparseShapeClassifier, fip: str) -> dict[str, int]:
 def _load_init_checkpoint(model: SparseShapeClassifier, path: str) -> int:
     """Load an Image2Point (e.g. `pointlift inflate`) checkpoint of this architecture; only the classifier
     may differ (re-initialised for the new classes). Another method's or architecture's checkpoint is an error."""
-    from pointlift.engine.checkpoint import load_init_checkpoint
+    from pointlift.engine.checkpoint import load_init_checkpoint, read_checkpoint_meta
 
+    kind = (read_checkpoint_meta(path).get("model_spec") or {}).get("kind")
+    if kind == "i2p_mae":  # the one mix-up users make: say where such a checkpoint goes
+        raise PointliftConfigError(f"init_checkpoint {path}: an 'i2p_mae' checkpoint; Image2Point starts from "
+                                   "`pointlift inflate` output (I2P-MAE checkpoints fine-tune with "
+                                   "`pointlift finetune i2p-mae`)")
     net = model.backbone
     classifier = net.get_classifier()
     head = tuple(f"backbone.{name}." for name, module in net.named_modules() if module is classifier)
