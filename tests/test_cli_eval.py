@@ -227,6 +227,7 @@ def test_image2point_finetunes_on_a_point_folder(chain, tmp_path):
     """Image2Point's fine-tuning takes the same user folder (`data.dataset: auto`), end to end."""
     _, data, _ = chain
     config = {"name": "i2p-folder", "fip": "ioms", "precise_bn": True, "eval_every_epoch": False,
+              "inflation": {"teacher": "tf_efficientnet_lite0"},  # offline: the bundled ImageNet weights
               "data": {"dataset": "auto", "path": str(data), "voxel_size": 0.125, "augment": False},
               "train": {"epochs": 1, "batch_size": 8, "checkpoint_every": 0, "log_every": 1,
                         "optim": {"name": "adamw", "lr": 0.01}}}
