@@ -37,7 +37,9 @@ NOTES = {
                            "network is trained from scratch here (no pretraining): the demo shows the "
                            "segmentation pipeline that PPKT and Image2Point initialisations are judged by "
                            "(`pointlift finetune segmentation`). The untrained network's 20-way head mostly "
-                           "predicts classes absent from the rooms, hence its near-zero mIoU."),
+                           "predicts classes absent from the rooms, hence its near-zero mIoU. At this budget the "
+                           "cylinders (otherfurniture) are still labelled as cabinets (per-class IoU near 0 in "
+                           "segmentation/results.json; larger cylinders did not change that in 60 steps)."),
 }
 
 
