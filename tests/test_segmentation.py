@@ -315,3 +315,37 @@ def test_bench_segmentation_is_registered_with_every_preset():
         # rooms / sequences never on both sides of the split
         assert not set(bench.SCANNET_TRAIN) & {t.split("_")[0] for t in spec["scannet"]["test"]}
         assert not set(bench.KITTI_TRAIN) & set(spec["kitti"]["test"])
+
+
+# ------------------------------------------------------------------------------ quickstart demo (synthetic rooms)
+
+
+def test_synthetic_rooms_are_seeded_and_labelled():
+    from pointlift.data.synthetic import ROOM_CLASSES, make_labelled_room
+
+    a, b, c = make_labelled_room(3), make_labelled_room(3), make_labelled_room(4)
+    assert np.array_equal(a.points, b.points) and np.array_equal(a.labels, b.labels)
+    assert len(a) != len(c) or not np.array_equal(a.points, c.points)
+    assert a.points.dtype == np.float32 and a.colors.shape == a.points.shape
+    assert 0 <= a.colors.min() and a.colors.max() <= 1
+    assert set(np.unique(a.labels).tolist()) == set(ROOM_CLASSES.values())  # every class in every room
+    names = a.class_names
+    assert all(names[i] == name for name, i in ROOM_CLASSES.items())
+    # floor points lie on z = 0, wall points on the room's bounding box sides
+    floor = a.points[a.labels == ROOM_CLASSES["floor"]]
+    assert np.allclose(floor[:, 2], 0)
+    wall = a.points[a.labels == ROOM_CLASSES["wall"]]
+    low, high = a.points[:, :2].min(0), a.points[:, :2].max(0)
+    on_side = np.isclose(wall[:, :2], low, atol=1e-5) | np.isclose(wall[:, :2], high, atol=1e-5)
+    assert on_side.any(1).all()
+
+
+def test_quickstart_demo_learns(tmp_path):
+    torch.set_num_threads(1)
+    result = seg.quickstart(tmp_path / "segmentation", progress=False, steps=16, train_rooms=2, test_rooms=1)
+    f = result["figures"]
+    assert f["loss_last"] < 0.7 * f["loss_first"]
+    assert f["test_miou_finetuned"] > f["test_miou_untrained"] + 0.15
+    assert f["test_overall_acc_finetuned"] > f["test_overall_acc_untrained"]
+    assert [Path(png).exists() for _, png in result["plots"]] == [True, True]
+    assert (tmp_path / "segmentation" / "report.md").exists()

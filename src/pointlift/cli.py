@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pointlift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("quickstart", help="run all three methods briefly on embedded synthetic data")
+    p = sub.add_parser("quickstart", help="run all three methods and a segmentation demo briefly on embedded synthetic data")
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/quickstart-<time>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_quickstart)

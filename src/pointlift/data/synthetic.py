@@ -254,3 +254,107 @@ def make_rgbd_scene(
             )
         )
     return frames
+
+
+# ---------------------------------------------------------------------------------- labelled rooms
+
+# Train ids of the synthetic rooms, in the ScanNet-20 label set so that the segmentation task's heads,
+# metrics and pictures apply unchanged: wall, floor, cabinet (box), table (top + legs), and
+# otherfurniture (an upright cylinder, a stool or bin).
+ROOM_CLASSES = {"wall": 0, "floor": 1, "cabinet": 2, "table": 6, "otherfurniture": 19}
+
+
+def _sample_rect(rng, origin, u, v, density):
+    """Points uniformly on the parallelogram origin + s*u + t*v, s,t in [0,1], `density` per m²."""
+    area = float(np.linalg.norm(np.cross(u, v)))
+    n = max(1, int(round(area * density)))
+    s, t = rng.uniform(0, 1, (2, n, 1))
+    return origin + s * u + t * v
+
+
+def _box_surface(rng, low, high, density, bottom=False):
+    """The faces of an axis-aligned box (without its bottom unless asked)."""
+    dx, dy, dz = np.diag(high - low)
+    faces = [(low + dz, dx, dy),  # top
+             (low, dx, dz), (low + dy, dx, dz), (low, dy, dz), (low + dx, dy, dz)]
+    if bottom:
+        faces.append((low, dx, dy))
+    return np.concatenate([_sample_rect(rng, o, u, v, density) for o, u, v in faces])
+
+
+def _cylinder_surface(rng, centre, radius, height, density):
+    n_side = max(1, int(round(2 * np.pi * radius * height * density)))
+    n_top = max(1, int(round(np.pi * radius**2 * density)))
+    theta = rng.uniform(0, 2 * np.pi, n_side)
+    side = np.c_[centre[0] + radius * np.cos(theta), centre[1] + radius * np.sin(theta), rng.uniform(0, height, n_side)]
+    r, phi = radius * np.sqrt(rng.uniform(0, 1, n_top)), rng.uniform(0, 2 * np.pi, n_top)
+    top = np.c_[centre[0] + r * np.cos(phi), centre[1] + r * np.sin(phi), np.full(n_top, height)]
+    return np.concatenate([side, top])
+
+
+def _table_surface(rng, centre, half, height, density):
+    low = np.r_[centre - half, height - 0.04]
+    parts = [_box_surface(rng, low, np.r_[centre + half, height], density, bottom=True)]
+    for sx in (-1, 1):
+        for sy in (-1, 1):
+            leg = centre + np.r_[sx, sy] * (half - 0.04)
+            parts.append(_box_surface(rng, np.r_[leg - 0.025, 0.0], np.r_[leg + 0.025, height - 0.04], density * 4))
+    return np.concatenate(parts)
+
+
+def make_labelled_room(seed: int = 0, density: float = 120.0, num_objects: int = 6):
+    """A labelled room as a `pointlift.data.scenes.Scene` (label set scannet20): floor and four walls
+    of a random 3.5-5.5 m x 3.5-5.5 m room, and `num_objects` cabinets, tables and cylinders placed
+    without overlap, sampled on their surfaces at about `density` points per m² (xyz in metres, z up).
+    Colours: one base colour per object with per-point noise; wall and floor colours vary between rooms,
+    and object colours are drawn from one range for every class, so colour alone cannot label a point."""
+    from pointlift.data.scenes import Scene
+
+    rng = np.random.default_rng(seed)
+    size = rng.uniform(3.5, 5.5, 2)
+    height = 2.5
+    parts: list[tuple[np.ndarray, int, np.ndarray]] = []
+    floor_colour, wall_colour = rng.uniform(0.3, 0.7, 3), rng.uniform(0.55, 0.95, 3)
+    parts.append((_sample_rect(rng, np.zeros(3), np.r_[size[0], 0, 0], np.r_[0, size[1], 0], density),
+                  ROOM_CLASSES["floor"], floor_colour))
+    for origin, u in ((np.zeros(3), np.r_[size[0], 0, 0]), (np.r_[0, size[1], 0], np.r_[size[0], 0, 0]),
+                      (np.zeros(3), np.r_[0, size[1], 0]), (np.r_[size[0], 0, 0], np.r_[0, size[1], 0])):
+        parts.append((_sample_rect(rng, origin, u, np.r_[0, 0, height], density), ROOM_CLASSES["wall"],
+                      wall_colour))
+    placed: list[tuple[np.ndarray, float]] = []  # (centre, footprint radius)
+    kinds = ("cabinet", "table", "otherfurniture")
+    for index in range(num_objects):
+        kind = kinds[index % 3] if index < 3 else kinds[int(rng.integers(3))]
+        for _ in range(50):  # rejection sampling of a free spot
+            if kind == "cabinet":
+                half, tall = rng.uniform(0.2, 0.5, 2), rng.uniform(0.8, 1.8)
+                reach = float(np.linalg.norm(half))
+            elif kind == "table":
+                half, tall = rng.uniform(0.35, 0.7, 2), rng.uniform(0.7, 0.8)
+                reach = float(np.linalg.norm(half))
+            else:
+                radius, tall = rng.uniform(0.15, 0.3), rng.uniform(0.4, 0.9)
+                reach = radius
+            centre = rng.uniform(reach + 0.05, size - reach - 0.05)
+            if all(np.linalg.norm(centre - c) > reach + r + 0.1 for c, r in placed):
+                break
+        else:
+            continue
+        placed.append((centre, reach))
+        if kind == "cabinet":
+            points = _box_surface(rng, np.r_[centre - half, 0.0], np.r_[centre + half, tall], density)
+        elif kind == "table":
+            points = _table_surface(rng, centre, half, tall, density)
+        else:
+            points = _cylinder_surface(rng, centre, radius, tall, density)
+        parts.append((points, ROOM_CLASSES[kind], rng.uniform(0.1, 0.9, 3)))
+    points = np.concatenate([p for p, _, _ in parts]).astype(np.float32)
+    labels = np.concatenate([np.full(len(p), label, dtype=np.int64) for p, label, _ in parts])
+    colours = np.concatenate([np.broadcast_to(c, p.shape) for p, _, c in parts])
+    colours = np.clip(colours + rng.normal(0, 0.05, colours.shape), 0, 1).astype(np.float32)
+    return Scene(f"synthetic_room_{seed:03d}", points, labels, "scannet20", colours)
+
+
+def make_labelled_rooms(count: int, seed: int = 0, **kwargs) -> list:
+    """`count` rooms with seeds seed, seed+1, ...; train and test sets use disjoint seed ranges."""
+    return [make_labelled_room(seed + i, **kwargs) for i in range(count)]
