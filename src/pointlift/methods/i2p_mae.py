@@ -40,6 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pointlift.data.shape_sets import prepare_point_sets  # one resampling + normalisation for every command
 from pointlift.engine.config import TrainConfig, config_to_dict, load_config, require
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.geometry.render import released_depth_views, released_teacher_input, render_depth_views
@@ -434,26 +435,6 @@ def load_released_state(model: I2PMAE, path: str | Path, strict: bool = True):
 
 
 # --------------------------------------------------------------------------------- data
-
-
-def prepare_point_sets(point_sets, num_points: int, seed: int = 0) -> np.ndarray:
-    """List of (Ni, 3) arrays -> (S, num_points, 3) float32 in the unit sphere, resampled once per shape
-    with a fixed seed (the same points every epoch, so cached teacher maps stay valid)."""
-    out = np.empty((len(point_sets), num_points, 3), dtype=np.float32)
-    for index, cloud in enumerate(point_sets):
-        cloud = np.asarray(cloud, dtype=np.float64)
-        if cloud.ndim != 2 or cloud.shape[1] != 3 or len(cloud) == 0:
-            raise PointliftDataError("<point sets>", f"shape {index} has points of shape {cloud.shape}")
-        rng = np.random.default_rng([seed, index])
-        if len(cloud) >= num_points:
-            chosen = rng.choice(len(cloud), num_points, replace=False)
-        else:
-            chosen = np.concatenate([np.arange(len(cloud)), rng.choice(len(cloud), num_points - len(cloud))])
-        cloud = cloud[chosen]
-        cloud = cloud - cloud.mean(axis=0)
-        cloud = cloud / max(np.linalg.norm(cloud, axis=1).max(), 1e-9)
-        out[index] = cloud
-    return out
 
 
 class PretrainShapes(torch.utils.data.Dataset):
