@@ -23,6 +23,7 @@ from typing import Optional
 
 import numpy as np
 
+from pointlift.data.guard import read_npy, read_text
 from pointlift.errors import PointliftConfigError, PointliftDataError
 
 IGNORE = -1
@@ -119,12 +120,7 @@ def scene_group(name: str) -> str:
 
 
 def _load_npy(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise PointliftDataError(path, "file not found")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise PointliftDataError(path, f"not a readable .npy file ({error})") from None
+    return read_npy(path)  # header and size checked before allocation (data/guard.py)
 
 
 def _check_xyz(path, points: np.ndarray) -> np.ndarray:
@@ -254,7 +250,7 @@ def read_semantickitti_calib(path: str | Path, camera: str = "P2") -> np.ndarray
     if not path.is_file():
         raise PointliftDataError(path, "file not found")
     rows = {}
-    for line in path.read_text().splitlines():
+    for line in read_text(path, "calibration text").splitlines():
         if ":" in line:
             key, values = line.split(":", 1)
             try:
