@@ -107,6 +107,19 @@ def read_kitti_calibration(path: str | Path, camera: str = "CAM2", image_name: s
         return _kitti_calibration(path, camera, image_name)
 
 
+def calibration_rows(path: Path, text: str) -> dict[str, np.ndarray]:
+    """`KEY: v1 v2 ...` lines of a KITTI-style calibration text -> {KEY: float64 values}."""
+    rows = {}
+    for line in text.splitlines():
+        if ":" in line:
+            key, values = line.split(":", 1)
+            try:
+                rows[key.strip()] = np.array(values.split(), dtype=np.float64)
+            except ValueError:
+                raise PointliftDataError(path, f"line {key.strip()!r} is not numeric") from None
+    return rows
+
+
 def _kitti_calibration(path: Path, camera: str, image_name: str | None) -> np.ndarray:
     if path.suffix == ".pkl":
         entry = load_info_pickle(path)["data_list"][0]
@@ -122,14 +135,7 @@ def _kitti_calibration(path: Path, camera: str, image_name: str | None) -> np.nd
         return _lidar2img_from_entry(path, images[camera], camera)
     text = read_text(path, "calibration text")
     if ":" in text:
-        rows = {}
-        for line in text.splitlines():
-            if ":" in line:
-                key, values = line.split(":", 1)
-                try:
-                    rows[key.strip()] = np.array(values.split(), dtype=np.float64)
-                except ValueError:
-                    raise PointliftDataError(path, f"line {key.strip()!r} is not numeric") from None
+        rows = calibration_rows(path, text)
         number = camera[-1] if camera.startswith("CAM") else "2"
         needed = [f"P{number}", "R0_rect", "Tr_velo_to_cam"]
         missing = [k for k in needed if k not in rows]

@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 
 from pointlift.data.guard import read_npy, read_text
+from pointlift.data.lidar import calibration_rows
 from pointlift.errors import PointliftConfigError, PointliftDataError
 
 IGNORE = -1
@@ -249,14 +250,7 @@ def read_semantickitti_calib(path: str | Path, camera: str = "P2") -> np.ndarray
     path = Path(path)
     if not path.is_file():
         raise PointliftDataError(path, "file not found")
-    rows = {}
-    for line in read_text(path, "calibration text").splitlines():
-        if ":" in line:
-            key, values = line.split(":", 1)
-            try:
-                rows[key.strip()] = np.array(values.split(), dtype=np.float64)
-            except ValueError:
-                raise PointliftDataError(path, f"line {key.strip()!r} is not numeric") from None
+    rows = calibration_rows(path, read_text(path, "calibration text"))
     for key in (camera, "Tr"):
         if key not in rows:
             raise PointliftDataError(path, f"calibration lacks {key}")
