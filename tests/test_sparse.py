@@ -175,6 +175,29 @@ def test_kernel_map_against_bruteforce():
         assert got == expected
 
 
+@pytest.mark.parametrize("kernel_size,stride,dilation", [(3, 1, 1), (5, 1, 2), (5, 1, 3), (2, 2, 1), (3, 2, 2), (3, 4, 1)])
+def test_dense_grid_and_binary_search_lookups_agree(kernel_size, stride, dilation, monkeypatch):
+    """The kernel-map query reads a dense grid when the box is small, else binary-searches sorted keys;
+    both must give the same pairs (dilation 3 with k5 reaches past the grid margin: the fallback)."""
+    from pointlift.sparse.kernel_map import CoordinateHash
+
+    coords, feats = random_sparse(channels=1, grid=9, seed=5)
+    coords[:, 1:] -= 4  # negative coordinates too
+
+    def pairs(grid: bool):
+        monkeypatch.setattr(CoordinateHash, "GRID_MAX_CELLS", (1 << 25) if grid else 0)
+        x = SparseTensor(feats, coords)
+        out_stride = x.manager.downsample(1, stride) if stride > 1 else 1
+        kmap = x.manager.kernel_map(1, out_stride, kernel_size, dilation)
+        used = x.manager.hash_at(1)._grid is not None
+        return [set(zip(i.tolist(), o.tolist())) for i, o in zip(kmap.in_index, kmap.out_index)], used
+
+    with_grid, used = pairs(True)
+    searched, not_used = pairs(False)
+    assert used and not not_used
+    assert with_grid == searched and sum(map(len, searched)) > 0
+
+
 def test_key_round_trip_and_range_checks():
     coords = torch.tensor([[0, 0, 0, 0], [3, 5, -2, 7], [511, 100000, 3, 4]])
     assert torch.equal(decode_keys(encode_keys(coords)), coords)
