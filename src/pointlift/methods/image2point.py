@@ -30,7 +30,7 @@ from torch import nn
 
 from pointlift.engine.config import TrainConfig, OptimConfig, config_to_dict, load_config
 from pointlift.errors import PointliftConfigError
-from pointlift.models.inflate import create_2d_network, format_report, inflate_network
+from pointlift.models.inflate import create_2d_network, format_report, he_init_, inflate_network
 from pointlift.sparse import SparseBatchNorm, SparseConv3d, SubMConv3d
 from pointlift.tasks.shape_classification import (ShapeDataConfig, SparseShapeClassifier, batch_to_sparse,
                                                   build_datasets_with_validation, points_to_batch,
@@ -76,25 +76,6 @@ class Image2PointConfig:
 
 
 # ------------------------------------------------------------------------------------ the network
-
-
-def _reinitialise(module: nn.Module) -> None:
-    """Fresh from-scratch initialisation, BN statistics reset. Sparse convs get He-normal with 3D fan-out
-    (k^3 * out / groups), the standard initialisation of these CNNs (timm's in 2D) and of 3D sparse nets;
-    PyTorch's default (kaiming-uniform a=sqrt(5), var 1/(3 fan_in)) is ~6x smaller per layer, so the
-    frozen random network passed almost no signal (~1e-11). The from-scratch baseline should be the
-    network's proper initialisation, not a degenerate one."""
-    for layer in module.modules():
-        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-            layer.reset_parameters()  # also resets the running statistics
-        elif isinstance(layer, (SubMConv3d, SparseConv3d)):
-            fan_out = layer.out_channels * layer.kernel_size**3 // layer.groups
-            with torch.no_grad():
-                layer.weight.normal_(0.0, (2.0 / fan_out) ** 0.5)
-                if getattr(layer, "bias", None) is not None:
-                    layer.bias.zero_()
-        elif layer is not module and hasattr(layer, "reset_parameters"):
-            layer.reset_parameters()
 
 
 def _released_depthwise_design(net: nn.Module, num_classes: int, in_channels: int = 3) -> nn.Module:
@@ -152,7 +133,7 @@ def build_network(teacher: str, weights: str | None, mode: str, axis: str,
     net_2d = create_2d_network(teacher, weights=weights, num_classes=num_classes)
     net_3d, report = inflate_network(net_2d, mode=mode, axis=axis)
     if weights == "random":
-        _reinitialise(net_3d)
+        he_init_(net_3d)
     if design == "released":
         net_3d = _released_depthwise_design(net_3d, num_classes or 1000)
     return net_3d, report

@@ -380,6 +380,25 @@ def inflate_network(model_2d: nn.Module, mode: str = "copy", axis: str = DEFAULT
     return model_3d, report
 
 
+def he_init_(module: nn.Module) -> None:
+    """From-scratch initialisation of an inflated network, BN statistics reset: He-normal sparse convs with
+    3D fan-out (k^3 * out / groups), the standard initialisation of these CNNs (timm's in 2D) and of 3D sparse
+    nets; every other layer its own reset. PyTorch's default conv initialisation (kaiming-uniform a=sqrt(5),
+    var 1/(3 fan_in)) is ~6x smaller per layer, so a frozen random network passed almost no signal (~1e-11);
+    the scratch baseline should be the network's proper initialisation, not a degenerate one."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.reset_parameters()  # also resets the running statistics
+        elif isinstance(layer, (SubMConv3d, SparseConv3d)):
+            fan_out = layer.out_channels * layer.kernel_size**3 // layer.groups
+            with torch.no_grad():
+                layer.weight.normal_(0.0, (2.0 / fan_out) ** 0.5)
+                if getattr(layer, "bias", None) is not None:
+                    layer.bias.zero_()
+        elif layer is not module and hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+
+
 def format_report(report: list[InflatedLayer]) -> str:
     """A readable table of the 2D -> 3D layer correspondence."""
     lines = [f"{'2D layer':40s} {'3D layer':40s} {'2D shape':22s} {'3D shape':26s} mode"]

@@ -40,21 +40,6 @@ def _channels_after(module: nn.Module, channels: int) -> int:
     return channels
 
 
-def he_init_(module: nn.Module) -> None:
-    """From-scratch initialisation: He-normal (3D fan-out) sparse convs, fresh norms and linears."""
-    for layer in module.modules():
-        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-            layer.reset_parameters()
-        elif isinstance(layer, (SubMConv3d, SparseConv3d)):
-            fan_out = layer.out_channels * layer.kernel_size**3 // layer.groups
-            with torch.no_grad():
-                layer.weight.normal_(0.0, (2.0 / fan_out) ** 0.5)
-                if getattr(layer, "bias", None) is not None:
-                    layer.bias.zero_()
-        elif layer is not module and isinstance(layer, nn.Linear):
-            layer.reset_parameters()
-
-
 class InflatedUNet(nn.Module):
     """forward(x: SparseTensor at stride 1, 3 channels) -> per-voxel logits SparseTensor on the same sites."""
 
@@ -62,7 +47,7 @@ class InflatedUNet(nn.Module):
                  axis: str = "z-axis", num_classes: int = 20, in_channels: int = 3, decoder_channels: int = 32,
                  stem_channels: int = 16):
         super().__init__()
-        from pointlift.models.inflate import create_2d_network, inflate_network
+        from pointlift.models.inflate import create_2d_network, he_init_, inflate_network
 
         net_2d = create_2d_network(teacher, weights=weights)
         net_3d, _ = inflate_network(net_2d, mode=mode, axis=axis)
