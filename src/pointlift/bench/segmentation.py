@@ -131,10 +131,21 @@ def _aggregate(metrics: dict, key: str, runs: list[dict]) -> None:
     metrics[f"{key}_loss_last"] = float(np.mean([r["loss_last"] for r in runs]))
 
 
-def run(preset: str, out_dir: Path) -> BenchResult:
-    from pointlift.data.scenes import read_scene
+def _scenes_and_ppkt(prefix: str, data: dict, metrics: dict, pretrain) -> tuple[dict, Path]:
+    """The dataset's train/test scenes, then its PPKT pretraining (timed, retrieval recorded)."""
     from pointlift.tasks import segmentation as seg
 
+    config = load_config(data, seg.SegDataConfig)
+    scenes = {"train": seg.load_split(config, data["train"]), "test": seg.load_split(config, data["test"]), "val": []}
+    start = time.perf_counter()
+    checkpoint, results = pretrain()
+    metrics[f"{prefix}_ppkt_pretrain_s"] = time.perf_counter() - start
+    metrics[f"{prefix}_ppkt_retrieval_top1"] = results["retrieval_pretrained"]["top1"]
+    metrics[f"{prefix}_ppkt_retrieval_chance"] = results["retrieval_chance"]
+    return scenes, checkpoint
+
+
+def run(preset: str, out_dir: Path) -> BenchResult:
     spec = PRESETS[preset]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -147,13 +158,8 @@ def run(preset: str, out_dir: Path) -> BenchResult:
     root = shared_path("data/scannet-votenet")
     sdata = {"layout": "scannet-votenet", "root": str(root), "train": SCANNET_TRAIN, "test": s["test"],
              "features": "rgb", "voxel_size": s["voxel_size"], "max_points": s["max_points"]}
-    data_cfg = load_config(sdata, seg.SegDataConfig)
-    scenes = {"train": seg.load_split(data_cfg, SCANNET_TRAIN), "test": seg.load_split(data_cfg, s["test"]), "val": []}
-    t = time.perf_counter()
-    ppkt_ckpt, ppkt_results = pretrain_ppkt_7scenes(spec, s["unet"], s["voxel_size"], out_dir)
-    metrics["scannet_ppkt_pretrain_s"] = time.perf_counter() - t
-    metrics["scannet_ppkt_retrieval_top1"] = ppkt_results["retrieval_pretrained"]["top1"]
-    metrics["scannet_ppkt_retrieval_chance"] = ppkt_results["retrieval_chance"]
+    scenes, ppkt_ckpt = _scenes_and_ppkt(
+        "scannet", sdata, metrics, lambda: pretrain_ppkt_7scenes(spec, s["unet"], s["voxel_size"], out_dir))
     for fraction in spec["fractions"]:
         pct = int(round(100 * fraction))
         for arm, model in (("scratch", {"unet": s["unet"]}),
@@ -171,13 +177,8 @@ def run(preset: str, out_dir: Path) -> BenchResult:
     root = shared_path("data/semantickitti-mini")
     kdata = {"layout": "semantickitti", "root": str(root), "train": KITTI_TRAIN, "test": k["test"],
              "features": "constant", "voxel_size": k["voxel_size"], "crop_radius": k["crop_radius"]}
-    data_cfg = load_config(kdata, seg.SegDataConfig)
-    scenes = {"train": seg.load_split(data_cfg, KITTI_TRAIN), "test": seg.load_split(data_cfg, k["test"]), "val": []}
-    t = time.perf_counter()
-    kitti_ckpt, kitti_results = pretrain_ppkt_kitti(spec, k["unet"], k["voxel_size"], out_dir)
-    metrics["kitti_ppkt_pretrain_s"] = time.perf_counter() - t
-    metrics["kitti_ppkt_retrieval_top1"] = kitti_results["retrieval_pretrained"]["top1"]
-    metrics["kitti_ppkt_retrieval_chance"] = kitti_results["retrieval_chance"]
+    scenes, kitti_ckpt = _scenes_and_ppkt(
+        "kitti", kdata, metrics, lambda: pretrain_ppkt_kitti(spec, k["unet"], k["voxel_size"], out_dir))
     arms = (("scratch", {"unet": k["unet"]}, k["lr"]),
             ("ppkt", {"unet": k["unet"], "init": "ppkt", "checkpoint": str(kitti_ckpt)}, k["lr"]),
             ("inflated_scratch", {"arch": "inflated"}, k["inflated_lr"]),

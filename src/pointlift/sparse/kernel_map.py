@@ -2,7 +2,8 @@
 
 Coordinates are hashed with torch ops only (no CUDA extension): each (b, x, y, z) becomes one
 int64 key, the input keys are sorted once, and every (output site, kernel offset) query is a
-`searchsorted` into them. That runs unchanged on CPU and on any CUDA build.
+gather from a dense grid of site indices when the sites' bounding box is small enough, else a
+`searchsorted` into the sorted keys. Both run unchanged on CPU and on any CUDA build.
 
 Convention (shared by every convolution and by the dense references in the tests): coordinates
 are integer grid indices at the tensor's own resolution. For an output site `o`, kernel index
