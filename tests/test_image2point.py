@@ -4,9 +4,11 @@ checkpoint -> embedder round trip, config file."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
+
 import pytest
 import torch
 
@@ -238,6 +240,22 @@ def test_benchmark_smoke_reports_every_documented_metric(shared, tmp_path):
     assert result.metrics["target_accuracy"] <= min(curves["inflated_all_mean"][-1]["overall_acc"],
                                                     curves["random_all_mean"][-1]["overall_acc"])
     assert Path(result.config["plot"]).is_file()
+
+
+def test_benchmark_in_two_worker_processes_equals_one_process(shared, tmp_path, monkeypatch):
+    """`workers: 2` (cpu-full) runs the same seeded runs in two processes: the same figures as in one."""
+    from pointlift.bench import image2point as bench
+
+    shared("data/modelnet10_vox32.npz")
+    shared("weights/mobilenet_v2.torchvision_in1k.safetensors")
+    small = {**bench.PRESETS["smoke"], "seeds": (0,), "compare_design": False, "fewshot_seeds": (0,)}
+    monkeypatch.setitem(bench.PRESETS, "tiny", small)
+    one = bench.run("tiny", tmp_path / "one")
+    monkeypatch.setitem(bench.PRESETS, "tiny", {**small, "workers": 2})
+    two = bench.run("tiny", tmp_path / "two")
+    figures = [name for name in one.metrics if name != "wall_s"]
+    assert figures and {name: one.metrics[name] for name in figures} == {name: two.metrics[name] for name in figures}
+    assert set(json.loads((tmp_path / "two" / "progress.json").read_text())["runs"]) == set(one.config["run_seconds"])
 
 
 def test_mean_curve_averages_epochs_across_runs():

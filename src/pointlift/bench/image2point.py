@@ -62,14 +62,14 @@ PRESETS = {
     # / iobn / all for both arms. Seeds only where they change the data: few-shot subsets (3 seeds); the
     # full-data runs use seed 0. Rates: the cpu preset's validation choice (no full-size sweep fits).
     # Precise BN is off: with 121 steps per epoch the running statistics have converged.
-    # Cost (measured 2026-11-27, one thread, shared CPU-2): the released design runs the first blocks at
-    # stride 1 on ~2,300 sites per shape: 0.57 s per training shape (`all`), 0.38 s (`io`), 0.26 s per
-    # evaluated shape - about 8-9 h for this preset, far over the 60-minute target (BENCHMARKS.md).
+    # Two worker processes of one thread each (2 cores), longest runs first. Cost (measured 2026-11-27 on
+    # CPU-2 under load, main at 09e03f8): ~1,400 sites per shape; per shape 0.27 s training `all`, 0.17 s
+    # `io`, 0.07 s evaluation with two cores shared by four jobs - roughly half that on a free core.
     "cpu-full": dict(voxel_size=0.05, train_per_class=None, val_per_class=10, test_per_class=None, epochs=3,
                      io_epochs=1, fips=("io", "ioms", "iobn"), batch_size=32, fewshot_k=10, fewshot_epochs=15,
                      fewshot_batch=25, seeds=(0,), fewshot_seeds=(0, 1, 2), target_fraction=0.9, lr_io=0.02,
                      lr_inflated=0.005, lr_random=0.02, warmup_epochs=0.2, precise_bn=False, max_points=2048,
-                     compare_design=False, order=("fewshot", "fips", "all")),
+                     compare_design=False, order=("all", "fips", "fewshot"), workers=2),
     # one GPU, the released ModelNet setting: voxel 0.05, every shape, 100 epochs, batch 32, SGD 0.1 for both
     # arms (the released rate; not validated here - no GPU was available)
     "gpu": dict(voxel_size=0.05, train_per_class=None, val_per_class=20, test_per_class=None, epochs=100, io_epochs=100,
@@ -116,8 +116,65 @@ def mean_curve(curves: list[list[dict]]) -> list[dict]:
             for rows in zip(*curves)]
 
 
-def run(preset: str, out_dir: Path) -> BenchResult:
+def _job(label: str, fip: str, epochs: int, batch: int, per_class, seed: int, lr: float, eval_every_epoch: bool,
+         run_name: str, design: str = "released") -> dict:
+    return dict(label=label, fip=fip, epochs=epochs, batch=batch, per_class=per_class, seed=seed, lr=lr,
+                eval_every_epoch=eval_every_epoch, run_name=run_name, design=design)
+
+
+_SPLITS: dict = {}  # per process: the loaded ModelNet10 splits
+
+
+def _run_job(args: tuple) -> tuple[str, dict]:
+    """One fine-tuning run of the preset (in this process or a worker process)."""
+    import torch
+
     from pointlift.methods.image2point import finetune
+
+    job, settings, out_dir, threads = args
+    torch.set_num_threads(threads)  # a worker runs as its parent would: same results
+    data_path = shared_path("data/modelnet10_vox32.npz")
+    if not _SPLITS:
+        probe = ShapeDataConfig(path=str(data_path))
+        _SPLITS.update(train=load_shape_split(probe, "train"), test=load_shape_split(probe, "test"))
+    weights = str(shared_path(MOBILENET_WEIGHTS)) if job["label"] == "inflated" else "random"
+    config = _config(settings, weights, job["fip"], job["epochs"], job["batch"], job["per_class"], job["seed"],
+                     eval_every_epoch=job["eval_every_epoch"], data_path=data_path, lr=job["lr"],
+                     design=job["design"])
+    summary = finetune(config, Path(out_dir) / job["run_name"], progress=False, train_split=_SPLITS["train"],
+                       test_split=_SPLITS["test"])
+    return job["run_name"], summary
+
+
+def _plan(settings: dict) -> dict[str, list[dict]]:
+    """Every run of the preset, by phase: `all` (per seed, arms interleaved, plus the earlier design with
+    `compare_design`), `fips` (the other FIP modes, seed 0) and `fewshot` (K shapes per class, per seed)."""
+    all_runs, fips, fewshot = [], [], []
+    for seed in settings["seeds"]:
+        for label in ARMS:
+            all_runs.append(_job(label, "all", settings["epochs"], settings["batch_size"], settings["train_per_class"],
+                                 seed, settings[f"lr_{label}"], True, f"{label}_all_seed{seed}"))
+        if settings["compare_design"]:  # the earlier design, same data, budget and rates (stride-2 stem)
+            for label in ARMS:
+                all_runs.append(_job(label, "all", settings["epochs"], settings["batch_size"],
+                                     settings["train_per_class"], seed, settings[f"lr_{label}"], False,
+                                     f"{label}_all_imagenet_stem_seed{seed}", design="imagenet-stem"))
+    for fip in settings["fips"]:
+        for label in ARMS:
+            fips.append(_job(label, fip, settings["io_epochs"], settings["batch_size"], settings["train_per_class"], 0,
+                             settings["lr_io"], False, f"{label}_{fip}"))
+    for seed in settings.get("fewshot_seeds", settings["seeds"]):
+        for label in ARMS:
+            fewshot.append(_job(label, "all", settings["fewshot_epochs"], settings["fewshot_batch"],
+                                settings["fewshot_k"], seed, settings[f"lr_{label}"], False,
+                                f"fewshot_{label}_seed{seed}"))
+    return {"all": all_runs, "fips": fips, "fewshot": fewshot}
+
+
+def run(preset: str, out_dir: Path) -> BenchResult:
+    """Every run of the preset (in `workers` processes of one thread each where the preset says so), then
+    the figures. Finished runs are listed in `<out>/progress.json` as they come."""
+    import multiprocessing
 
     if preset not in PRESETS:
         raise PointliftConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
@@ -125,85 +182,63 @@ def run(preset: str, out_dir: Path) -> BenchResult:
     out_dir = Path(out_dir)
     data_path = shared_path("data/modelnet10_vox32.npz")
     weights = {"inflated": str(shared_path(MOBILENET_WEIGHTS)), "random": "random"}
-    probe = ShapeDataConfig(path=str(data_path))
-    train_split, test_split = load_shape_split(probe, "train"), load_shape_split(probe, "test")
     start = time.perf_counter()
-    metrics: dict[str, float] = {}
-    curves: dict[str, list] = {}
-    timings: dict[str, float] = {}
     seeds = settings["seeds"]
+    plan = _plan(settings)
+    # cheap parts first where the preset says so, so that finished runs accumulate early
+    jobs = [job for phase in settings.get("order", ("all", "fips", "fewshot")) for job in plan[phase]]
+    results: dict[str, dict] = {}
     finished: dict[str, dict] = {}
 
-    def finetune_arm(label, fip, epochs, batch, per_class, seed, lr, eval_every_epoch, run_name,
-                     design="released"):
-        config = _config(settings, weights[label], fip, epochs, batch, per_class, seed,
-                         eval_every_epoch=eval_every_epoch, data_path=data_path, lr=lr, design=design)
-        summary = finetune(config, out_dir / run_name, progress=False, train_split=train_split,
-                           test_split=test_split)
-        timings[run_name] = summary["seconds"]
+    def record(run_name: str, summary: dict) -> None:
+        results[run_name] = summary
         finished[run_name] = {"test_overall_acc": summary["overall_acc"], "test_mean_class_acc":
                               summary["mean_class_acc"], "val_curve": summary["curve"], "seconds": summary["seconds"],
                               "trainable_params": summary["trainable_params"]}
         _write_progress(out_dir / "progress.json", preset, finished)
-        print(f"[bench image2point] {run_name}: test {summary['overall_acc']:.4f} "
-              f"({summary['seconds']:.0f} s)", flush=True)
-        return summary
+        print(f"[bench image2point] {run_name}: test {summary['overall_acc']:.4f} ({summary['seconds']:.0f} s)",
+              flush=True)
 
-    def run_all():
-        """FIP `all`, arms interleaved per seed (a cut-short run still holds paired results), with the
-        validation curves behind time-to-accuracy; with `compare_design`, the earlier design per seed."""
-        accuracies: dict[str, list] = {label: [] for label in ARMS}
-        earlier: dict[str, list] = {label: [] for label in ARMS}
-        for seed in seeds:
-            for label in ARMS:
-                summary = finetune_arm(label, "all", settings["epochs"], settings["batch_size"],
-                                       settings["train_per_class"], seed, settings[f"lr_{label}"], True,
-                                       f"{label}_all_seed{seed}")
-                accuracies[label].append(summary["overall_acc"])
-                curves[f"{label}_all_seed{seed}"] = summary["curve"]
-                metrics["trainable_params_all"] = summary["trainable_params"]
-                metrics["train_shapes"], metrics["test_shapes"] = summary["train_shapes"], summary["test_shapes"]
-            if settings["compare_design"]:  # the earlier design, same data, budget and rates (stride-2 stem)
-                for label in ARMS:
-                    earlier[label].append(finetune_arm(
-                        label, "all", settings["epochs"], settings["batch_size"], settings["train_per_class"],
-                        seed, settings[f"lr_{label}"], False, f"{label}_all_imagenet_stem_seed{seed}",
-                        design="imagenet-stem")["overall_acc"])
+    arguments = [(job, settings, str(out_dir), _threads()) for job in jobs]
+    workers = settings.get("workers", 1)
+    if workers > 1:  # separate processes (one torch thread each: OMP_NUM_THREADS is inherited)
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for run_name, summary in pool.imap_unordered(_run_job, arguments):
+                record(run_name, summary)
+    else:
+        for argument in arguments:
+            record(*_run_job(argument))
+
+    metrics: dict[str, float] = {}
+    curves: dict[str, list] = {}
+    timings = {name: summary["seconds"] for name, summary in results.items()}
+    for label in ARMS:  # FIP `all` per seed, with the validation curves behind time-to-accuracy
+        runs = [results[f"{label}_all_seed{seed}"] for seed in seeds]
+        for seed, summary in zip(seeds, runs):
+            curves[f"{label}_all_seed{seed}"] = summary["curve"]
+        metrics[f"acc_{label}_all"] = float(np.mean([summary["overall_acc"] for summary in runs]))
+        metrics[f"acc_{label}_all_std"] = float(np.std([summary["overall_acc"] for summary in runs]))
+        curves[f"{label}_all_mean"] = mean_curve([summary["curve"] for summary in runs])
+        metrics[f"val_acc_{label}_all"] = curves[f"{label}_all_mean"][-1]["overall_acc"]
+        metrics["trainable_params_all"] = runs[0]["trainable_params"]
+        metrics["train_shapes"], metrics["test_shapes"] = runs[0]["train_shapes"], runs[0]["test_shapes"]
+        if settings["compare_design"]:
+            earlier = [results[f"{label}_all_imagenet_stem_seed{seed}"]["overall_acc"] for seed in seeds]
+            metrics[f"acc_{label}_all_imagenet_stem"] = float(np.mean(earlier))
+            metrics[f"acc_{label}_all_imagenet_stem_std"] = float(np.std(earlier))
+    for fip in settings["fips"]:
         for label in ARMS:
-            if earlier[label]:
-                metrics[f"acc_{label}_all_imagenet_stem"] = float(np.mean(earlier[label]))
-                metrics[f"acc_{label}_all_imagenet_stem_std"] = float(np.std(earlier[label]))
-            metrics[f"acc_{label}_all"] = float(np.mean(accuracies[label]))
-            metrics[f"acc_{label}_all_std"] = float(np.std(accuracies[label]))
-            curves[f"{label}_all_mean"] = mean_curve([curves[f"{label}_all_seed{seed}"] for seed in seeds])
-            metrics[f"val_acc_{label}_all"] = curves[f"{label}_all_mean"][-1]["overall_acc"]
-
-    def run_fips():
-        for fip in settings["fips"]:
-            for label in ARMS:
-                summary = finetune_arm(label, fip, settings["io_epochs"], settings["batch_size"],
-                                       settings["train_per_class"], 0, settings["lr_io"], False, f"{label}_{fip}")
-                metrics[f"acc_{label}_{fip}"] = summary["overall_acc"]
-                metrics[f"mean_class_acc_{label}_{fip}"] = summary["mean_class_acc"]
-                metrics[f"val_acc_{label}_{fip}"] = summary["val_overall_acc"]
-                metrics[f"trainable_params_{fip}"] = summary["trainable_params"]
-
-    def run_fewshot():
-        k = settings["fewshot_k"]
-        scores: dict[str, list] = {label: [] for label in ARMS}
-        for seed in settings.get("fewshot_seeds", seeds):
-            for label in ARMS:
-                scores[label].append(finetune_arm(label, "all", settings["fewshot_epochs"], settings["fewshot_batch"],
-                                                  k, seed, settings[f"lr_{label}"], False,
-                                                  f"fewshot_{label}_seed{seed}")["overall_acc"])
-        for label in ARMS:
-            metrics[f"fewshot{k}_{label}_mean"] = float(np.mean(scores[label]))
-            metrics[f"fewshot{k}_{label}_std"] = float(np.std(scores[label]))
-
-    # cheap parts first where the preset says so (cpu-full), so that finished runs accumulate early
-    phases = {"all": run_all, "fips": run_fips, "fewshot": run_fewshot}
-    for phase in settings.get("order", ("all", "fips", "fewshot")):
-        phases[phase]()
+            summary = results[f"{label}_{fip}"]
+            metrics[f"acc_{label}_{fip}"] = summary["overall_acc"]
+            metrics[f"mean_class_acc_{label}_{fip}"] = summary["mean_class_acc"]
+            metrics[f"val_acc_{label}_{fip}"] = summary["val_overall_acc"]
+            metrics[f"trainable_params_{fip}"] = summary["trainable_params"]
+    k = settings["fewshot_k"]
+    for label in ARMS:
+        scores = [results[f"fewshot_{label}_seed{seed}"]["overall_acc"]
+                  for seed in settings.get("fewshot_seeds", seeds)]
+        metrics[f"fewshot{k}_{label}_mean"] = float(np.mean(scores))
+        metrics[f"fewshot{k}_{label}_std"] = float(np.std(scores))
 
     # time to accuracy on the seed-averaged *validation* curves; the target is fixed by a rule
     target = settings["target_fraction"] * min(metrics["val_acc_inflated_all"], metrics["val_acc_random_all"])
