@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -77,6 +78,8 @@ def test_bench_writes_the_documented_json(tmp_path, shared):
         assert record["metrics"][key] is None or isinstance(record["metrics"][key], float)
     assert record["metrics"]["unet_fwd_bwd_s_pointlift"] > 0
     assert record["env"]["torch"] and record["seconds"] > 0
+    commit = record["env"]["git_commit"]  # the code that measured it (None outside a git checkout)
+    assert commit is None or re.fullmatch(r"[0-9a-f]{12}(\+dirty)?", commit), commit
 
 
 def test_embed_cli_gives_one_row_per_point_set(tmp_path):

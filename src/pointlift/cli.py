@@ -102,7 +102,25 @@ def environment_summary() -> dict:
         env["timm"] = timm.__version__
     except ImportError:  # pragma: no cover - timm is a dependency
         pass
+    env["git_commit"] = _git_commit()
     return env
+
+
+def _git_commit() -> str | None:
+    """The commit of the checkout this code runs from (None outside a git checkout), "+dirty" when edited:
+    a figure can then be traced to the code that produced it."""
+    import subprocess
+
+    source = Path(__file__).resolve().parent
+    try:
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=source, capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+
+        commit = git("rev-parse", "--short=12", "HEAD")
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ".") else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _finite_or_none(value) -> float | None:
