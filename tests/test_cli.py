@@ -114,3 +114,9 @@ def test_embed_cli_gives_one_row_per_point_set(tmp_path):
     expected = model.eval().embed(torch.from_numpy(points[:5] * 3.0)).detach().numpy()
     assert features.shape == (5, expected.shape[1])
     np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bench_resume_is_refused_where_runs_keep_no_checkpoints(tmp_path, capsys):
+    code = main(["bench", "sparse", "--preset", "smoke", "--out", str(tmp_path / "s.json"), "--resume"])
+    assert code == 2
+    assert "--resume is only for image2point" in capsys.readouterr().err

@@ -243,7 +243,8 @@ def test_benchmark_smoke_reports_every_documented_metric(shared, tmp_path):
 
 
 def test_benchmark_in_two_worker_processes_equals_one_process(shared, tmp_path, monkeypatch):
-    """`workers: 2` (cpu-full) runs the same seeded runs in two processes: the same figures as in one."""
+    """`workers: 2` (cpu-full) runs the same seeded runs in two processes: the same figures as in one; a
+    resumed benchmark re-scores its finished runs from their checkpoints with the same figures."""
     from pointlift.bench import image2point as bench
 
     shared("data/modelnet10_vox32.npz")
@@ -256,6 +257,17 @@ def test_benchmark_in_two_worker_processes_equals_one_process(shared, tmp_path, 
     figures = [name for name in one.metrics if name != "wall_s"]
     assert figures and {name: one.metrics[name] for name in figures} == {name: two.metrics[name] for name in figures}
     assert set(json.loads((tmp_path / "two" / "progress.json").read_text())["runs"]) == set(one.config["run_seconds"])
+
+    # --resume: every finished run is reloaded from its last checkpoint and scored again, same figures
+    import pointlift.methods.image2point as method
+
+    calls = []
+    original = method.finetune
+    monkeypatch.setattr(method, "finetune", lambda *a, **k: calls.append(k["resume"]) or original(*a, **k))
+    monkeypatch.setitem(bench.PRESETS, "tiny", small)
+    again = bench.run("tiny", tmp_path / "one", resume=True)
+    assert calls and all(calls)
+    assert {name: again.metrics[name] for name in figures} == {name: one.metrics[name] for name in figures}
 
 
 def test_mean_curve_averages_epochs_across_runs():
@@ -306,6 +318,20 @@ def test_released_voxelize_keeps_the_first_point_of_each_voxel_in_lexicographic_
     assert [tuple(c) for c in coords] == sorted(first)
     assert list(index) == [first[tuple(c)] for c in coords]
     assert np.array_equal(features, points[index])
+
+
+def test_released_cut_to_max_points_keeps_a_subset_of_the_whole_shape():
+    """`xyz[:num_points]` means a random subset for the released (shuffled) h5 clouds; sorted voxel centres
+    must not be cut to one end of the shape at evaluation (no shuffling augmentation there)."""
+    from pointlift.tasks.shape_classification import ReleasedShapeDataset
+
+    grid = np.stack(np.meshgrid(*[np.linspace(-0.5, 0.5, 16)] * 3, indexing="ij"), -1).reshape(-1, 3)  # sorted
+    data = ReleasedShapeDataset([grid, grid[:100]], np.array([0, 1]), augment=False, max_points=512)
+    kept = data[0]["points"].numpy()
+    assert len(kept) == 512 and torch.equal(data[0]["points"], data[0]["points"])  # fixed across reads
+    assert kept[:, 0].min() == -0.5 and kept[:, 0].max() == 0.5  # spans the shape, not its first slab
+    assert {tuple(row) for row in kept} <= {tuple(row) for row in grid.astype(np.float32)}
+    assert np.array_equal(data[1]["points"].numpy(), grid[:100].astype(np.float32))  # small sets untouched
 
 
 def test_depthwise_network_on_the_released_design_has_stride_8_and_the_released_head():

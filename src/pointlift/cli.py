@@ -128,12 +128,12 @@ def _finite_or_none(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _run_one_bench(name: str, preset: str, out_dir: Path) -> dict:
+def _run_one_bench(name: str, preset: str, out_dir: Path, resume: bool = False) -> dict:
     from pointlift.bench import load_benchmark
 
     run = load_benchmark(name)
     start = time.perf_counter()
-    result = run(preset, out_dir)
+    result = run(preset, out_dir, resume=True) if resume else run(preset, out_dir)
     return {
         "name": name,
         "preset": preset,
@@ -151,6 +151,9 @@ def _cmd_bench(args) -> int:
     import importlib
 
     names = list(BENCHMARKS) if args.name == "all" else [args.name]
+    if args.resume and names != ["image2point"]:
+        raise PointliftError(f"bench {args.name}: --resume is only for image2point (its long presets keep a "
+                             "checkpoint per run)")
     for name in names:  # a preset one benchmark lacks (cpu-full is image2point's) is a usage error, not a KeyError
         module = importlib.import_module(BENCHMARKS[name])
         presets = getattr(module, "SETTINGS", getattr(module, "PRESETS", None))
@@ -176,7 +179,7 @@ def _cmd_bench(args) -> int:
             "seconds": round(time.perf_counter() - start, 3),
         }
     else:
-        record = _run_one_bench(args.name, args.preset, out_dir)
+        record = _run_one_bench(args.name, args.preset, out_dir, resume=args.resume)
     _write_json_atomic(out, record)
     print(json.dumps(record["metrics"], indent=2))
     return 0
@@ -289,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=[*BENCHMARKS, "all"])
     p.add_argument("--preset", choices=PRESETS, default="smoke")
     p.add_argument("--out", type=Path, required=True, help="output JSON file")
+    p.add_argument("--resume", action="store_true",
+                   help="image2point: continue each run of an earlier call with the same --out from its last "
+                        "checkpoint (finished runs are re-scored, unfinished ones continue)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("embed", help="one global feature row per point set (file, folder, npz or shape set)")

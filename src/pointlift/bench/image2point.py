@@ -131,8 +131,10 @@ def _run_job(args: tuple) -> tuple[str, dict]:
 
     from pointlift.methods.image2point import finetune
 
-    job, settings, out_dir, threads = args
+    job, settings, out_dir, threads, resume = args
     torch.set_num_threads(threads)  # a worker runs as its parent would: same results
+    run_dir = Path(out_dir) / job["run_name"]
+    resume = resume and (run_dir / "checkpoints" / "last.json").is_file()
     data_path = shared_path("data/modelnet10_vox32.npz")
     if not _SPLITS:
         probe = ShapeDataConfig(path=str(data_path))
@@ -141,7 +143,7 @@ def _run_job(args: tuple) -> tuple[str, dict]:
     config = _config(settings, weights, job["fip"], job["epochs"], job["batch"], job["per_class"], job["seed"],
                      eval_every_epoch=job["eval_every_epoch"], data_path=data_path, lr=job["lr"],
                      design=job["design"])
-    summary = finetune(config, Path(out_dir) / job["run_name"], progress=False, train_split=_SPLITS["train"],
+    summary = finetune(config, run_dir, resume=resume, progress=False, train_split=_SPLITS["train"],
                        test_split=_SPLITS["test"])
     return job["run_name"], summary
 
@@ -171,9 +173,11 @@ def _plan(settings: dict) -> dict[str, list[dict]]:
     return {"all": all_runs, "fips": fips, "fewshot": fewshot}
 
 
-def run(preset: str, out_dir: Path) -> BenchResult:
+def run(preset: str, out_dir: Path, resume: bool = False) -> BenchResult:
     """Every run of the preset (in `workers` processes of one thread each where the preset says so), then
-    the figures. Finished runs are listed in `<out>/progress.json` as they come."""
+    the figures. Finished runs are listed in `<out>/progress.json` as they come. `resume`: a run with a
+    checkpoint in `out_dir` continues from it (a finished one is only scored again on the test split; its
+    validation curve is the one it logged)."""
     import multiprocessing
 
     if preset not in PRESETS:
@@ -199,7 +203,7 @@ def run(preset: str, out_dir: Path) -> BenchResult:
         print(f"[bench image2point] {run_name}: test {summary['overall_acc']:.4f} ({summary['seconds']:.0f} s)",
               flush=True)
 
-    arguments = [(job, settings, str(out_dir), _threads()) for job in jobs]
+    arguments = [(job, settings, str(out_dir), _threads(), resume) for job in jobs]
     workers = settings.get("workers", 1)
     if workers > 1:  # separate processes (one torch thread each: OMP_NUM_THREADS is inherited)
         with multiprocessing.get_context("spawn").Pool(workers) as pool:

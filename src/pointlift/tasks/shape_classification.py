@@ -192,7 +192,12 @@ class ReleasedCollate:
 
 
 class ReleasedShapeDataset(torch.utils.data.Dataset):
-    """Point sets as given (or unit-sphere scaled once with `normalize`), `released_augment` when training."""
+    """Point sets as given (or unit-sphere scaled once with `normalize`), `released_augment` when training.
+
+    The released code keeps `xyz[:num_points]`; its ModelNet40 h5 clouds come in random point order, so that
+    is a random subset. Point sets with more than `max_points` points are therefore put in a fixed random
+    order once (seeded by their index): sorted inputs such as voxel-grid centres would otherwise be cut to
+    one end of the shape whenever they are not shuffled first (every evaluation)."""
 
     def __init__(self, points: list[np.ndarray], labels: np.ndarray, augment: bool = False,
                  max_points: int | None = None, normalize: bool = False):
@@ -200,6 +205,9 @@ class ReleasedShapeDataset(torch.utils.data.Dataset):
             raise PointliftDataError("<shapes>", f"{len(points)} point sets but {len(labels)} labels")
         prepare = normalize_unit_sphere if normalize else (lambda p: p)
         self.points = [prepare(np.asarray(p, dtype=np.float32)).astype(np.float32) for p in points]
+        if max_points is not None:
+            self.points = [p[np.random.default_rng(index).permutation(len(p))] if len(p) > max_points else p
+                           for index, p in enumerate(self.points)]
         self.labels = np.asarray(labels, dtype=np.int64)
         self.augment = augment
         self.max_points = max_points
