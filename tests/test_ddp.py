@@ -95,13 +95,15 @@ def test_a_frozen_process_ends_the_run_with_one_line_after_the_collective_timeou
 
 METHODS_HELPER = Path(__file__).with_name("ddp_methods_helper.py")
 # Largest |2 processes - 1 process| over the model tensors at the end, allowed. Measured on CPU (gloo):
-# image2point 2.5e-6 (released stride-1-stem design; 1.5e-8 with the earlier stride-32 design) and ppkt
+# image2point 2.5e-6 (released stride-1-stem design; 1.5e-8 with the earlier stride-32 design), 1.08e-5
+# once the sparse forward multiplied by contiguous weights (issue 17: MKL picks other kernels, which round
+# differently for the half and the whole batch; the same test passes at 1e-5 with the old operand), and ppkt
 # 1.8e-7 after 4 steps (see run_configs.ddp_config). Without SyncBatchNorm: image2point 9.8e-3, ppkt 0.11.
 # I2P-MAE cannot be equal: its released losses average over the masked (3D) and visible (2D) middle-scale
 # tokens of the local batch, whose counts differ between processes, so N processes weight the rows
 # differently from one (and the released "first cloud's token 0" quirk is per process: off here).
 # Measured 2.4e-3 after 2 steps with the released network.
-TOLERANCE = {"image2point": 1e-5, "ppkt": 2e-6, "i2p-mae": 1e-2}
+TOLERANCE = {"image2point": 3e-5, "ppkt": 2e-6, "i2p-mae": 1e-2}
 
 
 @pytest.fixture(scope="module")
