@@ -64,7 +64,8 @@ PRESETS = {
     # Precise BN is off: with 121 steps per epoch the running statistics have converged.
     # Two worker processes of one thread each (2 cores), longest runs first. Cost (measured 2026-11-27 on
     # CPU-2 under load, main at 09e03f8): ~1,400 sites per shape; per shape 0.27 s training `all`, 0.17 s
-    # `io`, 0.07 s evaluation with two cores shared by four jobs - roughly half that on a free core.
+    # `io`, 0.07 s evaluation with two cores shared by four jobs - roughly half that on a free core. The
+    # whole preset: 5,925 CPU-seconds, about 50 minutes of two free cores (BENCHMARKS.md).
     "cpu-full": dict(voxel_size=0.05, train_per_class=None, val_per_class=10, test_per_class=None, epochs=3,
                      io_epochs=1, fips=("io", "ioms", "iobn"), batch_size=32, fewshot_k=10, fewshot_epochs=15,
                      fewshot_batch=25, seeds=(0,), fewshot_seeds=(0, 1, 2), target_fraction=0.9, lr_io=0.02,
@@ -189,7 +190,7 @@ def run(preset: str, out_dir: Path, resume: bool = False) -> BenchResult:
     start = time.perf_counter()
     seeds = settings["seeds"]
     plan = _plan(settings)
-    # cheap parts first where the preset says so, so that finished runs accumulate early
+    # in the preset's order (cpu-full: the longest runs first, so that two workers finish together)
     jobs = [job for phase in settings.get("order", ("all", "fips", "fewshot")) for job in plan[phase]]
     results: dict[str, dict] = {}
     finished: dict[str, dict] = {}
