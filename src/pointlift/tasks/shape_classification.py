@@ -110,20 +110,28 @@ def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
     return centred / radius if radius > 0 else centred
 
 
-class VoxelShapeDataset(torch.utils.data.Dataset):
-    """Normalised (and, for training, augmented) point sets with labels: {"points", "label"}."""
+class _LabelledPointSets(torch.utils.data.Dataset):
+    """float32 point sets (each passed through `prepare` once) with int64 labels; items {"points", "label"}."""
 
-    def __init__(self, points: list[np.ndarray], labels: np.ndarray, augment: bool = False,
-                 max_points: int | None = None):
+    def __init__(self, points: list[np.ndarray], labels: np.ndarray, augment: bool, max_points: int | None,
+                 prepare=lambda p: p):
         if len(points) != len(labels):
             raise PointliftDataError("<shapes>", f"{len(points)} point sets but {len(labels)} labels")
-        self.points = [normalize_unit_sphere(np.asarray(p, dtype=np.float32)).astype(np.float32) for p in points]
+        self.points = [prepare(np.asarray(p, dtype=np.float32)).astype(np.float32) for p in points]
         self.labels = np.asarray(labels, dtype=np.int64)
         self.augment = augment
         self.max_points = max_points
 
     def __len__(self) -> int:
         return len(self.points)
+
+
+class VoxelShapeDataset(_LabelledPointSets):
+    """Normalised (and, for training, augmented) point sets with labels: {"points", "label"}."""
+
+    def __init__(self, points: list[np.ndarray], labels: np.ndarray, augment: bool = False,
+                 max_points: int | None = None):
+        super().__init__(points, labels, augment, max_points, prepare=normalize_unit_sphere)
 
     def __getitem__(self, index: int) -> dict:
         points = torch.from_numpy(self.points[index])
@@ -191,7 +199,7 @@ class ReleasedCollate:
                 "features": torch.from_numpy(np.concatenate(features)) * self.input_scale, "labels": labels}
 
 
-class ReleasedShapeDataset(torch.utils.data.Dataset):
+class ReleasedShapeDataset(_LabelledPointSets):
     """Point sets as given (or unit-sphere scaled once with `normalize`), `released_augment` when training.
 
     The released code keeps `xyz[:num_points]`; its ModelNet40 h5 clouds come in random point order, so that
@@ -201,19 +209,11 @@ class ReleasedShapeDataset(torch.utils.data.Dataset):
 
     def __init__(self, points: list[np.ndarray], labels: np.ndarray, augment: bool = False,
                  max_points: int | None = None, normalize: bool = False):
-        if len(points) != len(labels):
-            raise PointliftDataError("<shapes>", f"{len(points)} point sets but {len(labels)} labels")
-        prepare = normalize_unit_sphere if normalize else (lambda p: p)
-        self.points = [prepare(np.asarray(p, dtype=np.float32)).astype(np.float32) for p in points]
+        super().__init__(points, labels, augment, max_points,
+                         prepare=normalize_unit_sphere if normalize else (lambda p: p))
         if max_points is not None:
             self.points = [p[np.random.default_rng(index).permutation(len(p))] if len(p) > max_points else p
                            for index, p in enumerate(self.points)]
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.augment = augment
-        self.max_points = max_points
-
-    def __len__(self) -> int:
-        return len(self.points)
 
     def __getitem__(self, index: int) -> dict:
         points = torch.from_numpy(self.points[index])
