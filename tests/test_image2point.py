@@ -270,6 +270,22 @@ def test_benchmark_in_two_worker_processes_equals_one_process(shared, tmp_path, 
     assert {name: again.metrics[name] for name in figures} == {name: one.metrics[name] for name in figures}
 
 
+def test_benchmark_without_fewshot_or_other_fips_runs_only_all(shared, tmp_path, monkeypatch):
+    """A preset like cpu-full-long (`fewshot_k: None`, no other FIP mode) runs the two `all` arms only and
+    reports no few-shot figure; at target fraction 1.0 the weaker arm reaches the target by its last epoch."""
+    from pointlift.bench import image2point as bench
+
+    shared("data/modelnet10_vox32.npz")
+    shared("weights/mobilenet_v2.torchvision_in1k.safetensors")
+    only_all = {**bench.PRESETS["smoke"], "fips": (), "fewshot_k": None, "target_fraction": 1.0}
+    monkeypatch.setitem(bench.PRESETS, "tiny", only_all)
+    result = bench.run("tiny", tmp_path)
+    assert set(result.config["run_seconds"]) == {"inflated_all_seed0", "random_all_seed0"}
+    assert not [name for name in result.metrics if "fewshot" in name or name.endswith("_io")]
+    slower = max(result.metrics["epochs_to_target_inflated"], result.metrics["epochs_to_target_random"])
+    assert slower <= only_all["epochs"]
+
+
 def test_mean_curve_averages_epochs_across_runs():
     from pointlift.bench.image2point import mean_curve
 

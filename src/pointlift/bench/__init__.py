@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PRESETS = ("smoke", "cpu", "cpu-full", "gpu")
+PRESETS = ("smoke", "cpu", "cpu-full", "cpu-full-long", "gpu")
 
 
 def shared_path(relative: str) -> Path:
