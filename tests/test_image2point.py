@@ -270,20 +270,29 @@ def test_benchmark_in_two_worker_processes_equals_one_process(shared, tmp_path, 
     assert {name: again.metrics[name] for name in figures} == {name: one.metrics[name] for name in figures}
 
 
-def test_benchmark_without_fewshot_or_other_fips_runs_only_all(shared, tmp_path, monkeypatch):
-    """A preset like cpu-full-long (`fewshot_k: None`, no other FIP mode) runs the two `all` arms only and
-    reports no few-shot figure; at target fraction 1.0 the weaker arm reaches the target by its last epoch."""
+def test_benchmark_fewshot_rate_is_chosen_on_validation(shared, tmp_path, monkeypatch):
+    """`fewshot_lrs` (cpu-full-long): each arm runs every rate; the reported few-shot figure is the test
+    accuracy at the rate with the best mean validation accuracy. No other FIP mode where `fips` is empty;
+    at target fraction 1.0 the weaker arm reaches the target by its last epoch."""
     from pointlift.bench import image2point as bench
 
     shared("data/modelnet10_vox32.npz")
     shared("weights/mobilenet_v2.torchvision_in1k.safetensors")
-    only_all = {**bench.PRESETS["smoke"], "fips": (), "fewshot_k": None, "target_fraction": 1.0}
-    monkeypatch.setitem(bench.PRESETS, "tiny", only_all)
+    sweep = {**bench.PRESETS["smoke"], "fips": (), "fewshot_lrs": (0.05, 0.001), "target_fraction": 1.0}
+    monkeypatch.setitem(bench.PRESETS, "tiny", sweep)
     result = bench.run("tiny", tmp_path)
-    assert set(result.config["run_seconds"]) == {"inflated_all_seed0", "random_all_seed0"}
-    assert not [name for name in result.metrics if "fewshot" in name or name.endswith("_io")]
+    assert set(result.config["run_seconds"]) == {"inflated_all_seed0", "random_all_seed0", *(
+        f"fewshot_{arm}_lr{lr}_seed0" for arm in ("inflated", "random") for lr in ("0.05", "0.001"))}
+    assert not [name for name in result.metrics if name.endswith("_io")]
+    k = sweep["fewshot_k"]
+    for arm in ("inflated", "random"):
+        rates = result.config["fewshot_sweep"][arm]
+        best = max(rates, key=lambda lr: rates[lr]["val_mean"])
+        assert result.metrics[f"fewshot{k}_{arm}_lr"] == float(best)
+        assert result.metrics[f"fewshot{k}_{arm}_mean"] == rates[best]["test_mean"]
     slower = max(result.metrics["epochs_to_target_inflated"], result.metrics["epochs_to_target_random"])
-    assert slower <= only_all["epochs"]
+    assert slower <= sweep["epochs"]
+    assert bench._plan({**sweep, "fewshot_k": None})["fewshot"] == []
 
 
 def test_mean_curve_averages_epochs_across_runs():

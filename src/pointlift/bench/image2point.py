@@ -12,7 +12,8 @@ Runs (test accuracies are the *last* epoch's; nothing is selected by test score)
   seeds) and their per-epoch *validation* curves (validation shapes carved from the training split);
 - the other FIP modes of the preset (`fips`), inflated vs random (seed 0): acc_{arm}_{fip};
 - few-shot (K shapes per class, the same seeds, fip `all`; none where `fewshot_k` is None):
-  fewshot{K}_{inflated,random}_{mean,std};
+  fewshot{K}_{inflated,random}_{mean,std,val,lr}; with `fewshot_lrs`, each arm runs every rate and is
+  reported at the one with the best mean validation accuracy (every rate's figures in config.fewshot_sweep);
 - time to accuracy: on the seed-averaged validation curves of the `all` runs, the first epoch reaching the
   target, and their ratio. The target is a rule fixed in the preset: `target_fraction` x the lower of the
   two arms' final mean validation accuracies, so that both arms reach it;
@@ -75,13 +76,14 @@ PRESETS = {
                      fewshot_batch=25, seeds=(0,), fewshot_seeds=(0, 1, 2), target_fraction=1.0, lr_io=0.02,
                      lr_inflated=0.005, lr_random=0.02, warmup_epochs=0.2, precise_bn=False, max_points=2048,
                      compare_design=False, order=("all", "fips", "fewshot"), workers=2),
-    # How far FIP `all` gets with a longer budget: cpu-full's `all` runs for 6 epochs (both arms, seed 0,
-    # one worker each); no other FIP mode, no few-shot. About 47 minutes of two free cores.
+    # cpu-full's questions with more budget (over the 60 minutes): FIP `all` for 6 epochs (both arms, seed
+    # 0), and 10-shot with each arm at the rate of (0.005, 0.02, 0.05) its validation shapes prefer
+    # (3 seeds per rate); no other FIP mode.
     "cpu-full-long": dict(voxel_size=0.05, train_per_class=None, val_per_class=10, test_per_class=None, epochs=6,
-                          io_epochs=1, fips=(), batch_size=32, fewshot_k=None, fewshot_epochs=0, fewshot_batch=25,
-                          seeds=(0,), target_fraction=1.0, lr_io=0.02, lr_inflated=0.005, lr_random=0.02,
-                          warmup_epochs=0.2, precise_bn=False, max_points=2048, compare_design=False,
-                          order=("all",), workers=2),
+                          io_epochs=1, fips=(), batch_size=32, fewshot_k=10, fewshot_epochs=15, fewshot_batch=25,
+                          seeds=(0,), fewshot_seeds=(0, 1, 2), fewshot_lrs=(0.005, 0.02, 0.05), target_fraction=1.0,
+                          lr_io=0.02, lr_inflated=0.005, lr_random=0.02, warmup_epochs=0.2, precise_bn=False,
+                          max_points=2048, compare_design=False, order=("all", "fewshot"), workers=2),
     # one GPU, the released ModelNet setting: voxel 0.05, every shape, 100 epochs, batch 32, SGD 0.1 for both
     # arms (the released rate; not validated here - no GPU was available)
     "gpu": dict(voxel_size=0.05, train_per_class=None, val_per_class=20, test_per_class=None, epochs=100, io_epochs=100,
@@ -160,6 +162,15 @@ def _run_job(args: tuple) -> tuple[str, dict]:
     return job["run_name"], summary
 
 
+def _fewshot_lrs(settings: dict, label: str) -> tuple[float, ...]:
+    """The few-shot rates of one arm: the preset's `fewshot_lrs` sweep, or the arm's own rate."""
+    return tuple(settings.get("fewshot_lrs", (settings[f"lr_{label}"],)))
+
+
+def _fewshot_name(settings: dict, label: str, lr: float, seed: int) -> str:
+    return f"fewshot_{label}_lr{lr:g}_seed{seed}" if "fewshot_lrs" in settings else f"fewshot_{label}_seed{seed}"
+
+
 def _plan(settings: dict) -> dict[str, list[dict]]:
     """Every run of the preset, by phase: `all` (per seed, arms interleaved, plus the earlier design with
     `compare_design`), `fips` (the other FIP modes, seed 0) and `fewshot` (K shapes per class, per seed)."""
@@ -179,9 +190,9 @@ def _plan(settings: dict) -> dict[str, list[dict]]:
                              settings["lr_io"], False, f"{label}_{fip}"))
     for seed in settings.get("fewshot_seeds", settings["seeds"]) if settings["fewshot_k"] else ():
         for label in ARMS:
-            fewshot.append(_job(label, "all", settings["fewshot_epochs"], settings["fewshot_batch"],
-                                settings["fewshot_k"], seed, settings[f"lr_{label}"], False,
-                                f"fewshot_{label}_seed{seed}"))
+            for lr in _fewshot_lrs(settings, label):
+                fewshot.append(_job(label, "all", settings["fewshot_epochs"], settings["fewshot_batch"],
+                                    settings["fewshot_k"], seed, lr, False, _fewshot_name(settings, label, lr, seed)))
     return {"all": all_runs, "fips": fips, "fewshot": fewshot}
 
 
@@ -250,11 +261,19 @@ def run(preset: str, out_dir: Path, resume: bool = False) -> BenchResult:
             metrics[f"val_acc_{label}_{fip}"] = summary["val_overall_acc"]
             metrics[f"trainable_params_{fip}"] = summary["trainable_params"]
     k = settings["fewshot_k"]
-    for label in ARMS if k else ():
-        scores = [results[f"fewshot_{label}_seed{seed}"]["overall_acc"]
-                  for seed in settings.get("fewshot_seeds", seeds)]
+    fewshot_sweep: dict[str, dict] = {}
+    for label in ARMS if k else ():  # the rate with the best mean *validation* accuracy; its test figures
+        by_lr = {lr: [results[_fewshot_name(settings, label, lr, seed)]
+                      for seed in settings.get("fewshot_seeds", seeds)] for lr in _fewshot_lrs(settings, label)}
+        fewshot_sweep[label] = {f"{lr:g}": {"val_mean": float(np.mean([r["val_overall_acc"] for r in runs])),
+                                            "test_mean": float(np.mean([r["overall_acc"] for r in runs]))}
+                                for lr, runs in by_lr.items()}
+        chosen = max(by_lr, key=lambda lr: fewshot_sweep[label][f"{lr:g}"]["val_mean"])
+        scores = [summary["overall_acc"] for summary in by_lr[chosen]]
         metrics[f"fewshot{k}_{label}_mean"] = float(np.mean(scores))
         metrics[f"fewshot{k}_{label}_std"] = float(np.std(scores))
+        metrics[f"fewshot{k}_{label}_val"] = fewshot_sweep[label][f"{chosen:g}"]["val_mean"]
+        metrics[f"fewshot{k}_{label}_lr"] = chosen
 
     # time to accuracy on the seed-averaged *validation* curves; the target is fixed by a rule
     target = settings["target_fraction"] * min(metrics["val_acc_inflated_all"], metrics["val_acc_random_all"])
@@ -285,6 +304,9 @@ def run(preset: str, out_dir: Path, resume: bool = False) -> BenchResult:
                            f"tensor), one cosine over the run, warm-up {settings['warmup_epochs']} epoch(s); lr per "
                            "arm (lr_inflated, lr_random) for `all` and few-shot, lr_io for the other FIP modes",
               "fewshot_fip": "all", "fip_runs_seed": 0,
+              "fewshot_rate": ("per arm, the rate of `fewshot_lrs` with the best mean validation accuracy "
+                               "over the few-shot seeds" if "fewshot_lrs" in settings else "the arm's lr"),
+              "fewshot_sweep": fewshot_sweep,
               "evaluation_bn": ("precise BN: trainable BN statistics re-estimated on the training shapes before "
                                 "each evaluation" if settings["precise_bn"] else "running statistics"),
               "validation": f"{settings['val_per_class']} shapes/class of the training split (seed 54321), "
