@@ -13,7 +13,8 @@ Runs (test accuracies are the *last* epoch's; nothing is selected by test score)
 - the other FIP modes of the preset (`fips`), inflated vs random (seed 0): acc_{arm}_{fip};
 - few-shot (K shapes per class, the same seeds, fip `all`; none where `fewshot_k` is None):
   fewshot{K}_{inflated,random}_{mean,std,val,lr}; with `fewshot_lrs`, each arm runs every rate and is
-  reported at the one with the best mean validation accuracy (every rate's figures in config.fewshot_sweep);
+  reported at the one with the best mean validation accuracy, the first listed on ties (every rate's
+  figures in config.fewshot_sweep);
 - time to accuracy: on the seed-averaged validation curves of the `all` runs, the first epoch reaching the
   target, and their ratio. The target is a rule fixed in the preset: `target_fraction` x the lower of the
   two arms' final mean validation accuracies, so that both arms reach it;
