@@ -66,9 +66,7 @@ PRESETS = {
     # full-data runs use seed 0. Rates: the cpu preset's validation choice (no full-size sweep fits).
     # Precise BN is off: with 121 steps per epoch the running statistics have converged.
     # Two worker processes of one thread each (2 cores), longest runs first. Cost (measured 2026-11-27 on
-    # CPU-2 under load, main at 09e03f8): ~1,400 sites per shape; per shape 0.27 s training `all`, 0.17 s
-    # `io`, 0.07 s evaluation with two cores shared by four jobs - roughly half that on a free core. The
-    # whole preset: 5,925 CPU-seconds, about 50 minutes of two free cores (BENCHMARKS.md).
+    # CPU-2, idle, main at 4709c40): 52 min 53 s wall, 6,195 CPU-seconds; `all` ~1,390 s per run (BENCHMARKS.md).
     # Target: the weaker arm's own final validation accuracy (fraction 1.0). With 3 epochs, 0.9 x put the
     # target below both arms' first epoch (1 vs 1, measured); at 1.0 the weaker arm reaches it by its last
     # epoch and the ratio says how much sooner the other arm got there.
@@ -79,7 +77,7 @@ PRESETS = {
                      compare_design=False, order=("all", "fips", "fewshot"), workers=2),
     # cpu-full's questions with more budget (over the 60 minutes): FIP `all` for 6 epochs (both arms, seed
     # 0), and 10-shot with each arm at the rate of (0.005, 0.02, 0.05) its validation shapes prefer
-    # (3 seeds per rate); no other FIP mode.
+    # (3 seeds per rate); no other FIP mode. About 8,500 CPU-seconds (~75 minutes of two cores, measured).
     "cpu-full-long": dict(voxel_size=0.05, train_per_class=None, val_per_class=10, test_per_class=None, epochs=6,
                           io_epochs=1, fips=(), batch_size=32, fewshot_k=10, fewshot_epochs=15, fewshot_batch=25,
                           seeds=(0,), fewshot_seeds=(0, 1, 2), fewshot_lrs=(0.005, 0.02, 0.05), target_fraction=1.0,
