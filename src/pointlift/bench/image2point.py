@@ -77,7 +77,8 @@ PRESETS = {
                      compare_design=False, order=("all", "fips", "fewshot"), workers=2),
     # cpu-full's questions with more budget (over the 60 minutes): FIP `all` for 6 epochs (both arms, seed
     # 0), and 10-shot with each arm at the rate of (0.005, 0.02, 0.05) its validation shapes prefer
-    # (3 seeds per rate); no other FIP mode. About 8,500 CPU-seconds (~75 minutes of two cores, measured).
+    # (3 seeds per rate); no other FIP mode. About 9,700 CPU-seconds from nothing (~80 minutes of two cores;
+    # estimated from the measured runs, BENCHMARKS.md).
     "cpu-full-long": dict(voxel_size=0.05, train_per_class=None, val_per_class=10, test_per_class=None, epochs=6,
                           io_epochs=1, fips=(), batch_size=32, fewshot_k=10, fewshot_epochs=15, fewshot_batch=25,
                           seeds=(0,), fewshot_seeds=(0, 1, 2), fewshot_lrs=(0.005, 0.02, 0.05), target_fraction=1.0,
