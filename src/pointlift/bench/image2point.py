@@ -11,10 +11,9 @@ Runs (test accuracies are the *last* epoch's; nothing is selected by test score)
 - FIP `all` (full fine-tuning), inflated vs random, one run per seed: acc_{inflated,random}_all (mean over
   seeds) and their per-epoch *validation* curves (validation shapes carved from the training split);
 - the other FIP modes of the preset (`fips`), inflated vs random (seed 0): acc_{arm}_{fip};
-- few-shot (K shapes per class, the same seeds, fip `all`; none where `fewshot_k` is None):
-  fewshot{K}_{inflated,random}_{mean,std,val,lr}; with `fewshot_lrs`, each arm runs every rate and is
-  reported at the one with the best mean validation accuracy, the first listed on ties (every rate's
-  figures in config.fewshot_sweep);
+- few-shot (K shapes per class, the same seeds, fip `all`): fewshot{K}_{inflated,random}_{mean,std,val,lr};
+  with `fewshot_lrs`, each arm runs every rate and is reported at the one with the best mean validation
+  accuracy, the first listed on ties (every rate's figures in config.fewshot_sweep);
 - time to accuracy: on the seed-averaged validation curves of the `all` runs, the first epoch reaching the
   target, and their ratio. The target is a rule fixed in the preset: `target_fraction` x the lower of the
   two arms' final mean validation accuracies, so that both arms reach it;
@@ -188,7 +187,7 @@ def _plan(settings: dict) -> dict[str, list[dict]]:
         for label in ARMS:
             fips.append(_job(label, fip, settings["io_epochs"], settings["batch_size"], settings["train_per_class"], 0,
                              settings["lr_io"], False, f"{label}_{fip}"))
-    for seed in settings.get("fewshot_seeds", settings["seeds"]) if settings["fewshot_k"] else ():
+    for seed in settings.get("fewshot_seeds", settings["seeds"]):
         for label in ARMS:
             for lr in _fewshot_lrs(settings, label):
                 fewshot.append(_job(label, "all", settings["fewshot_epochs"], settings["fewshot_batch"],
@@ -262,7 +261,7 @@ def run(preset: str, out_dir: Path, resume: bool = False) -> BenchResult:
             metrics[f"trainable_params_{fip}"] = summary["trainable_params"]
     k = settings["fewshot_k"]
     fewshot_sweep: dict[str, dict] = {}
-    for label in ARMS if k else ():  # the rate with the best mean *validation* accuracy; its test figures
+    for label in ARMS:  # the rate with the best mean *validation* accuracy; its test figures
         by_lr = {lr: [results[_fewshot_name(settings, label, lr, seed)]
                       for seed in settings.get("fewshot_seeds", seeds)] for lr in _fewshot_lrs(settings, label)}
         fewshot_sweep[label] = {f"{lr:g}": {"val_mean": float(np.mean([r["val_overall_acc"] for r in runs])),
