@@ -264,14 +264,15 @@ def run(preset: str, out_dir: Path, resume: bool = False) -> BenchResult:
     for label in ARMS:  # the rate with the best mean *validation* accuracy; its test figures
         by_lr = {lr: [results[_fewshot_name(settings, label, lr, seed)]
                       for seed in settings.get("fewshot_seeds", seeds)] for lr in _fewshot_lrs(settings, label)}
-        fewshot_sweep[label] = {f"{lr:g}": {"val_mean": float(np.mean([r["val_overall_acc"] for r in runs])),
+        val = {lr: float(np.mean([r["val_overall_acc"] for r in runs])) for lr, runs in by_lr.items()}
+        chosen = max(val, key=val.get)
+        fewshot_sweep[label] = {f"{lr:g}": {"val_mean": val[lr],
                                             "test_mean": float(np.mean([r["overall_acc"] for r in runs]))}
                                 for lr, runs in by_lr.items()}
-        chosen = max(by_lr, key=lambda lr: fewshot_sweep[label][f"{lr:g}"]["val_mean"])
         scores = [summary["overall_acc"] for summary in by_lr[chosen]]
         metrics[f"fewshot{k}_{label}_mean"] = float(np.mean(scores))
         metrics[f"fewshot{k}_{label}_std"] = float(np.std(scores))
-        metrics[f"fewshot{k}_{label}_val"] = fewshot_sweep[label][f"{chosen:g}"]["val_mean"]
+        metrics[f"fewshot{k}_{label}_val"] = val[chosen]
         metrics[f"fewshot{k}_{label}_lr"] = chosen
 
     # time to accuracy on the seed-averaged *validation* curves; the target is fixed by a rule
