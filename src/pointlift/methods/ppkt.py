@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pointlift.engine.config import TrainConfig, config_to_dict, load_config, require
+from pointlift.engine.device import resolve_device
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.geometry import average_per_voxel, rotation_about_axis, transform_points, voxelize
 from pointlift.methods.ppkt_pairs import (PointPixelPairs, lidar_pairs, rescale_pixels, resize_image,
@@ -526,12 +527,6 @@ def retrieval_accuracy(model: PPKTModel, dataset: PPKTDataset, points_per_frame:
 # ------------------------------------------------------------------------------------------ pretrain
 
 
-def _resolve_device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def model_spec(config: PPKTConfig) -> dict:
     return {"kind": "ppkt", "config": {"model": config_to_dict(config.model), "loss": config_to_dict(config.loss),
                                        "data": config_to_dict(config.data)}}
@@ -594,7 +589,7 @@ def pretrain(config: PPKTConfig, run_dir: str | Path, resume: bool = False, prog
 
     seed_everything(config.train.seed)  # before anything random is built: runs repeat exactly
     run_dir = Path(run_dir)
-    device = _resolve_device(device or config.device)
+    device = resolve_device(device or config.device)
     cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "teacher_cache"
     setup = build_setup(config, cache_dir, device, progress)
     seed_everything(config.train.seed)  # the cache build may have drawn numbers (it does not when reused)
@@ -658,7 +653,7 @@ def eval_command(checkpoint: str | Path, frames_dir: str | Path, out: str | Path
                  points_per_frame: int = 256, max_frames: int = 50) -> dict:
     """`pointlift eval ppkt --checkpoint CKPT --frames DIR --out FILE.json`: retrieval on an RGB-D directory
     (at most `max_frames` frames, evenly spread)."""
-    device = _resolve_device(None)
+    device = resolve_device(None)
     model, spec_config = load_pretrained(checkpoint, device)
     data = load_config({**spec_config["data"], "kind": "rgbd", "root": str(frames_dir), "frame_stride": 1,
                         "train_below": None, "frames_per_sample": 1, "cross_view_pairs": False}, PPKTDataConfig)

@@ -31,7 +31,9 @@ from pointlift.data.scenes import (IGNORE, LABEL_SETS, LAYOUTS, Scene, detect_la
                                    read_scene, scene_group, select_scenes)
 from pointlift.engine.config import OptimConfig, TrainConfig, config_to_dict, load_config, require
 from pointlift.errors import PointliftConfigError, PointliftDataError
+from pointlift.engine.device import resolve_device
 from pointlift.geometry.voxel import average_per_voxel, voxelize
+from pointlift.metrics import confusion_matrix, segmentation_metrics
 from pointlift.sparse import SparseTensor
 
 # ------------------------------------------------------------------------------------------- config
@@ -123,44 +125,6 @@ class SegmentationConfig:
 
 
 # --------------------------------------------------------------------------------------------- metrics
-
-
-def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """(C, C) int64 counts, rows = ground truth, columns = prediction; points labelled IGNORE (or any id
-    outside 0..C-1) are left out."""
-    predictions = np.asarray(predictions).astype(np.int64).ravel()
-    labels = np.asarray(labels).astype(np.int64).ravel()
-    if predictions.shape != labels.shape:
-        raise PointliftDataError("<predictions>", f"{predictions.shape[0]} predictions for {labels.shape[0]} labels")
-    keep = (labels >= 0) & (labels < num_classes)
-    if keep.any() and (predictions[keep].min() < 0 or predictions[keep].max() >= num_classes):
-        raise PointliftDataError("<predictions>", f"predicted ids must lie in 0..{num_classes - 1}")
-    flat = labels[keep] * num_classes + predictions[keep]
-    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def segmentation_metrics(confusion: np.ndarray, class_names: tuple[str, ...] | list[str]) -> dict:
-    """IoU_c = TP / (TP + FP + FN) for every class; mIoU = the mean over classes present in the ground
-    truth (a class never labelled and never predicted has no IoU, NaN; one predicted but absent counts
-    its false positives in the classes it took them from); overall accuracy = trace / labelled points;
-    mean accuracy = mean recall over present classes."""
-    confusion = np.asarray(confusion, dtype=np.float64)
-    tp = np.diag(confusion)
-    gt = confusion.sum(1)
-    union = gt + confusion.sum(0) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / union, np.nan)
-        recall = np.where(gt > 0, tp / gt, np.nan)
-    present = gt > 0
-    total = confusion.sum()
-    return {
-        "miou": float(iou[present].mean()) if present.any() else float("nan"),
-        "overall_acc": float(tp.sum() / total) if total else float("nan"),
-        "mean_acc": float(recall[present].mean()) if present.any() else float("nan"),
-        "per_class_iou": {name: (None if math.isnan(v) else float(v)) for name, v in zip(class_names, iou)},
-        "classes_present": int(present.sum()),
-        "labelled_points": int(total),
-    }
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -519,12 +483,6 @@ def model_spec(config: SegmentationConfig, num_classes: int, label_set: str) -> 
                                                "num_classes": num_classes, "label_set": label_set}}
 
 
-def _resolve_device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def finetune(config: SegmentationConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
              scenes: dict[str, list[Scene]] | None = None) -> dict:
     """Fine-tune on the training scans and score the test scans (last step); writes results.json,
@@ -545,7 +503,7 @@ def finetune(config: SegmentationConfig, run_dir: str | Path, *, resume: bool = 
     num_classes = len(class_names)
     train_scenes = label_efficient_subset(scenes["train"], data.scene_fraction, data.point_fraction,
                                           data.subset_seed)
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     model = build_model(config, num_classes).to(device)
     summary: dict = {"train_scans": [s.name for s in train_scenes], "test_scans": [s.name for s in scenes["test"]],
                      "labelled_train_points": int(sum((s.labels != IGNORE).sum() for s in train_scenes)),
@@ -638,7 +596,7 @@ def eval_command(checkpoint: str | Path, data_dir: str | Path, out: str | Path,
                  predictions_dir: str | Path | None = None) -> dict:
     """`pointlift eval segmentation --checkpoint CKPT --data DIR --out FILE.json`: every scan of DIR (any
     supported layout with the checkpoint's label set), every point scored."""
-    device = _resolve_device(None)
+    device = resolve_device(None)
     model, cfg = load_segmentation_checkpoint(checkpoint, device)
     layout = detect_layout(data_dir)
     if label_set_of(layout) != cfg["label_set"]:

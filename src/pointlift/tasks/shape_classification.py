@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.geometry.voxel import average_per_voxel, voxelize
+from pointlift.metrics import accuracy_metrics
 from pointlift.sparse import SparseTensor
 
 
@@ -296,14 +297,6 @@ class SparseShapeClassifier(nn.Module):
         loss = F.cross_entropy(logits.float(), batch["labels"])
         acc = (logits.argmax(1) == batch["labels"]).float().mean()
         return {"loss": loss, "acc": acc.detach()}
-
-
-def accuracy_metrics(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
-    """Overall accuracy and mean of the per-class accuracies (classes present in `labels`)."""
-    predictions, labels = np.asarray(predictions), np.asarray(labels)
-    overall = float((predictions == labels).mean()) if len(labels) else float("nan")
-    per_class = [float((predictions[labels == c] == c).mean()) for c in range(num_classes) if (labels == c).any()]
-    return {"overall_acc": overall, "mean_class_acc": float(np.mean(per_class)) if per_class else float("nan")}
 
 
 @torch.no_grad()
