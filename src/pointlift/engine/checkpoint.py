@@ -300,11 +300,32 @@ def read_checkpoint_meta(path: str | Path) -> dict:
     return meta
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
+def checkpoint_kind(meta: dict) -> str | None:
+    """The model kind a checkpoint's sidecar declares (`model_spec.kind`), None when it declares none."""
+    return (meta.get("model_spec") or {}).get("kind")
+
+
+def check_kind(path: str | Path, meta: dict, expect_kind: str | tuple[str, ...], hint: str = "") -> str:
+    """The checkpoint's kind, which must be `expect_kind` (or one of them): else one PointliftDataError that
+    names the file, the kind found and the kind needed (`hint` says where such a checkpoint goes instead)."""
+    expected = (expect_kind,) if isinstance(expect_kind, str) else tuple(expect_kind)
+    kind = checkpoint_kind(meta)
+    if kind not in expected:
+        wanted = " or ".join(repr(k) for k in expected)
+        raise PointliftDataError(path, f"is a {kind or 'unknown'!r} checkpoint, not a {wanted} one"
+                                       + (f": {hint}" if hint else ""))
+    return kind
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    expect_kind: str | tuple[str, ...] | None = None) -> tuple[dict, dict]:
     """(model state dict, meta). meta is the sidecar, with `optimizer`/`scheduler` rebuilt as
-    state dicts ready for `load_state_dict` (or None when not saved)."""
+    state dicts ready for `load_state_dict` (or None when not saved). `expect_kind`: the model kind(s)
+    the caller can use; another kind is refused (see `check_kind`) before any tensor is read."""
     tensor_path, sidecar_path = checkpoint_files(path)
     meta = read_checkpoint_meta(path)
+    if expect_kind is not None:
+        check_kind(path, meta, expect_kind)
     source = None
     for candidate in (tensor_path, _previous_tensor_file(tensor_path)):
         if candidate.is_file() and _tensor_file_id(candidate) == meta["checkpoint_id"]:
