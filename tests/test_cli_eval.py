@@ -133,7 +133,7 @@ def test_other_methods_checkpoints(chain, tmp_path, capsys):
     import torch
 
     from pointlift.engine.checkpoint import model_state_for_checkpoint, save_checkpoint
-    from pointlift.methods.ppkt import build_embedder as ppkt_embedder
+    from pointlift.methods.ppkt.embedder import build_embedder as ppkt_embedder
 
     _, data, _ = chain
     inflated = tmp_path / "inflated"
@@ -160,7 +160,7 @@ def test_other_methods_checkpoints(chain, tmp_path, capsys):
     _one_line_exit_2(capsys, ["finetune", "image2point", "--config", str(config)], "'i2p_mae'",
                      "finetune i2p-mae")
     _one_line_exit_2(capsys, ["eval", "ppkt", "--checkpoint", str(run), "--frames", str(tmp_path), "--out",
-                              str(tmp_path / "r.json")], "not a PPKT checkpoint")
+                              str(tmp_path / "r.json")], "'i2p_mae'", "not a 'ppkt' one")
     for checkpoint, needle in ((inflated, "finetune image2point"), (ppkt, "scene-level")):
         config = tmp_path / "ft.yaml"
         config.write_text(yaml.safe_dump({"checkpoint": str(checkpoint), "data": {"path": str(data)}}))

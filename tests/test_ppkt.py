@@ -14,9 +14,14 @@ import torch
 from pointlift.engine import load_config
 from pointlift.engine.checkpoint import load_checkpoint
 from pointlift.geometry import invert_rigid, pixel_index, project, transform_points
-from pointlift.methods import ppkt
-from pointlift.methods.ppkt_cache import open_teacher_cache
-from pointlift.methods.ppkt_pairs import (lidar_pairs, rescale_pixels, rgbd_pairs, zbuffer_depth_map)
+from pointlift.methods.ppkt.cache import open_teacher_cache
+from pointlift.methods.ppkt.commands import eval_command, pretrain_command
+from pointlift.methods.ppkt.config import PPKTConfig
+from pointlift.methods.ppkt.dataset import collate_ppkt
+from pointlift.methods.ppkt.embedder import build_embedder
+from pointlift.methods.ppkt.model import PPKTModel, info_nce
+from pointlift.methods.ppkt.pairs import lidar_pairs, rescale_pixels, rgbd_pairs, zbuffer_depth_map
+from pointlift.methods.ppkt.pretrain import build_setup
 
 K_SMALL = np.array([[30.0, 0, 16], [0, 30.0, 12], [0, 0, 1]])
 
@@ -146,7 +151,7 @@ def test_info_nce_matches_a_loop():
     generator = torch.Generator().manual_seed(0)
     f3d = torch.nn.functional.normalize(torch.randn(6, 4, generator=generator), dim=1)
     f2d = torch.nn.functional.normalize(torch.randn(6, 4, generator=generator), dim=1)
-    loss, _ = ppkt.info_nce(f3d, f2d, 0.07)
+    loss, _ = info_nce(f3d, f2d, 0.07)
     slow = 0.0
     for i in range(6):
         scores = [float(f3d[i] @ f2d[j]) / 0.07 for j in range(6)]
@@ -187,7 +192,7 @@ def test_teacher_cache_is_reused_and_invalidated(tmp_path):
 # -------------------------------------------------------------------------------------- end to end
 
 
-def _tiny_config(tmp_path: Path, **data) -> ppkt.PPKTConfig:
+def _tiny_config(tmp_path: Path, **data) -> PPKTConfig:
     return load_config({
         "data": {"kind": "synthetic", "synthetic_frames": 4, "synthetic_hw": [36, 48], "pixel_stride": 2,
                  "image_size": [36, 48], "holdout_fraction": 0.25, **data},
@@ -200,7 +205,7 @@ def _tiny_config(tmp_path: Path, **data) -> ppkt.PPKTConfig:
         "augment": {"rotate_up": False, "flip": False, "scale": [1.0, 1.0]},
         "eval_points_per_frame": 64,
         "run_root": str(tmp_path),
-    }, ppkt.PPKTConfig)
+    }, PPKTConfig)
 
 
 def _write_seven_scenes(root: Path, frames) -> None:
@@ -217,13 +222,13 @@ def _write_seven_scenes(root: Path, frames) -> None:
 
 def test_pretrain_loss_falls_cache_matches_images_and_checkpoint_loads(tmp_path):
     config = _tiny_config(tmp_path)
-    setup = ppkt.build_setup(config, tmp_path / "cache", torch.device("cpu"), use_cache=True)
+    setup = build_setup(config, tmp_path / "cache", torch.device("cpu"), use_cache=True)
     torch.manual_seed(0)
-    model = ppkt.PPKTModel(config.model, config.loss, config.data.image_size, setup.teacher)
+    model = PPKTModel(config.model, config.loss, config.data.image_size, setup.teacher)
     # cached maps give the same loss as running the teacher on the images (float16 storage)
-    cached = ppkt.collate_ppkt([setup.train_set[0]])
+    cached = collate_ppkt([setup.train_set[0]])
     setup.train_set.cache = None
-    uncached = ppkt.collate_ppkt([setup.train_set[0]])
+    uncached = collate_ppkt([setup.train_set[0]])
     assert "teacher_features" in cached and "images" in uncached
     assert torch.allclose(model.pixel_maps(cached), model.pixel_maps(uncached), atol=2e-2)
 
@@ -232,7 +237,7 @@ def test_pretrain_loss_falls_cache_matches_images_and_checkpoint_loads(tmp_path)
     from pointlift.engine import save_config
 
     save_config(config, config_path)
-    results = ppkt.pretrain_command(config_path, run_dir=tmp_path / "run")
+    results = pretrain_command(config_path, run_dir=tmp_path / "run")
     losses = [row["loss"] for row in results["history"]]
     assert losses[-1] < losses[0] - 0.3, losses
     state, meta = load_checkpoint(results["checkpoint"])
@@ -241,7 +246,7 @@ def test_pretrain_loss_falls_cache_matches_images_and_checkpoint_loads(tmp_path)
     assert results["retrieval_pretrained"]["chance"] == pytest.approx(1 / 64, rel=0.2)
 
     # the 3D network loads into the embedder (what `pointlift embed` and fine-tuning use)
-    embedder = ppkt.build_embedder(meta["model_spec"]["config"])
+    embedder = build_embedder(meta["model_spec"]["config"])
     missing = embedder.load_state_dict(state, strict=False).missing_keys
     assert not missing
     assert torch.equal(embedder.student.head.weight, state["student.head.weight"])
@@ -252,8 +257,8 @@ def test_pretrain_loss_falls_cache_matches_images_and_checkpoint_loads(tmp_path)
     from pointlift.data.synthetic import make_rgbd_scene
 
     _write_seven_scenes(tmp_path / "frames", make_rgbd_scene(2, 36, 48, seed=3))
-    record = ppkt.eval_command(results["checkpoint"], tmp_path / "frames", tmp_path / "eval.json",
-                               points_per_frame=32)
+    record = eval_command(results["checkpoint"], tmp_path / "frames", tmp_path / "eval.json",
+                          points_per_frame=32)
     written = json.loads((tmp_path / "eval.json").read_text())
     assert written["retrieval"]["frames"] == 2 and 0 <= written["retrieval"]["top1"] <= 1
     assert record["retrieval"]["chance"] == pytest.approx(1 / 32)
@@ -262,7 +267,7 @@ def test_pretrain_loss_falls_cache_matches_images_and_checkpoint_loads(tmp_path)
 def test_configs_load():
     root = Path(__file__).resolve().parents[1] / "configs"
     for name in ("ppkt_7scenes.yaml", "ppkt_kitti.yaml"):
-        config = load_config(root / name, ppkt.PPKTConfig)
+        config = load_config(root / name, PPKTConfig)
         assert config.loss.temperature == pytest.approx(0.07)
 
 

@@ -272,12 +272,13 @@ def test_ppkt_semantickitti_source_pairs_points_with_pixels(shared):
     import torch
 
     from pointlift.engine.config import load_config
-    from pointlift.methods import ppkt
-    from pointlift.methods.ppkt_pairs import lidar_pairs
+    from pointlift.methods.ppkt.config import PPKTDataConfig
+    from pointlift.methods.ppkt.pairs import lidar_pairs
+    from pointlift.methods.ppkt.sources import open_lidar_frames
 
     root = shared(KITTI)
-    data = load_config({"kind": "semantickitti", "root": str(root), "sequences": ["05"]}, ppkt.PPKTDataConfig)
-    frames = ppkt.open_lidar_frames(data)
+    data = load_config({"kind": "semantickitti", "root": str(root), "sequences": ["05"]}, PPKTDataConfig)
+    frames = open_lidar_frames(data)
     assert [f.name for f in frames] == ["05_000000", "05_000008"]
     frame = frames[0]
     camera = frame.cameras[0]
@@ -291,13 +292,13 @@ def test_ppkt_semantickitti_source_pairs_points_with_pixels(shared):
     road = torch.as_tensor(scene.labels)[pairs.pair_point] == S.SEMANTICKITTI19_NAMES.index("road")
     assert float(v[road].float().mean()) > float(v[~road].float().mean())
     with pytest.raises(PointliftDataError, match="08"):
-        ppkt.open_lidar_frames(load_config({"kind": "semantickitti", "root": str(root), "sequences": ["08"]},
-                                           ppkt.PPKTDataConfig))
+        open_lidar_frames(load_config({"kind": "semantickitti", "root": str(root), "sequences": ["08"]},
+                                      PPKTDataConfig))
 
 
 def test_ppkt_semantickitti_config_loads():
     from pointlift.engine.config import load_config
-    from pointlift.methods import ppkt
+    from pointlift.methods.ppkt.config import PPKTConfig
 
-    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "ppkt_semantickitti.yaml", ppkt.PPKTConfig)
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "ppkt_semantickitti.yaml", PPKTConfig)
     assert config.data.kind == "semantickitti" and config.model.in_features == "constant"

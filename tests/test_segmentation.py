@@ -131,15 +131,17 @@ def test_config_rejects_room_on_both_sides():
 
 def test_ppkt_checkpoint_initialises_the_unet(tmp_path):
     from pointlift.engine.checkpoint import model_state_for_checkpoint, save_checkpoint
-    from pointlift.methods import ppkt
+    from pointlift.methods.ppkt.config import PPKTConfig, PPKTDataConfig, PPKTLossConfig, PPKTModelConfig
+    from pointlift.methods.ppkt.model import PPKTModel
+    from pointlift.methods.ppkt.pretrain import model_spec
 
     model_cfg = load_config({"student": "spunet-tiny", "voxel_size": 0.1, "in_features": "rgb",
-                             "teacher_weights": "random", "teacher_stage": 3}, ppkt.PPKTModelConfig)
+                             "teacher_weights": "random", "teacher_stage": 3}, PPKTModelConfig)
     torch.manual_seed(5)
-    pretrained = ppkt.PPKTModel(model_cfg, ppkt.PPKTLossConfig(), (32, 32))
-    config = ppkt.PPKTConfig(model=model_cfg, data=ppkt.PPKTDataConfig(kind="synthetic"))
+    pretrained = PPKTModel(model_cfg, PPKTLossConfig(), (32, 32))
+    config = PPKTConfig(model=model_cfg, data=PPKTDataConfig(kind="synthetic"))
     path = save_checkpoint(tmp_path / "ppkt", model_state_for_checkpoint(pretrained), step=1,
-                           model_spec=ppkt.model_spec(config))
+                           model_spec=model_spec(config))
     data = seg.SegDataConfig(train=["x"], test=["y"], voxel_size=0.1)
     net = seg.build_backbone(seg.SegModelConfig(unet="spunet-tiny", init="ppkt", checkpoint=path), data, 20)
     for name, tensor in net.state_dict().items():

@@ -231,7 +231,7 @@ def _cmd_finetune(args) -> int:
 
 def _cmd_pretrain(args) -> int:
     if args.method == "ppkt":
-        from pointlift.methods.ppkt import pretrain_command
+        from pointlift.methods.ppkt.commands import pretrain_command
     else:
         from pointlift.methods.i2p_mae import pretrain_command
     pretrain_command(args.config, resume=args.resume, run_dir=args.run_dir)
@@ -240,7 +240,7 @@ def _cmd_pretrain(args) -> int:
 
 def _cmd_eval(args) -> int:
     if args.task == "ppkt":
-        from pointlift.methods.ppkt import eval_command
+        from pointlift.methods.ppkt.commands import eval_command
         from pointlift.tasks.embed import resolve_checkpoint
 
         eval_command(resolve_checkpoint(args.checkpoint), args.frames, args.out)

@@ -26,7 +26,10 @@ from torch import nn
 from pointlift.bench import BenchResult, shared_path
 from pointlift.engine import load_config
 from pointlift.engine.config import TrainConfig, config_to_dict
-from pointlift.methods import ppkt
+from pointlift.methods.ppkt.config import PPKTConfig, PPKTModelConfig
+from pointlift.methods.ppkt.dataset import PPKTDataset, collate_ppkt
+from pointlift.methods.ppkt.model import PPKTModel, build_student
+from pointlift.methods.ppkt.pretrain import build_setup, pretrain
 
 
 
@@ -74,14 +77,14 @@ PRESETS = {
 SHAPE_UNIT_METRES = 0.75  # one unit-sphere unit read as 0.75 m (see the module docstring)
 
 
-def pretrain_config(preset: str, out_dir: Path) -> ppkt.PPKTConfig:
+def pretrain_config(preset: str, out_dir: Path) -> PPKTConfig:
     spec = PRESETS[preset]["pretrain"]
     data = {"kind": "rgbd", "root": str(shared_path("data/7scenes-redkitchen")), "train_below": 560, **spec["data"]}
     return load_config({**spec, "data": data, "run_root": str(out_dir), "cache_dir": str(out_dir / "teacher_cache")},
-                       ppkt.PPKTConfig)
+                       PPKTConfig)
 
 
-def measure_throughput(model: ppkt.PPKTModel, dataset: ppkt.PPKTDataset, cache, steps: int, batch_size: int,
+def measure_throughput(model: PPKTModel, dataset: PPKTDataset, cache, steps: int, batch_size: int,
                        device) -> tuple[float, float]:
     """(frames/s with cached teacher maps, frames/s running the teacher), same frames, same model.
 
@@ -101,7 +104,7 @@ def measure_throughput(model: ppkt.PPKTModel, dataset: ppkt.PPKTDataset, cache, 
             dataset.cache = use
             torch.manual_seed(1000 + step)  # identical augmentations and sampled pairs in both arms
             start = time.perf_counter()
-            batch = ppkt.collate_ppkt([dataset[i] for i in frames])
+            batch = collate_ppkt([dataset[i] for i in frames])
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = model(batch)["loss"]
             loss.backward()
@@ -123,10 +126,10 @@ class PPKTShapeClassifierBackbone(nn.Module):
     networks a 1 (as in pretraining). Parameter names keep PPKT's `student.` prefix.
     """
 
-    def __init__(self, model_config: ppkt.PPKTModelConfig, num_classes: int):
+    def __init__(self, model_config: PPKTModelConfig, num_classes: int):
         super().__init__()
         self.model_config = model_config
-        self.student = ppkt.build_student(model_config)
+        self.student = build_student(model_config)
         self.classifier = nn.Linear(2 * model_config.embed_dim, num_classes)
 
     def forward(self, x):
@@ -139,7 +142,7 @@ class PPKTShapeClassifierBackbone(nn.Module):
         return self.classifier(torch.cat([global_pool(out, "max"), global_pool(out, "mean")], dim=1))
 
 
-def downstream(model_config: ppkt.PPKTModelConfig, pretrained_state: dict | None, fraction: int, seed: int,
+def downstream(model_config: PPKTModelConfig, pretrained_state: dict | None, fraction: int, seed: int,
                spec: dict, run_dir: Path, splits, device) -> float:
     """Overall test accuracy after fine-tuning with `fraction` % of the labels (class-balanced)."""
     from pointlift.tasks.shape_classification import (ShapeDataConfig, SparseShapeClassifier, build_datasets,
@@ -180,7 +183,7 @@ def run(preset: str, out_dir: Path) -> BenchResult:
     timings = {}
 
     start = time.perf_counter()
-    results = ppkt.pretrain(config, out_dir / "pretrain", progress=False, device=str(device))
+    results = pretrain(config, out_dir / "pretrain", progress=False, device=str(device))
     timings["pretrain_total_s"] = time.perf_counter() - start
     metrics = {
         "retrieval_top1_pretrained": results["retrieval_pretrained"]["top1"],
@@ -196,8 +199,8 @@ def run(preset: str, out_dir: Path) -> BenchResult:
     }
 
     # cache speed-up, side by side on the same training frames and model
-    setup = ppkt.build_setup(config, out_dir / "teacher_cache", device)
-    model = ppkt.PPKTModel(config.model, config.loss, config.data.image_size, setup.teacher)
+    setup = build_setup(config, out_dir / "teacher_cache", device)
+    model = PPKTModel(config.model, config.loss, config.data.image_size, setup.teacher)
     cached, uncached = measure_throughput(model, setup.train_set, setup.cache, options["throughput_steps"],
                                           config.train.batch_size, device)
     metrics.update(frames_per_s_cached=cached, frames_per_s_uncached=uncached, cache_speedup=cached / uncached)

@@ -74,7 +74,8 @@ def _train(steps: int, batch_size: int, lr: float, seed: int, sgd: bool) -> dict
 
 def pretrain_ppkt_7scenes(spec: dict, unet: str, voxel_size: float, out_dir: Path):
     """PPKT on 7-Scenes redkitchen (frames below 560): RGB input, the fine-tune's U-Net and voxel size."""
-    from pointlift.methods import ppkt
+    from pointlift.methods.ppkt.config import PPKTConfig
+    from pointlift.methods.ppkt.pretrain import pretrain
 
     p = spec["ppkt_7scenes"]
     config = load_config({
@@ -86,14 +87,15 @@ def pretrain_ppkt_7scenes(spec: dict, unet: str, voxel_size: float, out_dir: Pat
         "loss": {"num_pairs": p["num_pairs"]},
         "train": {**_train(p["steps"], 2, 0.003, 0, False)},
         "eval_points_per_frame": 128, "run_root": str(out_dir), "cache_dir": str(out_dir / "teacher_cache_7scenes"),
-    }, ppkt.PPKTConfig)
-    results = ppkt.pretrain(config, out_dir / "ppkt_7scenes", progress=False)
+    }, PPKTConfig)
+    results = pretrain(config, out_dir / "ppkt_7scenes", progress=False)
     return Path(results["checkpoint"]), results
 
 
 def pretrain_ppkt_kitti(spec: dict, unet: str, voxel_size: float, out_dir: Path):
     """PPKT from LiDAR + camera on the SemanticKITTI training sequences (labels unused), constant input."""
-    from pointlift.methods import ppkt
+    from pointlift.methods.ppkt.config import PPKTConfig
+    from pointlift.methods.ppkt.pretrain import pretrain
 
     p = spec["ppkt_kitti"]
     config = load_config({
@@ -104,8 +106,8 @@ def pretrain_ppkt_kitti(spec: dict, unet: str, voxel_size: float, out_dir: Path)
         "loss": {"num_pairs": p["num_pairs"]},
         "train": {**_train(p["steps"], 2, 0.003, 0, False)},
         "eval_points_per_frame": 128, "run_root": str(out_dir), "cache_dir": str(out_dir / "teacher_cache_kitti"),
-    }, ppkt.PPKTConfig)
-    results = ppkt.pretrain(config, out_dir / "ppkt_kitti", progress=False)
+    }, PPKTConfig)
+    results = pretrain(config, out_dir / "ppkt_kitti", progress=False)
     return Path(results["checkpoint"]), results
 
 

@@ -1,0 +1,106 @@
+"""PPKT's run configuration: where pairs come from, the two networks, the loss, the augmentations, the run.
+
+Every field is a config key of `pointlift pretrain ppkt --config FILE` (and of a checkpoint's model_spec).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from pointlift.engine.config import TrainConfig, require
+
+
+@dataclass
+class PPKTDataConfig:
+    """Where pairs come from. kind: an RGB-D directory (7-Scenes/ScanNet layout), a KITTI-style
+    directory of `NAME.bin/.png/.txt` triples, a SemanticKITTI root (`sequences/SS/velodyne`, `image_2`,
+    `calib.txt`; labels unused), one nuScenes info pickle, or a synthetic scene."""
+
+    kind: Literal["rgbd", "kitti", "semantickitti", "nuscenes", "synthetic"] = "rgbd"
+    root: Optional[Path] = None
+    sequences: list[str] = field(default_factory=list)  # semantickitti: sequences to use (empty = all)
+    info_pkl: Optional[Path] = None  # nuscenes only
+    train_below: Optional[int] = None  # rgbd: frame numbers below this train, the rest are held out
+    holdout_fraction: float = 0.25  # otherwise: the last fraction of frames is held out
+    frame_stride: int = 1  # use every k-th frame
+    frames_per_sample: int = 1  # fuse this many consecutive (strided) frames into one sample
+    cross_view_pairs: bool = False  # fused frames: also pair points with other frames' pixels (occlusion-tested)
+    pixel_stride: int = 4  # back-project every k-th depth row/column
+    image_size: tuple[int, int] = (240, 320)  # (H, W) of the teacher's input and of the pixel grid
+    max_depth: float = 0.0  # rgbd: drop points farther than this (0 = keep all)
+    min_depth: float = 1.0  # lidar: keep camera depth > this
+    occlusion: bool = True  # lidar: z-buffer occlusion test
+    occlusion_tolerance: float = 0.25  # |depth(u, v) - z| <= tolerance * z
+    zbuffer_cell: int = 4  # lidar z-buffer cell size in pixels
+    max_eval_frames: int = 0  # 0 = every held-out frame
+    synthetic_frames: int = 16
+    synthetic_hw: tuple[int, int] = (96, 128)
+    synthetic_seed: int = 0
+
+    def __post_init__(self):
+        require(self.frame_stride >= 1, "frame_stride", "must be >= 1")
+        require(self.frames_per_sample >= 1, "frames_per_sample", "must be >= 1")
+        require(self.pixel_stride >= 1, "pixel_stride", "must be >= 1")
+        require(min(self.image_size) >= 8, "image_size", f"must be at least 8x8, got {self.image_size}")
+        require(0 < self.holdout_fraction < 1, "holdout_fraction", "must be in (0, 1)")
+        require(self.occlusion_tolerance >= 0, "occlusion_tolerance", "must be >= 0")
+        require(self.zbuffer_cell >= 1, "zbuffer_cell", "must be >= 1")
+        require(self.kind == "synthetic" or self.root is not None, "root", f"required for kind '{self.kind}'")
+        require(self.kind != "nuscenes" or self.info_pkl is not None, "info_pkl", "required for kind 'nuscenes'")
+
+
+@dataclass
+class PPKTModelConfig:
+    teacher: str = "tf_efficientnet_lite0"
+    teacher_weights: Optional[str] = None  # None = bundled/hub weights, a path, or "random"
+    teacher_stage: int = -1
+    embed_dim: int = 64
+    upl_mode: Literal["bilinear", "learned"] = "bilinear"
+    student: str = "spunet-v1m1"
+    in_features: Literal["rgb", "constant"] = "rgb"
+    voxel_size: float = 0.05
+    up_axis: Literal["x", "y", "z"] = "y"  # camera frames: y (down); LiDAR: z
+
+    def __post_init__(self):
+        require(self.embed_dim >= 1, "embed_dim", "must be >= 1")
+        require(self.voxel_size > 0, "voxel_size", "must be > 0")
+
+
+@dataclass
+class PPKTLossConfig:
+    num_pairs: int = 4096
+    temperature: float = 0.07
+
+    def __post_init__(self):
+        require(self.num_pairs >= 2, "num_pairs", "must be >= 2")
+        require(self.temperature > 0, "temperature", "must be > 0")
+
+
+@dataclass
+class PPKTAugmentConfig:
+    """Augmentations the teacher cache is exact under: they move points, not pixels."""
+
+    rotate_up: bool = True  # random rotation about the up axis
+    flip: bool = True  # random mirror of a horizontal axis
+    scale: tuple[float, float] = (0.9, 1.1)
+    image_flip: bool = False  # mirror image (cached map) and pixel u together, p = 0.5
+
+
+@dataclass
+class PPKTConfig:
+    data: PPKTDataConfig = field(default_factory=PPKTDataConfig)
+    model: PPKTModelConfig = field(default_factory=PPKTModelConfig)
+    loss: PPKTLossConfig = field(default_factory=PPKTLossConfig)
+    augment: PPKTAugmentConfig = field(default_factory=PPKTAugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cache: bool = True
+    cache_dir: Optional[Path] = None  # default: <run_dir>/teacher_cache
+    eval_points_per_frame: int = 256  # retrieval candidates per frame (chance = 1 / this)
+    eval_untrained: bool = True  # also measure the untrained network (same seed) for comparison
+    device: Optional[str] = None
+    run_root: Path = Path("runs")
+
+    def __post_init__(self):
+        require(self.eval_points_per_frame >= 2, "eval_points_per_frame", "must be >= 2")

@@ -1,0 +1,153 @@
+"""PPKT: pixel-to-point knowledge transfer (Liu et al., arXiv 2104.04687), read beside the paper.
+
+1. Pairs (`pairs`): every 3D point keeps the pixel it was seen at (RGB-D back-projection, or
+   LiDAR projection into calibrated cameras).
+2. 2D branch: a frozen timm teacher gives a low-resolution map; the trainable Upsampling Projection
+   Layer (UPL) turns it into an L2-normalised D-dim embedding per pixel. The teacher maps can come
+   from an on-disk cache (`cache`), since they never change.
+3. 3D branch: a sparse U-Net on voxelised points (input RGB or a constant 1) with a D-dim head,
+   read back per point through the voxel inverse map and L2-normalised.
+4. Loss: InfoNCE point -> pixel over N sampled pairs: logits = f3d . f2d^T / tau, target = own pixel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pointlift.geometry import average_per_voxel, voxelize
+from pointlift.methods.ppkt.config import PPKTLossConfig, PPKTModelConfig
+
+# ------------------------------------------------------------------------------ 2D branch: the teacher
+
+
+def build_teacher(model: PPKTModelConfig):
+    """The frozen 2D network (timm backbone, one feature stage) whose pixel features are transferred."""
+    from pointlift.teachers.teacher import Teacher
+
+    return Teacher(model.teacher, model.teacher_weights, model.teacher_stage)
+
+
+# ---------------------------------------------------------------------------- 3D branch: the student
+
+
+def _student_in_channels(model: PPKTModelConfig) -> int:
+    return 3 if model.in_features == "rgb" else 1
+
+
+def build_student(model: PPKTModelConfig) -> nn.Module:
+    """The trainable 3D network: a sparse U-Net with an `embed_dim` head (the network PPKT pretrains)."""
+    from pointlift.models.sparse_unet import sparse_unet
+
+    return sparse_unet(model.student, _student_in_channels(model), model.embed_dim)
+
+
+def student_point_features(student: nn.Module, model: PPKTModelConfig, points: torch.Tensor,
+                           batch_index: torch.Tensor, colors: torch.Tensor | None) -> torch.Tensor:
+    """Voxelise, run the sparse U-Net, read each point's voxel feature back: (N, D) L2-normalised."""
+    from pointlift.sparse import SparseTensor
+
+    voxels = voxelize(points, model.voxel_size, batch_index)
+    if model.in_features == "rgb":
+        if colors is None:
+            colors = torch.full_like(points, 0.5)
+        inputs = average_per_voxel(colors, voxels)
+    else:
+        inputs = torch.ones(voxels.num_voxels, 1, dtype=points.dtype, device=points.device)
+    batch_size = int(batch_index.max()) + 1 if batch_index.numel() else 1
+    out = student(SparseTensor(inputs, voxels.coords, batch_size=batch_size))
+    return F.normalize(out.features[voxels.inverse], dim=1)
+
+
+# ----------------------------------------------------------------------------------- the two branches
+
+
+class PPKTModel(nn.Module):
+    """Frozen teacher + UPL (2D) and sparse U-Net (3D); `forward(batch)` -> {"loss", "pair_accuracy"}."""
+
+    checkpoint_exclude = ("teacher.",)
+
+    def __init__(self, model: PPKTModelConfig, loss: PPKTLossConfig, image_size: tuple[int, int], teacher=None):
+        super().__init__()
+        from pointlift.teachers.teacher import Teacher
+        from pointlift.teachers.upl import UpsamplingProjection
+
+        self.model_config = model
+        self.loss_config = loss
+        self.image_size = tuple(image_size)
+        self.teacher = teacher if teacher is not None else build_teacher(model)
+        self.upl = UpsamplingProjection(self.teacher.channels, model.embed_dim, model.upl_mode)
+        self.student = build_student(model)
+        assert isinstance(self.teacher, Teacher)
+
+    def pixel_maps(self, batch: dict) -> torch.Tensor:
+        """(V, D, H, W) per-pixel embeddings from cached teacher maps or from images."""
+        if "teacher_features" in batch:
+            low = batch["teacher_features"].float()
+        else:
+            low = self.teacher.features(self.teacher.normalize(batch["images"].float()))
+        return self.upl(low, self.image_size)
+
+    def point_features(self, batch: dict) -> torch.Tensor:
+        return student_point_features(self.student, self.model_config, batch["points"], batch["batch_index"],
+                                      batch.get("colors"))
+
+    def pair_features(self, batch: dict, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f3d, f2d), each (P, D), for the pair rows `pairs`."""
+        points = self.point_features(batch)
+        maps = self.pixel_maps(batch)
+        pixel = batch["pair_pixel"][pairs]
+        f2d = maps[batch["pair_view"][pairs], :, pixel[:, 1], pixel[:, 0]]
+        return points[batch["pair_point"][pairs]], f2d
+
+    def forward(self, batch: dict) -> dict:
+        if "pair_key" in batch:
+            chosen = select_pairs(batch["pair_key"], self.loss_config.num_pairs)
+        else:
+            count = batch["pair_point"].shape[0]
+            chosen = torch.randperm(count, device=batch["pair_point"].device)[: self.loss_config.num_pairs]
+        f3d, f2d = self.pair_features(batch, chosen)
+        loss, accuracy = info_nce_global(f3d, f2d, self.loss_config.temperature)
+        return {"loss": loss, "pair_accuracy": accuracy}
+
+
+# ---------------------------------------------------------------------------------------- the loss
+
+
+def select_pairs(keys: torch.Tensor, num_pairs: int) -> torch.Tensor:
+    """Indices of this process's pairs among the `num_pairs` smallest keys of the global batch (all
+    processes together under torchrun): a uniform draw of `num_pairs` pairs without replacement."""
+    from pointlift.engine.distributed import all_gather_rows
+
+    every, _ = all_gather_rows(keys.detach())
+    if every.numel() <= num_pairs:
+        return torch.arange(keys.numel(), device=keys.device)
+    threshold = every.kthvalue(num_pairs).values
+    return torch.nonzero(keys <= threshold).squeeze(1)
+
+
+def info_nce(f3d: torch.Tensor, f2d: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Point -> pixel InfoNCE: row i's positive is column i, the other sampled pixels are negatives."""
+    logits = f3d @ f2d.T / temperature
+    target = torch.arange(f3d.shape[0], device=f3d.device)
+    loss = F.cross_entropy(logits.float(), target)
+    accuracy = (logits.argmax(1) == target).float().mean().detach()
+    return loss, accuracy
+
+
+def info_nce_global(f3d: torch.Tensor, f2d: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`info_nce` over the pairs of the global batch: under torchrun each process's points are scored
+    against the pixels of every process (gathered, with gradients), and the loss is scaled so that the
+    DDP gradient average equals the one-process gradient of the mean over all pairs."""
+    from pointlift.engine.distributed import all_gather_rows, get_rank, get_world_size, is_distributed
+
+    if not is_distributed():
+        return info_nce(f3d, f2d, temperature)
+    keys, counts = all_gather_rows(f2d)
+    offset, total, world = sum(counts[: get_rank()]), sum(counts), get_world_size()
+    logits = f3d @ keys.T / temperature
+    target = torch.arange(f3d.shape[0], device=f3d.device) + offset
+    loss = F.cross_entropy(logits.float(), target, reduction="sum") * (world / total)
+    accuracy = (logits.argmax(1) == target).float().sum().detach() * (world / total)
+    return loss, accuracy

@@ -1,0 +1,45 @@
+"""PPKT's held-out measure: does a point's 3D feature find its own pixel among the frame's pixels?"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pointlift.errors import PointliftDataError
+from pointlift.methods.ppkt.dataset import PPKTDataset, collate_ppkt
+from pointlift.methods.ppkt.model import PPKTModel
+
+
+@torch.no_grad()
+def retrieval_accuracy(model: PPKTModel, dataset: PPKTDataset, points_per_frame: int = 256, seed: int = 0,
+                       device: str | torch.device = "cpu") -> dict:
+    """Held-out pixel <-> point retrieval: each sampled point's 3D feature against the UPL features of the
+    frame's sampled pixels; top-1/top-5 accuracy over `candidates` = min(points_per_frame, pairs) pixels
+    (distinct pixels; chance = 1 / candidates)."""
+    model.eval().to(device)
+    generator = torch.Generator().manual_seed(seed)
+    hits1 = hits5 = total = 0
+    chance = []
+    for index in range(len(dataset)):
+        sample = collate_ppkt([dataset[index]])
+        sample = {k: v.to(device) for k, v in sample.items()}
+        width = dataset.image_size[1]
+        key = sample["pair_view"].cpu() * (width * dataset.image_size[0]) + \
+            sample["pair_pixel"][:, 1].cpu() * width + sample["pair_pixel"][:, 0].cpu()
+        _, first = np.unique(key.numpy(), return_index=True)  # one pair per distinct pixel
+        first = torch.as_tensor(first)
+        chosen = first[torch.randperm(len(first), generator=generator)[:points_per_frame]].to(device)
+        if chosen.numel() < 2:
+            continue
+        f3d, f2d = model.pair_features(sample, chosen)
+        similarity = f3d @ f2d.T
+        target = torch.arange(chosen.numel(), device=similarity.device)
+        top = similarity.topk(min(5, chosen.numel()), dim=1).indices
+        hits1 += int((top[:, 0] == target).sum())
+        hits5 += int((top == target[:, None]).any(1).sum())
+        total += chosen.numel()
+        chance.append(1.0 / chosen.numel())
+    if total == 0:
+        raise PointliftDataError(dataset.source, "no held-out frame has pairs to evaluate retrieval on")
+    return {"top1": hits1 / total, "top5": hits5 / total, "chance": float(np.mean(chance)),
+            "candidates": points_per_frame, "frames": len(chance), "queries": total}
