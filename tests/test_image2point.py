@@ -18,12 +18,16 @@ from pointlift.engine.checkpoint import load_checkpoint
 from pointlift.engine.config import OptimConfig, TrainConfig, load_config
 from pointlift.engine.metrics import read_metrics
 from pointlift.errors import PointliftConfigError, PointliftDataError
-from pointlift.methods.image2point import (Image2PointConfig, InflationConfig, apply_fip, build_embedder,
-                                           build_network, finetune)
-from pointlift.tasks.shape_classification import (ShapeDataConfig, SparseShapeClassifier, VoxelCollate, batch_to_sparse,
-                                                  VoxelShapeDataset, accuracy_metrics, augment_points,
-                                                  build_datasets, build_datasets_with_validation,
-                                                  epochs_to_target, few_shot_indices)
+from pointlift.methods.image2point.config import Image2PointConfig, InflationConfig
+from pointlift.methods.image2point.embedder import build_embedder
+from pointlift.methods.image2point.finetune import finetune
+from pointlift.methods.image2point.fip import apply_fip
+from pointlift.metrics import accuracy_metrics
+from pointlift.models.image2point_net import build_network
+from pointlift.tasks.shape_classification.data import (ShapeDataConfig, VoxelCollate, VoxelShapeDataset, augment_points,
+                                                       build_datasets, build_datasets_with_validation,
+                                                       few_shot_indices)
+from pointlift.tasks.shape_classification.train import SparseShapeClassifier, batch_to_sparse, epochs_to_target
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "mobilenetv2_035"
@@ -121,7 +125,7 @@ def test_voxel_mean_augmentation_stays_in_its_ranges():
 def test_voxel_batches_of_real_modelnet10(shared):
     config = ShapeDataConfig(path=str(shared("data/modelnet10_vox32.npz")), voxel_size=0.125, train_per_class=2,
                              test_per_class=1, augment=False)
-    from pointlift.tasks.shape_classification import load_shape_split
+    from pointlift.tasks.shape_classification.data import load_shape_split
 
     split = load_shape_split(config, "train")
     train, test, names = build_datasets(config, split, split)
@@ -167,7 +171,7 @@ def test_finetune_loss_falls_and_checkpoint_rebuilds_as_embedder(tmp_path):
     assert features.shape == (3, embedder.backbone.num_features)
     # the classifier head on the embedding equals the trained model's logits
     logits = embedder.backbone.get_classifier()(features)
-    from pointlift.tasks.shape_classification import points_to_batch
+    from pointlift.tasks.shape_classification.data import points_to_batch
     batch = points_to_batch(points, 0.25)
     batch["labels"] = torch.zeros(3, dtype=torch.long)
     torch.testing.assert_close(logits, embedder.eval().logits(batch))
@@ -259,7 +263,9 @@ def test_benchmark_in_two_worker_processes_equals_one_process(shared, tmp_path, 
     assert set(json.loads((tmp_path / "two" / "progress.json").read_text())["runs"]) == set(one.config["run_seconds"])
 
     # --resume: every finished run is reloaded from its last checkpoint and scored again, same figures
-    import pointlift.methods.image2point as method
+    import importlib
+
+    method = importlib.import_module("pointlift.methods.image2point.finetune")  # the module, not its function
 
     calls = []
     original = method.finetune
@@ -308,7 +314,7 @@ def test_mean_curve_averages_epochs_across_runs():
 
 def test_released_augmentation_probabilities_and_ranges():
     """Shift, scale and jitter are each applied with their released probability (0.9, 0.9, 0.7)."""
-    from pointlift.tasks.shape_classification import released_augment
+    from pointlift.tasks.shape_classification.data import released_augment
 
     torch.manual_seed(0)
     cloud = torch.cat([torch.zeros(40, 3), torch.ones(40, 3)])
@@ -329,7 +335,7 @@ def test_released_augmentation_probabilities_and_ranges():
 
 
 def test_released_voxelize_keeps_the_first_point_of_each_voxel_in_lexicographic_order():
-    from pointlift.tasks.shape_classification import released_voxelize
+    from pointlift.tasks.shape_classification.data import released_voxelize
 
     rng = np.random.default_rng(0)
     points = rng.uniform(-1, 1, size=(500, 3)).astype(np.float32)
@@ -347,7 +353,7 @@ def test_released_voxelize_keeps_the_first_point_of_each_voxel_in_lexicographic_
 def test_released_cut_to_max_points_keeps_a_subset_of_the_whole_shape():
     """`xyz[:num_points]` means a random subset for the released (shuffled) h5 clouds; sorted voxel centres
     must not be cut to one end of the shape at evaluation (no shuffling augmentation there)."""
-    from pointlift.tasks.shape_classification import ReleasedShapeDataset
+    from pointlift.tasks.shape_classification.data import ReleasedShapeDataset
 
     grid = np.stack(np.meshgrid(*[np.linspace(-0.5, 0.5, 16)] * 3, indexing="ij"), -1).reshape(-1, 3)  # sorted
     data = ReleasedShapeDataset([grid, grid[:100]], np.array([0, 1]), augment=False, max_points=512)
@@ -360,7 +366,7 @@ def test_released_cut_to_max_points_keeps_a_subset_of_the_whole_shape():
 
 def test_depthwise_network_on_the_released_design_has_stride_8_and_the_released_head():
     from pointlift.sparse import SparseConv3d, SubMConv3d
-    from pointlift.tasks.shape_classification import ReleasedCollate, ReleasedShapeDataset
+    from pointlift.tasks.shape_classification.data import ReleasedCollate, ReleasedShapeDataset
 
     torch.manual_seed(0)
     net, _ = build_network(TINY, "random", "copy", "z-axis", num_classes=4, design="released")
@@ -386,8 +392,7 @@ def test_released_resnet50_inflates_every_stage_tensor_and_runs():
     """ResNet-50 on the released design: bottleneck blocks, the stride-1 2x2x2 shortcut of stage 1."""
     import timm
 
-    from pointlift.models.inflate import inflate_resnet_state
-    from pointlift.models.sparse_resnet import Image2PointResNet
+    from pointlift.models.image2point_net import Image2PointResNet, inflate_resnet_state
     from pointlift.sparse import SparseTensor
 
     torch.manual_seed(0)

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from pointlift.models.inflate import AXES, inflate_resnet_state
-from pointlift.models.sparse_resnet import Image2PointResNet, conv3d_to_released, load_released_state_dict
+from pointlift.models.image2point_net import (Image2PointResNet, conv3d_to_released, inflate_resnet_state,
+                                              load_released_state_dict)
+from pointlift.models.inflate import AXES
 from pointlift.sparse import SparseConv3d, SparseTensor, SubMConv3d
 
 REF = "reference/image2point"
@@ -72,7 +73,7 @@ def test_released_layout_round_trip_and_model_keys(reference):
     ours = {k[: -len("weight")] + "kernel" if v.ndim == 5 else k for k, v in model.state_dict().items()}
     assert ours == released_names
     stem = reference["inflated"]["z-axis/stem.0.kernel"]
-    from pointlift.models.sparse_resnet import released_to_conv3d
+    from pointlift.models.image2point_net import released_to_conv3d
     assert torch.equal(conv3d_to_released(released_to_conv3d(stem)), stem)
 
 
@@ -127,8 +128,8 @@ def test_forward_reproduces_released_stage_outputs_and_logits(reference):
 
 @pytest.mark.parametrize("mode", ["io", "ioms", "iobn", "all"])
 def test_fip_sets_equal_released(reference, mode):
-    from pointlift.methods.image2point import apply_fip
-    from pointlift.tasks.shape_classification import SparseShapeClassifier
+    from pointlift.methods.image2point.fip import apply_fip
+    from pointlift.tasks.shape_classification.train import SparseShapeClassifier
 
     model = SparseShapeClassifier(Image2PointResNet("resnet18", num_classes=40))
     apply_fip(model, mode)
@@ -150,7 +151,7 @@ def test_fip_sets_equal_released(reference, mode):
 
 
 def test_released_pipeline_reproduces_the_reference_input(reference):
-    from pointlift.tasks.shape_classification import released_voxelize
+    from pointlift.tasks.shape_classification.data import released_voxelize
 
     ref = reference["forward"]
     coords, feats, index = [], [], []
@@ -170,7 +171,7 @@ def test_released_pipeline_reproduces_the_reference_input(reference):
 
 def test_build_network_from_the_weights_file_gives_the_released_stage_tensors(reference, shared):
     """The user path (`inflation.weights` = a 2D ResNet file, read through timm) equals the tested rules."""
-    from pointlift.methods.image2point import build_network
+    from pointlift.models.image2point_net import build_network
 
     path = shared(f"{REF}/resnet18_2d.safetensors")
     net, report = build_network("resnet18", str(path), "copy", "z-axis", num_classes=40)

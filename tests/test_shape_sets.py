@@ -143,7 +143,7 @@ def test_real_modelnet10_subset_matches_the_loader(shared):
 
 def test_image2point_finetunes_on_a_shape_set(tmp_path):
     """Image2Point's data config accepts any shape set (here a ShapeNet-55 layout), read as raw points."""
-    from pointlift.tasks.shape_classification import ShapeDataConfig, load_shape_split
+    from pointlift.tasks.shape_classification.data import ShapeDataConfig, load_shape_split
 
     root = write_shapenet55(tmp_path / "ShapeNet55-34", per_class=2, points=500)
     split = load_shape_split(ShapeDataConfig(dataset="auto", path=str(root)), "train")

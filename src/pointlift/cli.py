@@ -208,7 +208,7 @@ def _cmd_embed(args) -> int:
 
 
 def _cmd_inflate(args) -> int:
-    from pointlift.methods.image2point import inflate_command
+    from pointlift.methods.image2point.commands import inflate_command
 
     inflate_command(
         teacher=args.teacher, weights=args.weights, mode=args.mode, axis=args.axis, out=args.out,
@@ -219,7 +219,7 @@ def _cmd_inflate(args) -> int:
 
 def _cmd_finetune(args) -> int:
     if args.method == "image2point":
-        from pointlift.methods.image2point import finetune_command
+        from pointlift.methods.image2point.commands import finetune_command
     elif args.method == "segmentation":
         from pointlift.tasks.segmentation import finetune_command
     else:

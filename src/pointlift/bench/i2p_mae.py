@@ -72,7 +72,7 @@ VARIANTS = {"i2pmae": (True, True), "3d_only": (False, False), "guided_only": (T
 
 def _stratified(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
     """All indices, or at most `per_class` per class."""
-    from pointlift.tasks.shape_classification import few_shot_indices
+    from pointlift.tasks.shape_classification.data import few_shot_indices
 
     if per_class is None:
         return np.arange(len(labels))

@@ -37,7 +37,8 @@ from pointlift.bench import BenchResult, shared_path
 from pointlift.engine.config import OptimConfig, TrainConfig
 from pointlift.errors import PointliftConfigError
 from pointlift.report import plot_overlaid
-from pointlift.tasks.shape_classification import ShapeDataConfig, epochs_to_target, load_shape_split
+from pointlift.tasks.shape_classification.data import ShapeDataConfig, load_shape_split
+from pointlift.tasks.shape_classification.train import epochs_to_target
 
 MOBILENET_WEIGHTS = "weights/mobilenet_v2.torchvision_in1k.safetensors"
 ARMS = ("inflated", "random")
@@ -94,7 +95,7 @@ PRESETS = {
 
 def _config(preset: dict, weights: str | None, fip: str, epochs: int, batch: int, train_per_class, seed: int,
             eval_every_epoch: bool, data_path: Path, lr: float, mode: str = "copy", design: str = "released"):
-    from pointlift.methods.image2point import Image2PointConfig, Image2PointDataConfig, InflationConfig
+    from pointlift.methods.image2point.config import Image2PointConfig, Image2PointDataConfig, InflationConfig
 
     return Image2PointConfig(
         name="bench", inflation=InflationConfig(teacher="mobilenetv2_100", weights=weights, mode=mode,
@@ -142,7 +143,7 @@ def _run_job(args: tuple) -> tuple[str, dict]:
     """One fine-tuning run of the preset (in this process or a worker process)."""
     import torch
 
-    from pointlift.methods.image2point import finetune
+    from pointlift.methods.image2point.finetune import finetune
 
     job, settings, out_dir, threads, resume = args
     torch.set_num_threads(threads)  # a worker runs as its parent would: same results

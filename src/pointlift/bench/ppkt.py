@@ -145,8 +145,8 @@ class PPKTShapeClassifierBackbone(nn.Module):
 def downstream(model_config: PPKTModelConfig, pretrained_state: dict | None, fraction: int, seed: int,
                spec: dict, run_dir: Path, splits, device) -> float:
     """Overall test accuracy after fine-tuning with `fraction` % of the labels (class-balanced)."""
-    from pointlift.tasks.shape_classification import (ShapeDataConfig, SparseShapeClassifier, build_datasets,
-                                                      train_classifier)
+    from pointlift.tasks.shape_classification.data import ShapeDataConfig, build_datasets
+    from pointlift.tasks.shape_classification.train import SparseShapeClassifier, train_classifier
 
     train_split, test_split = splits
     per_class = max(1, int(round(fraction / 100 * len(train_split.labels) / len(train_split.class_names))))

@@ -27,6 +27,7 @@ A stride-s 1x1 convolution (ResNet downsample) becomes an s x s x s kernel fille
 kernel in `center` mode (it then samples voxel 2*o exactly as the 2D layer samples pixel 2*o).
 TF "same" padding (timm Conv2dSame, `tf_` models) is asymmetric; sparse convolutions are centred, so
 those layers shift by half a voxel relative to 2D (noted in the report; harmless for 3D training).
+The released networks, with the released pairing of 2D ResNet tensors, are in `pointlift.models.image2point_net`.
 """
 
 from __future__ import annotations
@@ -96,55 +97,6 @@ def inflate_strided_pointwise(weight: torch.Tensor, stride: int, mode: str) -> t
         return weight.unsqueeze(-1).clone()
     filled = weight.reshape(*weight.shape[:2], 1, 1, 1).expand(*weight.shape[:2], stride, stride, stride).contiguous()
     return filled / stride**3 if mode == "average" else filled
-
-
-def inflate_cell_pointwise(weight: torch.Tensor, mode: str) -> torch.Tensor:
-    """A 1x1 shortcut -> the released 2x2x2 kernel: `copy` (released) every tap = W (a sum over the cell),
-    `average` W / 8, `center` W at tap (0, 0, 0) only (samples the cell's first voxel, as 2D samples 2*o)."""
-    filled = weight.reshape(*weight.shape[:2], 1, 1, 1).expand(*weight.shape[:2], 2, 2, 2)
-    if mode == "copy":
-        return filled.contiguous()
-    if mode == "average":
-        return filled / 8
-    out = torch.zeros_like(filled)
-    out[:, :, 0, 0, 0] = weight[:, :, 0, 0]
-    return out
-
-
-# 2D ResNet block member -> released block member (torchvision / timm names on the left)
-_RESNET_MEMBERS = {"conv1": "net.0", "bn1": "net.1", "conv2": "net.3", "bn2": "net.4", "conv3": "net.6",
-                   "bn3": "net.7", "downsample.0": "downsample.0", "downsample.1": "downsample.1"}
-
-
-def released_resnet_name(name_2d: str) -> str | None:
-    """`layer2.0.conv1.weight` -> `stage2.0.net.0.weight` (None for conv1/bn1/fc, which are not used). This
-    is the released positional zip of the 2D keys containing 'layer' with the 3D keys containing 'stage'."""
-    parts = name_2d.split(".")
-    if not parts[0].startswith("layer"):
-        return None
-    member = ".".join(parts[2:-1])
-    if member not in _RESNET_MEMBERS:
-        raise PointliftConfigError(f"cannot map 2D ResNet tensor {name_2d!r} onto the released network")
-    return f"stage{parts[0][len('layer'):]}.{parts[1]}.{_RESNET_MEMBERS[member]}.{parts[-1]}"
-
-
-def inflate_resnet_state(state_2d: dict, mode: str = "copy", axis: str = DEFAULT_AXIS) -> dict:
-    """The stage tensors of `Image2PointResNet` (Conv3d layout) from a 2D ResNet state dict, as the released
-    `model_zoo.weight_transform` builds them: 3x3 kernels by `inflate_kernel`, 1x1 shortcuts as 2x2x2
-    cells (`inflate_cell_pointwise`), other 1x1 kernels as 1x1x1, BN tensors copied."""
-    out = {}
-    for name, value in state_2d.items():
-        target = released_resnet_name(name)
-        if target is None:
-            continue
-        if value.ndim == 4 and value.shape[-1] == 3:
-            value = inflate_kernel(value, mode, axis)
-        elif value.ndim == 4 and ".downsample." in f".{target}":
-            value = inflate_cell_pointwise(value, mode)
-        elif value.ndim == 4:
-            value = value[..., None].clone()
-        out[target] = value
-    return out
 
 
 # ----------------------------------------------------------------------------------- sparse layers

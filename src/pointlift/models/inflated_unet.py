@@ -30,16 +30,6 @@ def _encoder_stages(net: nn.Module) -> list[nn.Module]:
                                "(use an EfficientNet/MobileNet or ResNet from timm)")
 
 
-def _channels_after(module: nn.Module, channels: int) -> int:
-    """Output channels of an encoder module: the last conv's or norm's width inside it."""
-    for layer in reversed(list(module.modules())):
-        if isinstance(layer, (SubMConv3d, SparseConv3d)):
-            return layer.out_channels
-        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-            return layer.num_features
-    return channels
-
-
 class InflatedUNet(nn.Module):
     """forward(x: SparseTensor at stride 1, 3 channels) -> per-voxel logits SparseTensor on the same sites."""
 

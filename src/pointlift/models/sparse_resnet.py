@@ -5,12 +5,12 @@ Three block kinds cover the 2D networks worth inflating (Image2Point): `basic` a
 conv and optional squeeze-excite). Layers are created in the same order as in the 2D networks,
 and every conv uses torch's Conv3d weight layout, so 2D weights map onto them by position.
 Downsampling convs place their outputs at unique(floor(coord / 2)); a strided shortcut is a
-2x2x2 stride-2 conv (Image2Point fills it from the 2D 1x1 by repetition).
+2x2x2 stride-2 conv (Image2Point fills it from the 2D 1x1 by repetition). Image2Point's released
+classifier is `pointlift.models.image2point_net.Image2PointResNet`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -246,149 +246,12 @@ class SparseResNet(nn.Module):
         return self.head(self.dropout(pooled))
 
 
-# ------------------------------------------------------------- Image2Point's released classifier
-
-
-class ReleasedResidualBlock(nn.Module):
-    """The released Image2Point residual block (chenfengxu714/image2point `ResidualBlock`), same module
-    names: `net` = conv-bn-relu-conv-bn (basic) or 1x1-bn-relu-k-bn-relu-1x1-bn (bottleneck, the k-conv
-    strided), `downsample` = identity when shapes agree, else a 2x2x2 conv (stride 2, or stride 1 in a
-    bottleneck stage 1) + bn; output relu(net(x) + downsample(x))."""
-
-    def __init__(self, cin: int, cout: int, stride: int, bottleneck_channels: int = 0):
-        super().__init__()
-        if bottleneck_channels:
-            mid = bottleneck_channels
-            self.net = nn.Sequential(conv(cin, mid, 1), SparseBatchNorm(mid), SparseReLU(),
-                                     conv(mid, mid, 3, stride), SparseBatchNorm(mid), SparseReLU(),
-                                     conv(mid, cout, 1), SparseBatchNorm(cout))
-        else:
-            self.net = nn.Sequential(conv(cin, cout, 3, stride), SparseBatchNorm(cout), SparseReLU(),
-                                     conv(cout, cout, 3), SparseBatchNorm(cout))
-        if cin == cout and stride == 1:
-            self.downsample = nn.Sequential()
-        else:  # ks 2 even at stride 1 (released bottleneck stage 1): out[p] = sum of in[p + {0,1}^3]
-            self.downsample = nn.Sequential(SparseConv3d(cin, cout, kernel_size=2, stride=stride),
-                                            SparseBatchNorm(cout))
-        self.relu = SparseReLU()
-
-    def forward(self, x: SparseTensor) -> SparseTensor:
-        return self.relu(self.net(x) + self.downsample(x))
-
-
-# name -> (depths, bottleneck). Widths 64/128/256/512 (x4 after a bottleneck), strides 1/2/2/2.
-RELEASED_RESNETS = {"resnet18": ((2, 2, 2, 2), False), "resnet34": ((3, 4, 6, 3), False),
-                    "resnet50": ((3, 4, 6, 3), True), "resnet101": ((3, 4, 23, 3), True)}
-
-
-def init_conv_released(layer: nn.Module) -> None:
-    """torchsparse v1.2's Conv3d initialisation: U(-s, s), s = 1 / sqrt(cin * k^3) (the released random init)."""
-    bound = 1.0 / math.sqrt(layer.in_channels // layer.groups * layer.kernel_size**3)
-    with torch.no_grad():
-        layer.weight.uniform_(-bound, bound)
-
-
-class Image2PointResNet(nn.Module):
-    """Image2Point's released classification network (`SPVCNN{18,50,101}_cls`), module for module:
-    `stem` = random 3x3x3 stride-1 conv on the input features + BN (no ReLU, no max-pool; the 2D
-    conv1/bn1 are not used), `stage1..4` = the ResNet's stages (strides 1/2/2/2: total stride 8),
-    per-sample mean over the last sites, `classifier` = Linear + BatchNorm1d. State-dict keys equal the
-    released ones except that a conv's `kernel` (K, cin, cout) is our `weight` in Conv3d layout
-    (`released_to_conv3d`). resnet34 is the same design at ResNet-34's depths (the released
-    SPVCNN34_cls is a different, distillation network that its `spvcnn_cls` builder cannot build)."""
-
-    def __init__(self, name: str, in_channels: int = 3, num_classes: int = 40):
-        super().__init__()
-        if name not in RELEASED_RESNETS:
-            raise PointliftConfigError(f"unknown released ResNet {name!r}; choose from {sorted(RELEASED_RESNETS)}")
-        depths, bottleneck = RELEASED_RESNETS[name]
-        self.name = name
-        self.stem = nn.Sequential(SubMConv3d(in_channels, 64, 3), SparseBatchNorm(64))
-        channels = 64
-        for index, (depth, width, stride) in enumerate(zip(depths, (64, 128, 256, 512), (1, 2, 2, 2))):
-            out = width * 4 if bottleneck else width
-            blocks = []
-            for i in range(depth):
-                blocks.append(ReleasedResidualBlock(channels, out, stride if i == 0 else 1,
-                                                    width if bottleneck else 0))
-                channels = out
-            self.add_module(f"stage{index + 1}", nn.Sequential(*blocks))
-        self.feature_channels = channels
-        self.classifier = nn.Sequential(nn.Linear(channels, num_classes), nn.BatchNorm1d(num_classes))
-        for module in self.modules():
-            if isinstance(module, (SubMConv3d, SparseConv3d)):
-                init_conv_released(module)
-
-    io_prefixes = ("stem", "classifier")  # FIP's input and output layers
-
-    def forward_features(self, x: SparseTensor) -> SparseTensor:
-        # The released forward also maps the stem output to the points and back (trilinear, pres = vres):
-        # an identity up to float32 rounding (<= 1.3e-6 on the reference batch), so it is left out.
-        x = self.stem(x)
-        for index in range(1, 5):
-            x = getattr(self, f"stage{index}")(x)
-        return x
-
-    def forward_head(self, x: SparseTensor, pre_logits: bool = False) -> torch.Tensor:
-        pooled = global_pool(x, "mean")
-        return pooled if pre_logits else self.classifier(pooled)
-
-    def forward(self, x: SparseTensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-
-def released_to_conv3d(kernel: torch.Tensor) -> torch.Tensor:
-    """A torchsparse v1.2 kernel -> torch Conv3d layout: (27, cin, cout) offsets x fastest, (8, cin, cout)
-    offsets z fastest, (cin, cout) for 1x1x1 -> (cout, cin, k, k, k)."""
-    if kernel.ndim == 2:
-        return kernel.t()[:, :, None, None, None].contiguous()
-    volume, cin, cout = kernel.shape
-    if volume == 27:
-        return kernel.reshape(3, 3, 3, cin, cout).permute(4, 3, 2, 1, 0).contiguous()
-    if volume == 8:
-        return kernel.reshape(2, 2, 2, cin, cout).permute(4, 3, 0, 1, 2).contiguous()
-    raise PointliftConfigError(f"no torchsparse kernel layout for shape {tuple(kernel.shape)}")
-
-
-def conv3d_to_released(weight: torch.Tensor) -> torch.Tensor:
-    """The inverse of `released_to_conv3d`."""
-    cout, cin, k = weight.shape[0], weight.shape[1], weight.shape[-1]
-    if k == 1:
-        return weight[:, :, 0, 0, 0].t().contiguous()
-    if k == 3:
-        return weight.permute(4, 3, 2, 1, 0).reshape(27, cin, cout).contiguous()
-    if k == 2:
-        return weight.permute(2, 3, 4, 1, 0).reshape(8, cin, cout).contiguous()
-    raise PointliftConfigError(f"no torchsparse kernel layout for kernel size {k}")
-
-
-def load_released_state_dict(model: Image2PointResNet, state: dict, strict: bool = True):
-    """Load a state dict in the released layout (names `....kernel`, torchsparse kernels) into `model`."""
-    converted = {}
-    for key, value in state.items():
-        key = key.removeprefix("module.")
-        if key.endswith(".kernel"):
-            converted[key[: -len("kernel")] + "weight"] = released_to_conv3d(value)
-        else:
-            converted[key] = value
-    return model.load_state_dict(converted, strict=strict)
-
-
 def sparse_resnet(name: str, in_channels: int, num_classes: int = 0, **kwargs) -> SparseResNet:
     """Build a named config: resnet18/34/50, mobilenetv2, efficientnet-lite0, or a *-tiny one."""
     return SparseResNet(name, in_channels, num_classes, **kwargs)
 
 
 __all__ = [
-    "Image2PointResNet",
-    "RELEASED_RESNETS",
-    "ReleasedResidualBlock",
-    "conv3d_to_released",
-    "load_released_state_dict",
-    "released_to_conv3d",
     "BasicBlock",
     "Bottleneck",
     "CONFIGS",

@@ -16,7 +16,7 @@ from pointlift.report import markdown_table, write_report
 
 # (section title, module with quickstart(run_dir, progress) -> {"figures": {...}, "plots": [(caption, png)]})
 STEPS = (
-    ("Image2Point: inflated 2D ConvNet vs random init", "pointlift.methods.image2point"),
+    ("Image2Point: inflated 2D ConvNet vs random init", "pointlift.quickstart.image2point"),
     ("PPKT: pixel-to-point contrastive pretraining vs untrained", "pointlift.quickstart.ppkt"),
     ("I2P-MAE: 2D-guided masked autoencoding vs random init", "pointlift.methods.i2p_mae"),
     ("Scene segmentation: sparse U-Net fine-tuned vs untrained", "pointlift.tasks.segmentation"),
