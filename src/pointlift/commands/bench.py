@@ -89,7 +89,7 @@ def _check_arguments(args, names: list[str]) -> None:
                              "checkpoint per run)")
     for name in names:
         module = importlib.import_module(BENCHMARKS[name])
-        presets = getattr(module, "SETTINGS", getattr(module, "PRESETS", None))
+        presets = getattr(module, "PRESETS", None)  # the benchmark's table: preset name -> settings
         if presets is not None and args.preset not in presets:
             raise PointliftError(f"bench {name}: no preset {args.preset!r}; it has {', '.join(presets)}")
 

@@ -56,7 +56,6 @@ class TrainResult:
     stopped_early: bool  # interrupted or stopped by non-finite losses
     stop_reason: str = "completed"  # "completed" | "nonfinite" | "interrupted"
     epoch: int = 0  # completed epochs
-    extra: dict = field(default_factory=dict)
 
 
 class TrainingStopped(PointliftError):
