@@ -14,11 +14,12 @@ from torch import nn
 from pointlift.engine import checkpoint as checkpoint_module
 from pointlift.engine.checkpoint import checkpoint_files, load_checkpoint, save_checkpoint
 from pointlift.engine.config import OptimConfig, TrainConfig, config_to_dict, load_config, save_config
+from pointlift.engine.device import move_to_device
 from pointlift.engine.metrics import read_metrics
 from pointlift.engine.optim import build_optimizer, build_scheduler, parameter_groups
 from pointlift.engine.rundir import create_run_dir
 from pointlift.engine.seed import get_rng_state, seed_everything, set_rng_state
-from pointlift.engine.trainer import TrainingStopped, epoch_indices, move_to_device, train
+from pointlift.engine.trainer import TrainingStopped, epoch_indices, train
 from pointlift.errors import PointliftConfigError, PointliftDataError
 
 # ---------------------------------------------------------------------------------------------

@@ -4,14 +4,22 @@ Each benchmark lives in its own module `pointlift.bench.<name>` with a function
 `run(preset: str, out_dir: pathlib.Path) -> BenchResult`. Presets: `smoke` (seconds, CI-sized),
 `cpu` (a real measurement on 2 CPU cores), `cpu-full` (image2point only: full ModelNet10 on CPU),
 `gpu` (paper-sized, on one GPU).
+
+Naming rule for presets: `PRESETS` here is the tuple of every preset name (the CLI's choices); in a
+benchmark module `PRESETS` is its table, preset name -> a frozen `Preset` subclass instance, built with
+`<Subclass>.table({...})` so that a misspelt key or an unknown preset name fails when the module is
+imported, not halfway through a long run. (Phase 1 of issue 24: `sparse` uses it; the other modules'
+dict tables convert next.)
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pointlift.errors import PointliftConfigError
 
 PRESETS = ("smoke", "cpu", "cpu-full", "cpu-full-long", "gpu")
 
@@ -20,6 +28,38 @@ def shared_path(relative: str) -> Path:
     """A path under the shared data folder: $POINTLIFT_SHARED, or ../shared beside the repository."""
     root = Path(os.environ.get("POINTLIFT_SHARED", Path(__file__).resolve().parents[3].parent / "shared"))
     return root / relative
+
+
+P = TypeVar("P", bound="Preset")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Base of a benchmark's typed settings: subclass with `@dataclass(frozen=True)`, one field per setting.
+
+    Read settings as attributes (`settings.repeats`); derive a variant with `dataclasses.replace`, which
+    also refuses unknown keys.
+    """
+
+    @classmethod
+    def table(cls: type[P], presets: dict[str, dict[str, Any]]) -> dict[str, P]:
+        """{preset name: cls(**values)}; unknown preset names, unknown or missing keys raise at load."""
+        known = [f.name for f in fields(cls)]
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        table = {}
+        for name, values in presets.items():
+            if name not in PRESETS:
+                raise PointliftConfigError(f"{cls.__name__}: unknown preset {name!r}; presets are {', '.join(PRESETS)}")
+            unknown = sorted(set(values) - set(known))
+            missing = [key for key in required if key not in values]
+            if unknown or missing:
+                raise PointliftConfigError(f"{cls.__name__} preset {name!r}: "
+                                           + "; ".join(part for part in (
+                                               f"unknown keys {', '.join(unknown)}" if unknown else "",
+                                               f"missing keys {', '.join(missing)}" if missing else "") if part)
+                                           + f" (known: {', '.join(known)})")
+            table[name] = cls(**values)
+        return table
 
 
 @dataclass

@@ -19,12 +19,14 @@ import os
 import resource
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from pointlift.bench import PRESETS, BenchResult, shared_path
+from pointlift.bench import PRESETS as PRESET_NAMES
+from pointlift.bench import BenchResult, Preset, shared_path
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.models.sparse_unet import sparse_unet
 from pointlift.sparse import SparseTensor, spconv_available, use_backend
@@ -35,16 +37,29 @@ def default_data_root() -> Path:
     return shared_path("data/7scenes-redkitchen")
 
 
+@dataclass(frozen=True)
+class SparsePreset(Preset):
+    model: str  # sparse_unet name
+    pixel_stride: int  # keep every n-th depth pixel in both directions
+    voxel: float  # voxel size (m) of the main measurement
+    scaling: tuple[float, ...]  # voxel sizes of the scaling points
+    warmup: int  # untimed steps per backend
+    repeats: int  # timed steps per backend (main measurement)
+    scaling_repeats: int  # timed steps per backend and scaling point
+    device: str
+    peak_memory: bool  # measure peak memory per backend
+
+
 # voxel sizes: the main measurement, then the scaling points (about 5k, 20k, 80k voxels on CPU;
 # 20k and 200k on GPU). Every point re-voxelises the same frame.
-SETTINGS = {
+PRESETS = SparsePreset.table({
     "smoke": dict(model="spunet-tiny", pixel_stride=8, voxel=0.02, scaling=(), warmup=1, repeats=2,
                   scaling_repeats=1, device="cpu", peak_memory=False),
     "cpu": dict(model="spunet-v1m1", pixel_stride=1, voxel=0.02, scaling=(0.044, 0.02, 0.0082), warmup=1,
                 repeats=5, scaling_repeats=3, device="cpu", peak_memory=True),
     "gpu": dict(model="spunet-v1m1", pixel_stride=1, voxel=0.02, scaling=(0.02, 0.004), warmup=3, repeats=10,
                 scaling_repeats=10, device="cuda", peak_memory=True),
-}
+})
 VOXEL_SIZE = 0.02
 NUM_CLASSES = 20
 FRAME_INDEX = 0
@@ -179,11 +194,11 @@ def _peak_child(queue, preset: str, root: str, voxel: float, backend: str) -> No
     """In a fresh process: peak RSS over two training steps minus the RSS of the loaded model and data
     (the peak mark is reset after loading, whose own peak is higher than a small step's)."""
     torch.set_num_threads(1)
-    settings = SETTINGS[preset]
-    coords, features, _, _ = load_frame_voxels(Path(root), settings["pixel_stride"], torch.device("cpu"), voxel)
+    settings = PRESETS[preset]
+    coords, features, _, _ = load_frame_voxels(Path(root), settings.pixel_stride, torch.device("cpu"), voxel)
     torch.manual_seed(0)
     labels = torch.randint(0, NUM_CLASSES, (len(coords),))
-    model = sparse_unet(settings["model"], in_channels=3, out_channels=NUM_CLASSES)
+    model = sparse_unet(settings.model, in_channels=3, out_channels=NUM_CLASSES)
     base = _current_rss_mb()
     reset = _reset_peak_rss()
     with use_backend(backend):
@@ -231,12 +246,12 @@ def plot_scaling(rows: list[dict], path: Path, title: str) -> Path:
 
 
 def run(preset: str, out_dir: Path, data_root: Path | None = None) -> BenchResult:
-    if preset not in PRESETS:
-        raise PointliftConfigError(f"unknown preset {preset!r}; choose from {PRESETS}")
-    settings = SETTINGS[preset]
-    if settings["device"] == "cuda" and not torch.cuda.is_available():
+    if preset not in PRESET_NAMES:
+        raise PointliftConfigError(f"unknown preset {preset!r}; choose from {PRESET_NAMES}")
+    settings = PRESETS[preset]
+    if settings.device == "cuda" and not torch.cuda.is_available():
         raise PointliftConfigError("preset 'gpu' needs a CUDA device; use --preset cpu")
-    device = torch.device(settings["device"])
+    device = torch.device(settings.device)
     root = Path(data_root) if data_root is not None else default_data_root()
     if not root.exists():
         raise PointliftDataError(root, "7-Scenes redkitchen folder not found (set POINTLIFT_SHARED)")
@@ -245,9 +260,9 @@ def run(preset: str, out_dir: Path, data_root: Path | None = None) -> BenchResul
     load_start = os.getloadavg()
 
     torch.manual_seed(0)
-    coords, features, num_points, frame_name = load_frame_voxels(root, settings["pixel_stride"], device, settings["voxel"])
+    coords, features, num_points, frame_name = load_frame_voxels(root, settings.pixel_stride, device, settings.voxel)
     labels = torch.randint(0, NUM_CLASSES, (len(coords),), device=device)
-    model = sparse_unet(settings["model"], in_channels=3, out_channels=NUM_CLASSES).to(device)
+    model = sparse_unet(settings.model, in_channels=3, out_channels=NUM_CLASSES).to(device)
     model.eval()  # parity: BatchNorm from running statistics, identical for both backends
     have_spconv = spconv_available()
     parity = math.nan
@@ -256,7 +271,7 @@ def run(preset: str, out_dir: Path, data_root: Path | None = None) -> BenchResul
     model.train()
     backends = ["pure", "spconv"] if have_spconv else ["pure"]
 
-    timed = _time_backends(model, coords, features, labels, backends, settings["warmup"], settings["repeats"], device)
+    timed = _time_backends(model, coords, features, labels, backends, settings.warmup, settings.repeats, device)
     metrics: dict[str, float] = {"parity_max_abs_err": parity, **_summary(timed)}
     metrics.setdefault("ratio_vs_spconv", math.nan)
     fwd_bwd = metrics["fwd_bwd_s_pointlift"]
@@ -268,24 +283,24 @@ def run(preset: str, out_dir: Path, data_root: Path | None = None) -> BenchResul
     breakdown = layer_breakdown(model, coords, features, labels, device)
     metrics.update({f"breakdown_{key}": value for key, value in breakdown.items()})
 
-    if settings["peak_memory"]:
+    if settings.peak_memory:
         if device.type == "cuda":
             metrics["peak_mem_mb_pointlift"] = _cuda_peak_mb(model, coords, features, labels, device)
         else:
             for backend in backends:
                 name = "pointlift" if backend == "pure" else backend
-                metrics[f"peak_mem_mb_{name}"] = peak_memory_mb(preset, root, settings["voxel"], backend, device)
+                metrics[f"peak_mem_mb_{name}"] = peak_memory_mb(preset, root, settings.voxel, backend, device)
     metrics["peak_mem_mb"] = metrics.get("peak_mem_mb_pointlift", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
     scaling = []
-    for voxel in settings["scaling"]:
-        c, f, _, _ = load_frame_voxels(root, settings["pixel_stride"], device, voxel)
+    for voxel in settings.scaling:
+        c, f, _, _ = load_frame_voxels(root, settings.pixel_stride, device, voxel)
         lab = torch.randint(0, NUM_CLASSES, (len(c),), device=device)
         row = {"voxel_size_m": voxel, "num_voxels": len(c)}
-        if voxel == settings["voxel"]:  # the main measurement is this point
+        if voxel == settings.voxel:  # the main measurement is this point
             row.update(_summary(timed))
         else:
-            row.update(_summary(_time_backends(model, c, f, lab, backends, 1, settings["scaling_repeats"], device)))
+            row.update(_summary(_time_backends(model, c, f, lab, backends, 1, settings.scaling_repeats, device)))
         row["sites_per_s_pointlift"] = len(c) / row["fwd_bwd_s_pointlift"]
         if device.type == "cuda":
             row["peak_mem_mb_pointlift"] = _cuda_peak_mb(model, c, f, lab, device)
@@ -298,21 +313,21 @@ def run(preset: str, out_dir: Path, data_root: Path | None = None) -> BenchResul
     plot = None
     if scaling:
         plot = str(plot_scaling(scaling, out_dir / "sparse_scaling.png",
-                                title=f"{settings['model']} fwd / bwd on {device.type}, one frame"))
+                                title=f"{settings.model} fwd / bwd on {device.type}, one frame"))
     load_end = os.getloadavg()
 
     config = {
         "preset": preset,
-        "model": settings["model"],
+        "model": settings.model,
         "frame": f"{root.name}/{frame_name}",
-        "pixel_stride": settings["pixel_stride"],
-        "voxel_size_m": settings["voxel"],
-        "scaling_voxel_sizes_m": list(settings["scaling"]),
+        "pixel_stride": settings.pixel_stride,
+        "voxel_size_m": settings.voxel,
+        "scaling_voxel_sizes_m": list(settings.scaling),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
-        "warmup": settings["warmup"],
-        "repeats": settings["repeats"],
-        "scaling_repeats": settings["scaling_repeats"],
+        "warmup": settings.warmup,
+        "repeats": settings.repeats,
+        "scaling_repeats": settings.scaling_repeats,
         "timing": "median over repeats of one training step (forward incl. kernel maps | backward); backends "
                   "alternate within each repeat, order reversed every other repeat; ratios are medians of "
                   "per-repeat ratios",

@@ -1,0 +1,133 @@
+"""`pointlift bench NAME|all --preset P --out FILE.json`: run benchmarks, write their figures with the
+environment they were measured on (versions, hardware, git commit)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from pointlift import __version__
+from pointlift.errors import PointliftError
+
+
+def environment_summary() -> dict:
+    """What a benchmark figure was measured on."""
+    import torch
+
+    env = {
+        "pointlift": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        import timm
+
+        env["timm"] = timm.__version__
+    except ImportError:  # pragma: no cover - timm is a dependency
+        pass
+    env["git_commit"] = _git_commit()
+    return env
+
+
+def _git_commit() -> str | None:
+    """The commit of the checkout this code runs from (None outside a git checkout), "+dirty" when the
+    package's files are edited: a figure can then be traced to the code that produced it."""
+    import subprocess
+
+    source = Path(__file__).resolve().parents[1]  # the pointlift package: its files decide "+dirty"
+    try:
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=source, capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+
+        commit = git("rev-parse", "--short=12", "HEAD")
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ".") else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _finite_or_none(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _run_one(name: str, preset: str, out_dir: Path, resume: bool = False) -> dict:
+    from pointlift.bench import load_benchmark
+
+    run_benchmark = load_benchmark(name)
+    start = time.perf_counter()
+    result = run_benchmark(preset, out_dir, resume=True) if resume else run_benchmark(preset, out_dir)
+    return {
+        "name": name,
+        "preset": preset,
+        # A figure that could not be measured (e.g. spconv absent) is null: strict JSON has no NaN.
+        "metrics": {key: _finite_or_none(value) for key, value in result.metrics.items()},
+        "config": result.config,
+        "env": environment_summary(),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _check_arguments(args, names: list[str]) -> None:
+    """--resume and a preset some benchmark lacks (cpu-full is image2point's) are usage errors, not KeyErrors."""
+    import importlib
+
+    from pointlift.bench import BENCHMARKS
+
+    if args.resume and names != ["image2point"]:
+        raise PointliftError(f"bench {args.name}: --resume is only for image2point (its long presets keep a "
+                             "checkpoint per run)")
+    for name in names:
+        module = importlib.import_module(BENCHMARKS[name])
+        presets = getattr(module, "PRESETS", None)  # the benchmark's table: preset name -> settings
+        if presets is not None and args.preset not in presets:
+            raise PointliftError(f"bench {name}: no preset {args.preset!r}; it has {', '.join(presets)}")
+
+
+def _run_all(preset: str, out_dir: Path) -> dict:
+    """Every benchmark in turn; one record whose metrics are named `<benchmark>.<metric>`."""
+    from pointlift.bench import BENCHMARKS
+
+    start = time.perf_counter()
+    metrics, config = {}, {}
+    for name in BENCHMARKS:
+        part = _run_one(name, preset, out_dir / name)
+        metrics.update({f"{name}.{key}": value for key, value in part["metrics"].items()})
+        config[name] = part["config"]
+        print(f"[bench] {name}: {part['seconds']:.1f} s", file=sys.stderr)
+    return {
+        "name": "all",
+        "preset": preset,
+        "metrics": metrics,
+        "config": config,
+        "env": environment_summary(),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def run(args) -> int:
+    from pointlift.bench import BENCHMARKS
+    from pointlift.tasks.evaluate import write_json  # atomic strict JSON (NaN refused), indent 2
+
+    names = list(BENCHMARKS) if args.name == "all" else [args.name]
+    _check_arguments(args, names)
+    out = Path(args.out)
+    out_dir = out.with_suffix("")  # artefacts (plots, run directories) beside the JSON
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.name == "all":
+        record = _run_all(args.preset, out_dir)
+    else:
+        record = _run_one(args.name, args.preset, out_dir, resume=args.resume)
+    write_json(out, record)
+    print(json.dumps(record["metrics"], indent=2))
+    return 0

@@ -1,0 +1,39 @@
+"""What every training command does before it trains: load the config, check --resume, make the run dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from pointlift.errors import PointliftConfigError
+
+T = TypeVar("T")
+
+
+def prepare_run(config_path: str | Path | dict, config_class: type[T], resume: bool = False,
+                run_dir: str | Path | None = None, *, name: str | None = None, root: str | Path | None = None,
+                check: Callable[[T], None] | None = None) -> tuple[T, Path]:
+    """(config, run directory) for `pointlift pretrain|finetune METHOD --config FILE [--resume --run-dir DIR]`.
+
+    In this order, so a bad file fails before anything is written: `config_path` (YAML file or dict) is
+    loaded as `config_class` (every key checked); `resume` without `run_dir` is refused ("--resume needs
+    --run-dir (the run to continue)"), since a fresh timestamped directory would have nothing to resume;
+    `check(config)` raises on anything else that must fail before a directory exists (e.g. a wrong
+    pretraining checkpoint); then `run_dir` is made, or `<root>/<name>-<time>`, with `config.yaml` in it.
+    `name` defaults to `config.name`, `root` to the config's `run_root` / `runs_root`, else "runs".
+    Under torchrun every process gets the same directory (rank 0 makes it).
+    """
+    from pointlift.engine.config import load_config
+    from pointlift.engine.rundir import create_run_dir
+
+    config = load_config(config_path, config_class)
+    if resume and run_dir is None:
+        raise PointliftConfigError("--resume needs --run-dir (the run to continue)")
+    if check is not None:
+        check(config)
+    if name is None:
+        name = config.name
+    if root is None:
+        root = getattr(config, "run_root", getattr(config, "runs_root", "runs"))
+    return config, create_run_dir(name, root, run_dir, config=config)
+
