@@ -49,22 +49,28 @@ def _faces(n):
     return [(i, (i + 1) % n, (i + 2) % n) for i in range(0, n - 2, 2)]
 
 
-def ply_bytes(rng, fmt, faces_first=False):
+def ply_bytes(rng, fmt, faces_first=False, texcoord=False):
+    """`texcoord`: faces with two list properties and scalars (vertex_indices, texcoord, red, quality)."""
     xyz, rgb = _cloud(rng)
     faces = _faces(len(xyz))
+    uv = rng.random((len(faces), 6)).astype(np.float32)
     vertex = [f"element vertex {len(xyz)}", "property float x", "property float y", "property float z",
               "property uchar red", "property uchar green", "property uchar blue"]
     face = [f"element face {len(faces)}", "property list uchar int vertex_indices"]
+    if texcoord:
+        face += ["property list uchar float texcoord", "property uchar red", "property float quality"]
     elements = face + vertex if faces_first else vertex + face
     header = "\n".join(["ply", f"format {fmt} 1.0", "comment fuzz seed", *elements, "end_header"]) + "\n"
     if fmt == "ascii":
         v = [" ".join([*("%.7g" % c for c in xyz[i]), *map(str, rgb[i])]) for i in range(len(xyz))]
-        f = [" ".join(map(str, (3, *t))) for t in faces]
+        f = [" ".join(map(str, (3, *t))) + (" 6 " + " ".join("%.7g" % c for c in uv[i]) + " 7 0.5" if texcoord else "")
+             for i, t in enumerate(faces)]
         body = ("\n".join(f + v if faces_first else v + f) + "\n").encode()
     else:
         o = "<" if fmt == "binary_little_endian" else ">"
         v = b"".join(struct.pack(o + "3f3B", *xyz[i], *rgb[i]) for i in range(len(xyz)))
-        f = b"".join(struct.pack(o + "B3i", 3, *t) for t in faces)
+        f = b"".join(struct.pack(o + "B3i", 3, *t) + (struct.pack(o + "B6fBf", 6, *uv[i], 7, 0.5) if texcoord else b"")
+                     for i, t in enumerate(faces))
         body = f + v if faces_first else v + f
     return header.encode() + body
 
@@ -268,6 +274,7 @@ KINDS = ["truncate", "flip", "insert", "delete", "number", "line", "nan", "dtype
 
 def _formats(rng, tmp: Path):
     """(name, suffix, seed bytes, end-of-header marker, reader taking the file's path)."""
+    extra = np.random.default_rng(SEED + 28)
 
     def points(path):
         result = read_point_file(path, columns=4 if path.suffix == ".bin" else None)
@@ -302,6 +309,10 @@ def _formats(rng, tmp: Path):
         ("pickle", ".pkl", pickle_bytes(rng), None, nuscenes),
         ("sets-npz", ".npz", sets_npz_bytes(rng), None, lambda p: read_npz(p, ["points"])),
         ("voxel-npz", ".npz", vox_npz_bytes(rng), None, lambda p: load_modelnet10_vox(p, "train")),
+        # Added later (issue 28), last and from their own generator: the cases before them unchanged.
+        ("ply-ascii-texcoord", ".ply", ply_bytes(extra, "ascii", texcoord=True), b"end_header\n", points),
+        ("ply-le-texcoord-face-first", ".ply", ply_bytes(extra, "binary_little_endian", True, True), b"end_header\n",
+         points),
     ]
 
 

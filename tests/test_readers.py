@@ -702,6 +702,161 @@ def test_pcd_count_zero_and_repeated_fields_are_refused(tmp_path):
         read_point_file(path)
 
 
+# ----------------------------------------------------------------------------------------------
+# elements with several list properties (issue 28): followed by the header, ascii and binary
+
+STRUCT_CODES = {"char": "b", "uchar": "B", "short": "h", "ushort": "H", "int": "i", "uint": "I",
+                "float": "f", "double": "d"}
+FACE_PROPS = [("vertex_indices", "uchar", "int"), ("flags", "uchar"), ("texcoord", "uchar", "float"),
+              ("red", "uchar"), ("green", "uchar"), ("blue", "uchar"), ("quality", "float")]
+
+
+def write_ply_elements(path, fmt, elements, surplus=None):
+    """A PLY of (name, properties, rows): a property is (name, type) or (name, count type, item
+    type) for a list; a row holds one value per property (a sequence for a list). `surplus`
+    (ascii): {(element, row number): extra text} appended to rows beyond their properties."""
+    header = ["ply", f"format {fmt} 1.0"]
+    for name, props, rows in elements:
+        header.append(f"element {name} {len(rows)}")
+        header += [f"property list {p[1]} {p[2]} {p[0]}" if len(p) == 3 else f"property {p[1]} {p[0]}" for p in props]
+    header.append("end_header")
+    order = "<" if fmt == "binary_little_endian" else ">"
+    body = []
+    for name, props, rows in elements:
+        for number, row in enumerate(rows):
+            if fmt == "ascii":
+                values = []
+                for prop, value in zip(props, row, strict=True):
+                    values += [len(value), *value] if len(prop) == 3 else [value]
+                text = " ".join(repr(float(v)) if isinstance(v, (float, np.floating)) else str(int(v)) for v in values)
+                body.append((text + (surplus or {}).get((name, number), "") + "\n").encode())
+            else:
+                for prop, value in zip(props, row, strict=True):
+                    if len(prop) == 3:
+                        codes = STRUCT_CODES[prop[1]] + STRUCT_CODES[prop[2]] * len(value)
+                        body.append(struct.pack(order + codes, len(value), *value))
+                    else:
+                        body.append(struct.pack(order + STRUCT_CODES[prop[1]], value))
+    path.write_bytes(("\n".join(header) + "\n").encode() + b"".join(body))
+
+
+def textured_mesh(n=12, mixed=False):
+    """Vertex and face elements: faces with vertex_indices and texcoord lists among five scalars;
+    `mixed`: triangles and quads (the row walker), else triangles only (the fast path)."""
+    xyz, rgb, _, _ = cloud(n)
+    corners = [[i % n, (i + 1) % n, (i + 2) % n] + ([(i + 3) % n] if mixed and i % 2 else []) for i in range(n - 1)]
+    faces = [[c, 1, RNG.random(2 * len(c)).astype(np.float32).tolist(), 10, 20, 30 + i, 0.5]
+             for i, c in enumerate(corners)]
+    vertex = ("vertex", [("x", "float"), ("y", "float"), ("z", "float"), ("red", "uchar"), ("green", "uchar"),
+                         ("blue", "uchar")], [[*map(float, xyz[i]), *map(int, rgb[i])] for i in range(n)])
+    return xyz, rgb, vertex, ("face", FACE_PROPS, faces)
+
+
+def read_quietly(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return read_point_file(path)
+
+
+@pytest.mark.parametrize("fmt", ["ascii", "binary_little_endian", "binary_big_endian"])
+@pytest.mark.parametrize("mixed", [False, True], ids=["triangles", "tri-quad"])
+@pytest.mark.parametrize("faces_first", [False, True], ids=["vertex-first", "face-first"])
+def test_ply_faces_with_two_list_properties(tmp_path, fmt, mixed, faces_first):
+    """Faces holding two lists plus scalars: walked by the header (in binary the vertex rows after
+    them are only found that way, and the file must end exactly where the walk does)."""
+    xyz, rgb, vertex, face = textured_mesh(mixed=mixed)
+    path = tmp_path / "textured.ply"
+    write_ply_elements(path, fmt, [face, vertex] if faces_first else [vertex, face])
+    result = read_quietly(path)
+    np.testing.assert_array_equal(result.xyz, xyz)
+    np.testing.assert_allclose(result.fields["rgb"], rgb / 255.0, atol=1e-6)
+    if fmt == "ascii":
+        return
+    data = path.read_bytes()
+    (tmp_path / "cut.ply").write_bytes(data[:-1])
+    with raises_naming(tmp_path / "cut.ply", "truncated"):
+        read_point_file(tmp_path / "cut.ply")
+    (tmp_path / "long.ply").write_bytes(data + b"\x01\x02\x03\x04")
+    with pytest.warns(PointliftDataWarning, match="ignored 4 bytes"):
+        np.testing.assert_array_equal(read_point_file(tmp_path / "long.ply").xyz, xyz)
+    for count, outcome in ((12, "truncated"), (10, "ignored")):  # 11 faces, declared one more or one fewer
+        edited = tmp_path / f"faces{count}.ply"
+        edited.write_bytes(data.replace(b"element face 11", b"element face %d" % count, 1))
+        with pytest.raises((PointliftDataError, PointliftDataWarning), match=None if faces_first else outcome):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # never silent (face-first: the vertex rows shift too)
+                read_point_file(edited)
+
+
+def test_ply_binary_list_length_is_followed(tmp_path):
+    """A texcoord list of another length on one face row is read by its own count (row walker)."""
+    xyz, _, vertex, face = textured_mesh()
+    face[2][3][2] = face[2][3][2][:2]  # face 3: one uv pair for a triangle
+    path = tmp_path / "ragged.ply"
+    write_ply_elements(path, "binary_little_endian", [face, vertex])
+    np.testing.assert_array_equal(read_quietly(path).xyz, xyz)
+    data = path.read_bytes()
+    header_end = data.index(b"end_header\n") + len(b"end_header\n")
+    face0_texcoord = header_end + 1 + 3 * 4 + 1  # vertex_indices (count, 3 ints), flags
+    assert data[face0_texcoord] == 6
+    bad = data[:face0_texcoord] + bytes([255]) + data[face0_texcoord + 1:]  # a list running far past its row
+    path.write_bytes(bad)
+    with raises_naming(path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            read_point_file(path)
+
+
+def test_ply_ascii_rows_beyond_the_header(tmp_path):
+    """ascii: a surplus on every row of an unused element is ignored (fuze_ascii.ply's face rows);
+    on some rows only, or on vertex rows, it is refused; counts are still checked."""
+    xyz, _, vertex, face = textured_mesh(mixed=True)
+    path = tmp_path / "surplus.ply"
+    every = {("face", i): " 9 1 1 1 1 1 1 1 1 1" for i in range(11)}
+    write_ply_elements(path, "ascii", [vertex, face], surplus=every)
+    np.testing.assert_array_equal(read_quietly(path).xyz, xyz)
+    write_ply_elements(path, "ascii", [face, vertex], surplus=every)
+    np.testing.assert_array_equal(read_quietly(path).xyz, xyz)
+    for name, surplus in (("one-face", {("face", 4): " 1"}), ("vertex", {("vertex", i): " 1" for i in range(12)}),
+                          ("uneven", {**every, ("face", 7): " 9 1"})):
+        path = tmp_path / f"{name}.ply"
+        write_ply_elements(path, "ascii", [vertex, face], surplus=surplus)
+        with raises_naming(path, "values"):
+            read_point_file(path)
+    path = tmp_path / "count.ply"
+    for faces_first in (False, True):
+        for old, new in ((b"element vertex 12", b"element vertex 11"), (b"element vertex 12", b"element vertex 13"),
+                         (b"element face 11", b"element face 12")):
+            write_ply_elements(path, "ascii", [face, vertex] if faces_first else [vertex, face], surplus=every)
+            _edit_count(path, old, new)
+            if faces_first and new == b"element vertex 11":  # the last element one short: as plyfile,
+                with pytest.warns(PointliftDataWarning, match="ignored 1 lines"):  # read, not silently
+                    assert len(read_point_file(path)) == 11
+                continue
+            with raises_naming(path):
+                read_point_file(path)
+
+
+@pytest.mark.parametrize("fmt", ["ascii", "binary_big_endian"])
+def test_ply_vertex_element_with_two_lists(tmp_path, fmt):
+    """The vertex element itself with two list properties between its scalars: the scalars at
+    their places, whatever the lists' lengths."""
+    xyz, _, _, _ = cloud(9)
+    props = [("x", "float"), ("neighbours", "uchar", "int"), ("y", "float"), ("weights", "ushort", "double"),
+             ("z", "float"), ("intensity", "float")]
+    rows = [[float(xyz[i, 0]), list(range(i % 4)), float(xyz[i, 1]), [0.25] * (2 * i % 5), float(xyz[i, 2]), i / 8]
+            for i in range(9)]
+    path = tmp_path / "lists.ply"
+    write_ply_elements(path, fmt, [("vertex", props, rows)])
+    result = read_quietly(path)
+    np.testing.assert_array_equal(result.xyz, xyz)
+    np.testing.assert_allclose(result.fields["intensity"], np.arange(9) / 8)
+    if fmt == "ascii":
+        write_ply_elements(path, fmt, [("vertex", props, rows)], surplus={("vertex", i): " 0" for i in range(9)})
+        with raises_naming(path, "values"):
+            read_point_file(path)
+
+
 def test_long_headers_read(tmp_path):
     xyz, rgb, normal, intensity = cloud(10)
     ply = tmp_path / "long.ply"

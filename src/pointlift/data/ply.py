@@ -1,11 +1,30 @@
 """PLY (ascii, binary little/big endian): the vertex element's scalar properties as columns.
 
 The whole body is walked, element by element in header order (faces may come before vertices),
-and must end exactly where the header says: a count that is one too small or too large, a row with
-the wrong number of values or a list running past the end is refused, never read as shifted data.
+and must end where the header says: a body shorter than declared, a row with the wrong number of
+values or a list running past the end is refused, never read as shifted data; data after the last
+declared element is read as declared, never silently (a warning asks whether a count is wrong).
+Every element's rows follow its header property by property, however many list properties it has
+and wherever they stand among the scalars (faces with `vertex_indices` and `texcoord` lists plus
+colours, say); only the vertex element's values are kept.
+
+What is checked of the elements pointlift does not use (faces, edges, materials, ...):
+- ascii: each row is one line, so every element's row count is checked by counting lines (too few
+  lines: refused as truncated; more: read as declared, with a warning). A row of such an element
+  must hold its declared properties (list lengths that are non-negative integers, numbers); values
+  after them are ignored when every row of that element has the same number of them - trimesh's
+  fuze_ascii.ply (written by VCGLIB) has six more on each face row than its header declares, and
+  trimesh reads it - but refused when only some rows have them, as a vertex row shifted into the
+  face element by a vertex count one too small would. The vertex element allows no surplus.
+- binary: nothing marks where a row or an element ends except the header, so every element is
+  walked by it, lists included, even when it comes after the vertex element and its values are
+  discarded: skipping it would leave the end of the file unknown, and with it the truncation and
+  trailing-data checks. A binary file whose rows do not match its header cannot be read by anyone.
+
 Kept as pointlift's own parser rather than plyfile because on the real-file corpus
-(../shared/reference/point-files) it reads every file plyfile reads, equal, and its failures are
-size-checked before allocation (see tests/test_point_files_reference.py).
+(../shared/reference/point-files) it reads every file plyfile reads, equal (and fuze_ascii.ply,
+which plyfile refuses), and its failures are size-checked before allocation (see
+tests/test_point_files_reference.py).
 """
 
 from __future__ import annotations
@@ -175,14 +194,12 @@ def _ascii_body(path: Path, body: bytes, elements: list[_Element], vertex: _Elem
     for element in elements:
         rows = lines[start:start + element.count]
         start += element.count
-        if element.has_lists:
-            values = _ascii_list_rows(path, element, rows, need_values=element is vertex)
-            if element is vertex:
-                columns = values
-        elif element is vertex:
-            columns = _ascii_table(path, element, rows)
+        if element is not vertex:
+            _ascii_rows(path, element, rows, is_vertex=False)  # checked, not kept
+        elif element.has_lists:
+            columns = _ascii_rows(path, element, rows, is_vertex=True)
         else:
-            _check_widths(path, element, [len(row.split()) for row in rows], len(element.props))
+            columns = _ascii_table(path, element, rows)
     columns = _ascii_types(path, vertex, columns)
     if len(lines) > declared:  # only once the declared elements parsed: otherwise the error says it
         _trailing(path, f"{len(lines) - declared} lines", elements)
@@ -212,10 +229,18 @@ def _ascii_table(path: Path, element: _Element, rows: list[str]) -> dict[str, np
     return {p.name: table[:, i] for i, p in enumerate(element.props)}
 
 
-def _ascii_list_rows(path: Path, element: _Element, rows: list[str], need_values: bool) -> dict[str, np.ndarray]:
-    """Rows with list properties; returns the scalar columns (when `need_values`). Fast path: every
-    row has the first row's list lengths (a triangle mesh), parsed as one table by NumPy's C parser
-    and verified; otherwise row by row."""
+def _ascii_rows(path: Path, element: _Element, rows: list[str], is_vertex: bool) -> dict[str, np.ndarray]:
+    """Rows followed property by property as the header declares them (list lengths included);
+    returns the scalar columns (used for the vertex element only).
+
+    The vertex element's rows must end where its properties do. Rows of another element may carry
+    a surplus of values after its declared properties, the same number on every row (a writer that
+    appended fields its header omits, as trimesh's fuze_ascii.ply does on every face row), which is
+    ignored with the rest of that element; a surplus on some rows only is refused, since that is
+    what a row shifted in from a neighbouring element looks like.
+
+    Fast path: every row has the first row's list lengths (a triangle mesh), parsed as one table
+    by NumPy's C parser and verified; otherwise row by row."""
     table = None
     if rows:
         try:
@@ -232,17 +257,21 @@ def _ascii_list_rows(path: Path, element: _Element, rows: list[str], need_values
                 counts.append(at)
                 at += 1 + int(length)
             else:
+                if at >= table.shape[1]:
+                    break
                 positions[prop.name] = at
                 at += 1
         else:
-            if at == table.shape[1] and all((table[:, c] == table[0, c]).all() for c in counts):
-                return {name: table[:, column] for name, column in positions.items()} if need_values else {}
-    return _ascii_walk_rows(path, element, rows)
+            fits = at == table.shape[1] if is_vertex else at <= table.shape[1]
+            if fits and all((table[:, c] == table[0, c]).all() for c in counts):
+                return {name: table[:, column] for name, column in positions.items()} if is_vertex else {}
+    return _ascii_walk_rows(path, element, rows, is_vertex)
 
 
-def _ascii_walk_rows(path: Path, element: _Element, rows: list[str]) -> dict[str, np.ndarray]:
-    """Walk rows with list properties value by value; returns the scalar columns."""
+def _ascii_walk_rows(path: Path, element: _Element, rows: list[str], is_vertex: bool) -> dict[str, np.ndarray]:
+    """Walk rows with list properties value by value; returns the scalar columns (see _ascii_rows)."""
     scalars: dict[str, list[float]] = {p.name: [] for p in element.props if not p.count_dtype}
+    surplus = None
     for number, row in enumerate(rows):
         values = row.split()
         at = 0
@@ -250,19 +279,24 @@ def _ascii_walk_rows(path: Path, element: _Element, rows: list[str]) -> dict[str
             for prop in element.props:
                 if prop.count_dtype:
                     length = int(values[at])
-                    if length < 0:
+                    if length < 0 or at + length >= len(values):
                         raise ValueError
                     at += 1 + length
                 else:
-                    scalars[prop.name].append(float(values[at]))
+                    value = float(values[at])
+                    if is_vertex:
+                        scalars[prop.name].append(value)
                     at += 1
         except (ValueError, IndexError):
             raise PointliftDataError(
                 path, f"{element.name} {number} does not match its header's properties: {row[:80]!r}"
             ) from None
-        if at != len(values):
+        if surplus is None:
+            surplus = 0 if is_vertex else len(values) - at
+        if len(values) - at != surplus:
             raise PointliftDataError(
                 path, f"{element.name} {number} has {len(values)} values, its properties take {at}"
+                + (f" ({element.name} 0 has {surplus} more)" if surplus else "")
             )
     return {name: np.asarray(values, dtype=np.float64) for name, values in scalars.items()}
 
@@ -304,7 +338,7 @@ def _binary_body(path: Path, data: bytes, offset: int, order: str, elements: lis
         else:
             smallest = sum(np.dtype(p.count_dtype or p.dtype).itemsize for p in element.props)
             check_available(path, element.count * smallest, remaining, f"{element.count} {element.name} rows")
-            offset, values = _binary_list_rows(path, data, offset, order, element)
+            offset, values = _binary_list_rows(path, data, offset, order, element, keep=element is vertex)
             if element is vertex:
                 columns = values
     if offset != len(data) and data[offset:].strip(b"\x00 \t\r\n"):
@@ -312,10 +346,12 @@ def _binary_body(path: Path, data: bytes, offset: int, order: str, elements: lis
     return columns
 
 
-def _binary_list_rows(path: Path, data: bytes, offset: int, order: str,
-                      element: _Element) -> tuple[int, dict[str, np.ndarray]]:
-    """Rows with list properties. Fast path: every row has the first row's list lengths (a
-    triangle mesh), read as one fixed record and verified; otherwise walk row by row."""
+def _binary_list_rows(path: Path, data: bytes, offset: int, order: str, element: _Element,
+                      keep: bool) -> tuple[int, dict[str, np.ndarray]]:
+    """Rows with list properties (any number of them, between scalars), each list's length read
+    from its own count: returns (offset after the rows, the scalar columns when `keep`).
+    Fast path: every row has the first row's list lengths (a triangle mesh), read as one fixed
+    record and verified; otherwise walk row by row."""
     if element.count == 0:
         return offset, {p.name: np.zeros(0, p.dtype) for p in element.props if not p.count_dtype}
     fields, at = [], offset
@@ -335,13 +371,14 @@ def _binary_list_rows(path: Path, data: bytes, offset: int, order: str,
     if offset + element.count * record.itemsize <= len(data):
         table = np.frombuffer(data, record, element.count, offset)
         if all((table[f"_n_{p.name}"] == table[f"_n_{p.name}"][0]).all() for p in element.props if p.count_dtype):
-            values = {p.name: table[p.name].astype(p.dtype) for p in element.props if not p.count_dtype}
+            values = ({p.name: table[p.name].astype(p.dtype) for p in element.props if not p.count_dtype}
+                      if keep else {})
             return offset + element.count * record.itemsize, values
-    return _walk_rows(path, data, offset, order, element)
+    return _walk_rows(path, data, offset, order, element, keep)
 
 
-def _walk_rows(path: Path, data: bytes, offset: int, order: str,
-               element: _Element) -> tuple[int, dict[str, np.ndarray]]:
+def _walk_rows(path: Path, data: bytes, offset: int, order: str, element: _Element,
+               keep: bool) -> tuple[int, dict[str, np.ndarray]]:
     steps = []
     for prop in element.props:
         scalar = struct.Struct(order + np.dtype(prop.count_dtype or prop.dtype).char)
@@ -360,6 +397,8 @@ def _walk_rows(path: Path, data: bytes, offset: int, order: str,
                 offset += value * item
                 if offset > end:
                     raise PointliftDataError(path, f"truncated inside {element.name} {number} of {element.count}")
-            else:
+            elif keep:
                 scalars[prop.name].append(value)
+    if not keep:
+        return offset, {}
     return offset, {p.name: np.asarray(scalars[p.name], dtype=p.dtype) for p in element.props if not p.count_dtype}
