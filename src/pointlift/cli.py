@@ -25,25 +25,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"pointlift: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _existing_file(text: str) -> Path:
-    path = Path(text)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text}: no such file")
-    return path
+def _existing(test, what: str):
+    """An argparse type: a Path that passes `test` (Path.is_file, is_dir, exists), else "TEXT: no such WHAT"."""
+
+    def check(text: str) -> Path:
+        path = Path(text)
+        if not test(path):
+            raise argparse.ArgumentTypeError(f"{text}: no such {what}")
+        return path
+
+    return check
 
 
-def _existing_dir(text: str) -> Path:
-    path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: no such directory")
-    return path
-
-
-def _existing_path(text: str) -> Path:
-    path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{text}: no such file or directory")
-    return path
+_existing_file = _existing(Path.is_file, "file")
+_existing_dir = _existing(Path.is_dir, "directory")
+_existing_path = _existing(Path.exists, "file or directory")
 
 
 def _positive_int(text: str) -> int:

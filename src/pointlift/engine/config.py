@@ -158,6 +158,16 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+# Scalar config types: (YAML values accepted, conversion, name in messages). A bool is never an int/float here.
+_SCALARS = {
+    bool: (bool, lambda v: v, "bool"),
+    int: (int, lambda v: v, "int"),
+    float: ((int, float), float, "float"),
+    str: (str, lambda v: v, "str"),
+    Path: ((str, Path), Path, "a path"),
+}
+
+
 def _convert(tp: Any, value: Any, key: str):
     """Check `value` against type `tp` and return it in that type (lists become tuples etc.)."""
     if tp is Any:
@@ -182,26 +192,11 @@ def _convert(tp: Any, value: Any, key: str):
         if any(type(value) is type(option) and value == option for option in args):
             return value
         raise _KeyError(key, f"must be one of {list(args)}, got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _KeyError(key, f"expected bool, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _KeyError(key, f"expected int, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise _KeyError(key, f"expected float, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _KeyError(key, f"expected str, got {value!r}")
-    if tp is Path:
-        if isinstance(value, (str, Path)):
-            return Path(value)
-        raise _KeyError(key, f"expected a path, got {value!r}")
+    if tp in _SCALARS:
+        accepts, convert, name = _SCALARS[tp]
+        if isinstance(value, accepts) and (tp is bool or not isinstance(value, bool)):
+            return convert(value)
+        raise _KeyError(key, f"expected {name}, got {value!r}")
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise _KeyError(key, f"expected a list, got {value!r}")
