@@ -31,8 +31,8 @@ import torch
 import torch.nn as nn
 
 from pointlift.errors import PointliftConfigError
-from pointlift.models.point_m2ae.blocks import (BlockStack, PosExtraction, TokenEmbed, TokenPropagation, pointwise,
-                                                position_mlp, trunc_normal_init, xavier_init)
+from pointlift.models.point_m2ae.blocks import (BlockStack, TokenEmbed, TokenPropagation, position_mlp,
+                                                trunc_normal_init, xavier_init)
 from pointlift.models.point_m2ae.config import PointM2AEConfig
 from pointlift.models.point_m2ae.hierarchy import (Hierarchy, compact_visible, expand_rows, group_hierarchy,
                                                    propagate_visibility)
