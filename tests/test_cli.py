@@ -88,8 +88,10 @@ def test_embed_cli_gives_one_row_per_point_set(tmp_path):
 
     from pointlift.data.synthetic import make_shapes
     from pointlift.engine.config import OptimConfig, TrainConfig
-    from pointlift.methods.i2p_mae import DataConfig, I2PMAEConfig, I2PMAEExperiment, build_embedder, pretrain
-    from pointlift.models.point_m2ae import PointM2AEConfig
+    from pointlift.methods.i2p_mae.config import DataConfig, I2PMAEConfig, I2PMAEExperiment
+    from pointlift.methods.i2p_mae.embedder import build_embedder
+    from pointlift.methods.i2p_mae.pretrain import pretrain
+    from pointlift.models.point_m2ae.config import PointM2AEConfig
 
     config = PointM2AEConfig(num_points=64, num_centers=(16, 8, 4), group_sizes=(4, 4, 2),
                              encoder_dims=(16, 32, 48), encoder_depths=(1, 1, 1), num_heads=2, embed_hidden=8,

@@ -12,11 +12,18 @@ import torch.nn.functional as F
 from pointlift.engine.checkpoint import load_checkpoint
 from pointlift.engine.config import OptimConfig, TrainConfig, load_config
 from pointlift.errors import PointliftConfigError
-from pointlift.methods.i2p_mae import (I2PMAE, DataConfig, I2PMAEConfig, I2PMAEExperiment, PretrainShapes,
-                                       build_embedder, guided_top_mask, prepare_point_sets, pretrain)
-from pointlift.methods.i2p_mae_cache import build_teacher_cache, read_back, teacher_maps
+from pointlift.data.shape_sets import prepare_point_sets
+from pointlift.geometry.readback import read_back
 from pointlift.geometry.render import render_depth_views
-from pointlift.models.point_m2ae import PointM2AEConfig, random_top_mask
+from pointlift.methods.i2p_mae.cache import build_teacher_cache, teacher_maps
+from pointlift.methods.i2p_mae.config import DataConfig, I2PMAEConfig, I2PMAEExperiment
+from pointlift.methods.i2p_mae.data import PretrainShapes
+from pointlift.methods.i2p_mae.embedder import build_embedder
+from pointlift.methods.i2p_mae.masking import guided_top_mask
+from pointlift.methods.i2p_mae.model import I2PMAE
+from pointlift.methods.i2p_mae.pretrain import pretrain
+from pointlift.models.point_m2ae.config import PointM2AEConfig
+from pointlift.models.point_m2ae.hierarchy import random_top_mask
 
 IMAGE = 64  # small renders keep the teacher cheap on 2 shared cores
 
@@ -75,7 +82,7 @@ def test_guided_masking_keeps_salient_tokens_visible(teacher, shapes):
     far more often than random masking keeps them (binomial margin of 6 standard deviations)."""
     points = torch.from_numpy(shapes[0])
     config = tiny_model()
-    from pointlift.models.point_m2ae import group_hierarchy
+    from pointlift.models.point_m2ae.hierarchy import group_hierarchy
 
     hierarchy = group_hierarchy(points, config.num_centers, config.group_sizes)
     _, saliency_maps = teacher_maps(teacher, points, IMAGE, 5)
@@ -124,6 +131,24 @@ def test_cache_is_exact_under_scale_and_translation(teacher, shapes, tmp_path):
     pixels_aug = render_depth_views(augmented, IMAGE, 5).pixels
     pixels_orig = render_depth_views(torch.from_numpy(points), IMAGE, 5).pixels
     assert torch.equal(pixels_aug, pixels_orig)
+
+
+def test_cache_separates_teachers_that_differ_only_in_weights(teacher, shapes, tmp_path):
+    """Two teachers with the same name and weights source (same identity string) but other weights, e.g.
+    two random initialisations or a fine-tuned copy, must not share cached maps (issue 24)."""
+    import copy
+
+    points = shapes[0][:2]
+    other = copy.deepcopy(teacher)
+    with torch.no_grad():
+        next(other.parameters()).add_(0.05)
+    assert other.identity() == teacher.identity()
+    maps = build_teacher_cache(teacher, points, IMAGE, 5, cache_dir=tmp_path, storage_dtype="float32")
+    changed = build_teacher_cache(other, points, IMAGE, 5, cache_dir=tmp_path, storage_dtype="float32")
+    assert changed.built and changed.key != maps.key
+    assert not np.array_equal(np.asarray(changed.features), np.asarray(maps.features))
+    direct, _ = teacher_maps(other, torch.from_numpy(points), IMAGE, 5)
+    torch.testing.assert_close(torch.from_numpy(np.array(changed.features)), direct, rtol=1e-4, atol=1e-4)
 
 
 def test_official_recipe_trains_with_the_teacher_every_step(teacher, shapes, tmp_path):
@@ -229,7 +254,7 @@ def test_config_file_loads_and_rejects_bad_values(tmp_path):
 def test_layer_batch_targets_remove_the_shared_component():
     """"layer_batch" = per-token LayerNorm, then per-channel z-score over the batch's tokens (reference
     computed channel by channel); a component shared by every token disappears from the targets."""
-    from pointlift.methods.i2p_mae import normalize_targets
+    from pointlift.methods.i2p_mae.model import normalize_targets
 
     generator = torch.Generator().manual_seed(0)
     shared_part = 5.0 * torch.randn(1, 1, 12, generator=generator)

@@ -12,10 +12,14 @@ import torch
 
 from pointlift.geometry.render import (RELEASED_VIEW_PERM, bicubic_read, released_depth_views,
                                        released_teacher_input)
-from pointlift.methods.i2p_mae import (I2PMAE, I2PMAEConfig, load_released_state, released_top_mask)
-from pointlift.methods.i2p_mae_cache import read_back
-from pointlift.models.point_m2ae import (PointM2AEConfig, count_parameters, encode_for_features,
-                                         propagate_visibility)
+from pointlift.geometry.readback import read_back
+from pointlift.methods.i2p_mae.config import I2PMAEConfig
+from pointlift.methods.i2p_mae.masking import released_top_mask
+from pointlift.methods.i2p_mae.model import I2PMAE
+from pointlift.methods.i2p_mae.released import load_released_state
+from pointlift.models.point_m2ae.config import PointM2AEConfig
+from pointlift.models.point_m2ae.hierarchy import propagate_visibility
+from pointlift.models.point_m2ae.model import count_parameters, encode_for_features
 from pointlift.ops import farthest_point_sample
 
 REF = "reference/i2p-mae"
@@ -218,7 +222,7 @@ def test_subset_matches_then_fails_when_a_weight_changes(model, ref):
 
 def test_fails_when_the_position_embedding_is_added_once_per_stage(model, ref, monkeypatch):
     """A module change (pointlift's former encoder: position embedding only before the first block)."""
-    from pointlift.models import point_m2ae
+    from pointlift.models.point_m2ae import blocks
 
     def once(self, x, pos, valid=None):
         x = x + pos
@@ -226,7 +230,7 @@ def test_fails_when_the_position_embedding_is_added_once_per_stage(model, ref, m
             x = block(x, valid)
         return x
 
-    monkeypatch.setattr(point_m2ae.BlockStack, "forward", once)
+    monkeypatch.setattr(blocks.BlockStack, "forward", once)
     assert subset_error(model, ref) > 1e-3
 
 

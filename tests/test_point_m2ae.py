@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from pointlift.errors import PointliftConfigError
-from pointlift.models.point_m2ae import (
-    PointM2AE, PointM2AEClassifier, PointM2AEConfig, PointM2AEEncoder, count_parameters, global_feature,
-    group_hierarchy, propagate_visibility, random_top_mask)
+from pointlift.models.point_m2ae.classifier import PointM2AEClassifier
+from pointlift.models.point_m2ae.config import PointM2AEConfig
+from pointlift.models.point_m2ae.hierarchy import group_hierarchy, propagate_visibility, random_top_mask
+from pointlift.models.point_m2ae.model import PointM2AE, PointM2AEEncoder, count_parameters, global_feature
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -153,7 +153,8 @@ def test_image2point_finetunes_on_a_shape_set(tmp_path):
 
 
 def test_i2p_mae_data_config_accepts_shape_sets(tmp_path):
-    from pointlift.methods.i2p_mae import DataConfig, load_pretrain_points
+    from pointlift.methods.i2p_mae.config import DataConfig
+    from pointlift.methods.i2p_mae.data import load_pretrain_points
 
     root = write_modelnet40_h5(tmp_path / "modelnet40_ply_hdf5_2048")
     points, labels, names = load_pretrain_points(DataConfig(source="modelnet40_h5", path=str(root), num_points=64),

@@ -25,12 +25,15 @@ import numpy as np
 import torch
 
 from pointlift.bench import BenchResult, shared_path
+from pointlift.data.shape_sets import prepare_point_sets
 from pointlift.engine.config import OptimConfig, TrainConfig, config_to_dict
 from pointlift.errors import PointliftConfigError, PointliftDataError
-from pointlift.methods.i2p_mae import (I2PMAE, DataConfig, I2PMAEConfig, I2PMAEExperiment, TeacherConfig,
-                                       build_teacher, embed_array, prepare_point_sets, pretrain)
-from pointlift.methods.i2p_mae_cache import teacher_maps
-from pointlift.models.point_m2ae import PointM2AEConfig
+from pointlift.methods.i2p_mae.cache import teacher_maps
+from pointlift.methods.i2p_mae.config import DataConfig, I2PMAEConfig, I2PMAEExperiment, TeacherConfig
+from pointlift.methods.i2p_mae.embedder import embed_array
+from pointlift.methods.i2p_mae.model import I2PMAE
+from pointlift.methods.i2p_mae.pretrain import build_teacher, pretrain
+from pointlift.models.point_m2ae.config import PointM2AEConfig
 from pointlift.tasks.fewshot import fewshot_eval
 from pointlift.tasks.svm import paper_svm_accuracy, svm_accuracy
 

@@ -9,6 +9,6 @@ def run(args) -> int:
     elif args.method == "segmentation":
         from pointlift.tasks.segmentation import finetune_command
     else:
-        from pointlift.tasks.point_classification import finetune_command
+        from pointlift.methods.i2p_mae import finetune_command
     finetune_command(args.config, resume=args.resume, run_dir=args.run_dir)
     return 0

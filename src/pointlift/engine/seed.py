@@ -30,11 +30,6 @@ def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gener
     return generator
 
 
-def numpy_generator(seed: int) -> np.random.Generator:
-    """A NumPy Generator seeded with `seed`."""
-    return np.random.default_rng(seed)
-
-
 def seed_worker(worker_id: int) -> None:
     """DataLoader `worker_init_fn`: torch seeds each worker; give NumPy and `random` that seed too."""
     worker_seed = torch.initial_seed() % 2**32

@@ -1,4 +1,5 @@
-"""pointlift.geometry: cameras, rigid transforms, voxelisation and multi-view depth rendering."""
+"""pointlift.geometry: cameras, rigid transforms, voxelisation and multi-view depth rendering and
+the read-back of 2D maps at rendered points."""
 
 from pointlift.geometry.camera import (
     backproject,
@@ -16,6 +17,7 @@ from pointlift.geometry.render import (
     render_depth_views,
     views_to_teacher_input,
 )
+from pointlift.geometry.readback import point_pixels, read_back
 from pointlift.geometry.transforms import (
     compose,
     invert_rigid,
@@ -38,9 +40,11 @@ __all__ = [
     "invert_rigid",
     "occlusion_mask",
     "pixel_index",
+    "point_pixels",
     "project",
     "project_to_image",
     "random_rotation_about_up",
+    "read_back",
     "render_depth_views",
     "rotation_about_axis",
     "transform_points",

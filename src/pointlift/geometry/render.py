@@ -197,7 +197,7 @@ def released_teacher_input(images: torch.Tensor) -> torch.Tensor:
 def bicubic_read(maps: torch.Tensor, pixels: torch.Tensor, image_size: int) -> torch.Tensor:
     """The released `I2P` read-back, literally: maps (B, V, C, h, w) upsampled with F.interpolate
     (bicubic, align_corners=False) to image_size, read at (row, col) pixels (B, V, N, 2) -> (B, V, N, C).
-    (Slow reference; `pointlift.methods.i2p_mae_cache.read_back` gives the same values without the
+    (Slow reference; `pointlift.geometry.readback.read_back` gives the same values without the
     full-size maps.)"""
     batch, views, channels = maps.shape[:3]
     up = F.interpolate(maps.flatten(0, 1), size=(image_size, image_size), mode="bicubic", align_corners=False)

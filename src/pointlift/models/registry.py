@@ -16,7 +16,7 @@ from pointlift.errors import PointliftDataError
 EMBEDDER_MODULES = {
     "image2point": "pointlift.methods.image2point.embedder",
     "ppkt": "pointlift.methods.ppkt",
-    "i2p_mae": "pointlift.methods.i2p_mae",
+    "i2p_mae": "pointlift.methods.i2p_mae.embedder",
     "i2p_mae_classifier": "pointlift.tasks.point_classification",  # `pointlift finetune i2p-mae` output
 }
 

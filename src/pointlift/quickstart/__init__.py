@@ -18,7 +18,7 @@ from pointlift.report import markdown_table, write_report
 STEPS = (
     ("Image2Point: inflated 2D ConvNet vs random init", "pointlift.quickstart.image2point"),
     ("PPKT: pixel-to-point contrastive pretraining vs untrained", "pointlift.quickstart.ppkt"),
-    ("I2P-MAE: 2D-guided masked autoencoding vs random init", "pointlift.methods.i2p_mae"),
+    ("I2P-MAE: 2D-guided masked autoencoding vs random init", "pointlift.quickstart.i2p_mae"),
     ("Scene segmentation: sparse U-Net fine-tuned vs untrained", "pointlift.tasks.segmentation"),
 )
 

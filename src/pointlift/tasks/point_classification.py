@@ -1,4 +1,5 @@
-"""`pointlift finetune i2p-mae`: shape classification from an I2P-MAE pretraining checkpoint.
+"""Shape classification from an I2P-MAE pretraining checkpoint (`pointlift finetune i2p-mae`, whose CLI
+layer is `pointlift.methods.i2p_mae.commands.finetune_command`).
 
 The encoder comes out of the checkpoint through the embedder registry (`load_embedder`), so this
 module does not depend on how the encoder is built. On top sits the classification head of
@@ -16,7 +17,6 @@ baseline the pretrained encoder has to beat.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,11 +28,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from pointlift.data.shape_sets import ShapeSetConfig, load_points
-from pointlift.engine.config import OptimConfig, TrainConfig, config_to_dict, load_config, require
+from pointlift.engine.config import OptimConfig, TrainConfig, config_to_dict, require
+from pointlift.engine.device import resolve_device
 from pointlift.errors import PointliftConfigError, PointliftDataError
+from pointlift.metrics import accuracy_metrics
 
 KIND = "i2p_mae_classifier"
 PRETRAINING_KINDS = ("i2p_mae",)
+# Where a checkpoint of another kind goes instead (the refusal names it).
+WRONG_KIND_HINTS = {
+    "image2point": "fine-tune Image2Point networks with `pointlift finetune image2point`",
+    "ppkt": "PPKT pretrains a scene-level sparse U-Net, not a shape encoder; probe it with "
+            "`pointlift eval svm` or `pointlift eval ppkt`",
+    KIND: "this is already a fine-tuned classifier; fine-tune from its pretraining checkpoint",
+}
 
 
 @dataclass
@@ -223,7 +232,8 @@ def split_validation(labels: np.ndarray, per_class: int, seed: int) -> tuple[np.
 
 
 @torch.no_grad()
-def accuracy(model: PointClassifier, points: np.ndarray, labels: np.ndarray, batch_size: int, device) -> dict:
+def accuracy(model: PointClassifier, points: np.ndarray, labels: np.ndarray, batch_size: int, device,
+             num_classes: int) -> dict:
     """Overall and mean-class accuracy (eval mode; the previous mode is restored)."""
     was_training = model.training
     model.eval()
@@ -233,30 +243,23 @@ def accuracy(model: PointClassifier, points: np.ndarray, labels: np.ndarray, bat
         predictions.append(model.logits(batch).argmax(dim=-1).cpu().numpy())
     model.train(was_training)
     predictions = np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
-    labels = np.asarray(labels)
-    per_class = [float((predictions[labels == c] == c).mean()) for c in np.unique(labels)]
-    return {"overall_acc": float((predictions == labels).mean()) if len(labels) else float("nan"),
-            "mean_class_acc": float(np.mean(per_class)) if per_class else float("nan")}
+    return accuracy_metrics(predictions, labels, num_classes)
 
 
 # ----------------------------------------------------------------------------------------- training
 
 
 def pretraining_checkpoint(path) -> tuple[dict, dict, Path]:
-    """(state, sidecar, path) of an I2P-MAE pretraining checkpoint; another kind is a one-line error."""
-    from pointlift.engine.checkpoint import load_checkpoint
+    """(state, sidecar, path) of an I2P-MAE pretraining checkpoint; another kind is a one-line error
+    that says where such a checkpoint goes instead."""
+    from pointlift.engine.checkpoint import check_kind, checkpoint_kind, load_checkpoint, read_checkpoint_meta
     from pointlift.tasks.embed import resolve_checkpoint
 
     path = resolve_checkpoint(Path(path).expanduser())
+    meta = read_checkpoint_meta(path)
+    hint = WRONG_KIND_HINTS.get(checkpoint_kind(meta), "unknown kind")
+    check_kind(path, meta, PRETRAINING_KINDS, f"finetune i2p-mae needs an I2P-MAE pretraining checkpoint; {hint}")
     state, meta = load_checkpoint(path)
-    kind = (meta.get("model_spec") or {}).get("kind")
-    if kind not in PRETRAINING_KINDS:
-        hint = {"image2point": "fine-tune Image2Point networks with `pointlift finetune image2point`",
-                "ppkt": "PPKT pretrains a scene-level sparse U-Net, not a shape encoder; probe it with "
-                        "`pointlift eval svm` or `pointlift eval ppkt`",
-                KIND: "this is already a fine-tuned classifier; fine-tune from its pretraining checkpoint"}
-        raise PointliftConfigError(f"finetune i2p-mae needs an I2P-MAE pretraining checkpoint, but {path} is a "
-                                   f"{kind!r} checkpoint: {hint.get(kind, 'unknown kind')}")
     return state, meta, path
 
 
@@ -268,8 +271,7 @@ def finetune(config: PointFinetuneConfig, run_dir: str | Path, *, resume: bool =
     start = time.perf_counter()
     state, meta, checkpoint = pretraining_checkpoint(config.checkpoint)
     encoder_spec = meta["model_spec"]
-    device = torch.device(config.device) if config.device else \
-        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(config.device)
     train_points, train_labels, class_names = load_points(config.data, "train")
     test_points, test_labels, _ = load_points(config.data, "test")
     val_points = val_labels = None
@@ -284,42 +286,27 @@ def finetune(config: PointFinetuneConfig, run_dir: str | Path, *, resume: bool =
     spec = classifier_spec(encoder_spec, num_classes, config.head, config.data.num_points)
 
     def eval_fn(module, epoch):
-        return accuracy(module, val_points, val_labels, config.eval_batch_size, device) if val_points is not None \
-            else {}
+        return accuracy(module, val_points, val_labels, config.eval_batch_size, device, num_classes) \
+            if val_points is not None else {}
 
     dataset = ClassificationShapes(train_points, train_labels, config.augment)
     result = train(model, dataset, config.train, run_dir, resume=resume, device=device, progress=progress,
                    eval_fn=eval_fn if val_points is not None else None,
                    config_for_checkpoint=config_to_dict(config), model_spec=spec)
     model.to(device)
-    test = accuracy(model, test_points, test_labels, config.eval_batch_size, device)
+    test = accuracy(model, test_points, test_labels, config.eval_batch_size, device, num_classes)
     losses = [row["loss"] for row in result.history if "loss" in row]
     summary = {"overall_acc": test["overall_acc"], "mean_class_acc": test["mean_class_acc"],
                "selected_on": "last epoch (no selection on the test split)",
-               "val": accuracy(model, val_points, val_labels, config.eval_batch_size, device)
+               "val": accuracy(model, val_points, val_labels, config.eval_batch_size, device, num_classes)
                if val_points is not None else None,
                "init": config.init, "pretraining_checkpoint": str(checkpoint), "checkpoint": str(result.checkpoint_path),
                "steps": result.step, "loss_first": losses[0] if losses else None,
                "loss_last": losses[-1] if losses else None, "num_classes": num_classes,
                "train_shapes": int(len(train_labels)), "val_shapes": int(len(val_labels)) if val_labels is not None else 0,
                "test_shapes": int(len(test_labels)), "seconds": round(time.perf_counter() - start, 3)}
-    from pointlift.engine.distributed import is_main_process
+    from pointlift.engine.rundir import write_json
 
-    if is_main_process():  # under torchrun every process evaluates; one writes
-        (Path(run_dir) / "results.json").write_text(json.dumps(summary, indent=2, allow_nan=True))
+    write_json(Path(run_dir) / "results.json", summary, allow_nan=True)  # every rank evaluates; rank 0 writes
     return summary
 
-
-def finetune_command(config_path, resume: bool = False, run_dir=None) -> dict:
-    """`pointlift finetune i2p-mae --config FILE [--resume] [--run-dir DIR]`."""
-    from pointlift.engine.rundir import create_run_dir
-
-    config = load_config(config_path, PointFinetuneConfig)
-    if resume and run_dir is None:
-        raise PointliftConfigError("--resume needs --run-dir (the run to continue)")
-    pretraining_checkpoint(config.checkpoint)  # a wrong checkpoint fails before a run directory exists
-    run_dir = create_run_dir(config.name, config.runs_root, run_dir, config=config)
-    summary = finetune(config, run_dir, resume=resume)
-    print(f"[i2p-mae finetune] test accuracy {summary['overall_acc']:.4f}, mean-class {summary['mean_class_acc']:.4f} "
-          f"(last epoch, init {config.init}) -> {run_dir}")
-    return summary

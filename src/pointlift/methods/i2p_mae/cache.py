@@ -1,18 +1,16 @@
-"""Teacher outputs for I2P-MAE: rendering -> 2D teacher -> per-point read-back, and a per-shape cache.
+"""Teacher outputs for I2P-MAE: rendering -> 2D teacher, and a per-shape cache of the teacher's maps.
 
 Why a cache: the three depth views of a shape do not change under isotropic scaling and translation
-(the renderer normalises both away), and those are the only augmentations of I2P-MAE pretraining.
+(the renderer normalises both away), and those are the only augmentations of pointlift's recipe.
 So the teacher runs once per shape; every epoch reuses its low-resolution maps. We store the maps
 (3 views x C x h x w features and 3 x h x w saliency) rather than per-point vectors: they are small
 (h, w = image_size / stride) and the exact per-point values are recovered from them by the same
-bicubic read-back the uncached path uses.
+bicubic read-back the uncached path uses (`pointlift.geometry.readback.read_back`).
 
-Read-back: upsampling a map to the render size with bicubic interpolation (align_corners=False) is
-separable, up = Wy @ map @ Wx^T with fixed (out, in) matrices, so one pixel's value is
-Wy[v] @ map @ Wx[u]: we never materialise the 224 x 224 upsampled maps.
-
-The cache key hashes the teacher identity, the rendering settings (image size, footprint), the
-storage dtype and the exact bytes of the (un-augmented) point sets: any change makes a new entry.
+The cache key hashes the teacher identity, a fingerprint of the teacher's actual weights (two teachers
+with the same name and weights source, e.g. two random initialisations, must not share maps), the
+rendering settings (image size, footprint), the storage dtype and the exact bytes of the
+(un-augmented) point sets: any change makes a new entry.
 """
 
 from __future__ import annotations
@@ -26,34 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.geometry.render import render_depth_views, views_to_teacher_input
 
 CACHE_FORMAT = 1
-
-
-# --------------------------------------------------------------------------------- read-back
-
-
-def bicubic_weights(in_size: int, out_size: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """(out_size, in_size) matrix W with F.interpolate(x, bicubic, align_corners=False) = W @ x per axis."""
-    eye = torch.eye(in_size, device=device, dtype=dtype).reshape(in_size, 1, 1, in_size)
-    up = F.interpolate(eye, size=(1, out_size), mode="bicubic", align_corners=False)
-    return up[:, 0, 0, :].transpose(0, 1).contiguous()
-
-
-def read_back(maps: torch.Tensor, pixels: torch.Tensor, image_size: int) -> torch.Tensor:
-    """Values of maps (B, V, C, h, w), bicubically upsampled to image_size, at pixels (B, V, N, 2) (u, v).
-
-    Returns (B, V, N, C).
-    """
-    height, width = maps.shape[-2:]
-    wy = bicubic_weights(height, image_size, maps.device, maps.dtype)[pixels[..., 1]]  # (B, V, N, h)
-    wx = bicubic_weights(width, image_size, maps.device, maps.dtype)[pixels[..., 0]]  # (B, V, N, w)
-    weights = (wy[..., :, None] * wx[..., None, :]).flatten(-2)  # (B, V, N, h*w)
-    return weights @ maps.flatten(-2).transpose(-1, -2)
 
 
 # --------------------------------------------------------------------------------- teacher maps
@@ -97,11 +72,22 @@ class TeacherMaps:
                 torch.from_numpy(np.asarray(self.saliency[index], dtype=np.float32)))
 
 
-def cache_key(teacher_identity: str, image_size: int, footprint: int, storage_dtype: str,
-              points: np.ndarray) -> str:
-    """Hash of everything the cached maps depend on."""
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """Hash of the module's actual parameter and buffer values (the rule of PPKT's teacher cache; phase 2
+    of issue 24 gives the two one home): the identity string names where weights came from, not what
+    they are."""
     digest = hashlib.sha256()
-    settings = {"format": CACHE_FORMAT, "teacher": teacher_identity, "image_size": image_size,
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(teacher_identity: str, image_size: int, footprint: int, storage_dtype: str,
+              points: np.ndarray, weights: str = "") -> str:
+    """Hash of everything the cached maps depend on; `weights` is the teacher's `weights_fingerprint`."""
+    digest = hashlib.sha256()
+    settings = {"format": CACHE_FORMAT, "teacher": teacher_identity, "weights": weights, "image_size": image_size,
                 "footprint": footprint, "dtype": storage_dtype, "shape": list(points.shape)}
     digest.update(json.dumps(settings, sort_keys=True).encode())
     digest.update(np.ascontiguousarray(points, dtype=np.float32).tobytes())
@@ -122,7 +108,8 @@ def build_teacher_cache(teacher, points: np.ndarray, image_size: int = 224, foot
     points = np.ascontiguousarray(points, dtype=np.float32)
     if points.ndim != 3 or points.shape[-1] != 3 or len(points) == 0:
         raise PointliftDataError("<points>", f"expected point sets (S, N, 3), got {points.shape}")
-    key = cache_key(teacher.identity(), image_size, footprint, storage_dtype, points)
+    weights = weights_fingerprint(teacher)
+    key = cache_key(teacher.identity(), image_size, footprint, storage_dtype, points, weights)
     entry = None if cache_dir is None else Path(cache_dir).expanduser() / key
     if entry is not None and (entry / "meta.json").is_file():
         try:
@@ -165,7 +152,7 @@ def build_teacher_cache(teacher, points: np.ndarray, image_size: int = 224, foot
     features.flush()
     saliency.flush()
     del features, saliency
-    meta = {"teacher": teacher.identity(), "image_size": image_size, "footprint": footprint,
+    meta = {"teacher": teacher.identity(), "weights": weights, "image_size": image_size, "footprint": footprint,
             "dtype": storage_dtype, "num_shapes": len(points), "format": CACHE_FORMAT}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     try:

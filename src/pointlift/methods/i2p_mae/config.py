@@ -1,0 +1,136 @@
+"""I2P-MAE settings: the method (stored as a checkpoint's model_spec), the 2D teacher, the data and one
+experiment YAML (configs/i2p_mae_*.yaml). `recipe` fills every option left None: "official" is the
+released method, "pointlift" pointlift's own choices (see the package docstring)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from pointlift.engine.config import TrainConfig, config_to_dict, require
+from pointlift.models.point_m2ae.config import PointM2AEConfig
+
+KIND = "i2p_mae"
+
+# Settings each recipe gives to the options left unset (None).
+RECIPES = {
+    "official": dict(masking="released", renderer="released", target_norm="none", recon_weight=1.0,
+                     feature_weight=1.0, released_quirks=True),
+    "pointlift": dict(masking="standardised", renderer="invariant", target_norm="layer", recon_weight=100.0,
+                      feature_weight=1.0, released_quirks=False),
+}
+DATA_RECIPES = {
+    "official": dict(augment="per_axis", scale_range=(2 / 3, 3 / 2), translate=0.2, cache_teacher=False),
+    "pointlift": dict(augment="uniform", scale_range=(0.8, 1.25), translate=0.1, cache_teacher=True),
+}
+
+
+@dataclass
+class I2PMAEConfig:
+    """The method (stored as the checkpoint's model_spec). Options left None take the recipe's value."""
+
+    model: PointM2AEConfig = field(default_factory=PointM2AEConfig)
+    recipe: Literal["official", "pointlift"] = "official"
+    mask_ratio: float = 0.8
+    guided_masking: bool = True
+    feature_target: bool = True
+    masking: Optional[Literal["released", "standardised"]] = None
+    temperature: float = 0.5  # masking "standardised" only; lower = greedier
+    renderer: Optional[Literal["released", "invariant"]] = None
+    target_norm: Optional[Literal["none", "layer", "layer_batch"]] = None
+    recon_weight: Optional[float] = None
+    feature_weight: Optional[float] = None
+    released_quirks: Optional[bool] = None  # token 0 of cloud 0 visible; ungrouped tokens dropped at eval
+    image_size: int = 224
+    footprint: int = 5
+    teacher_channels: int = 0  # set from the teacher when the model is built
+
+    def __post_init__(self):
+        require(self.recipe in RECIPES, "recipe", f"must be one of {sorted(RECIPES)}, got {self.recipe!r}")
+        for key, value in RECIPES[self.recipe].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        require(0.0 < self.mask_ratio < 1.0, "mask_ratio", f"must be in (0, 1), got {self.mask_ratio}")
+        require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        require(self.image_size >= 16, "image_size", f"must be >= 16, got {self.image_size}")
+        require(self.footprint >= 1 and self.footprint % 2 == 1, "footprint", "must be a positive odd integer")
+        require(self.recon_weight >= 0 and self.feature_weight >= 0, "recon_weight", "loss weights must be >= 0")
+        require(self.teacher_channels >= 0, "teacher_channels", "must be >= 0")
+        require(self.model.num_scales >= 2 or not self.feature_target, "model",
+                "the 2D target needs at least two scales (members of the reconstructed tokens)")
+
+
+@dataclass
+class TeacherConfig:
+    """The frozen 2D network. The paper's: `vit_base_patch16_clip_224.openai` with `project: true`
+    (patch tokens after CLIP's projection, 512-d) - hub weights, needs internet the first time."""
+
+    name: str = "tf_efficientnet_lite0"
+    weights: Optional[str] = None  # None = bundled (EfficientNet-Lite) or hub; or a local file
+    stage: int = -1
+    half: bool = False
+    project: bool = False  # ViT: apply the model's head (CLIP: visual projection) to every patch token
+
+
+@dataclass
+class DataConfig:
+    """Pretraining shapes and augmentation. augment/scale_range/translate/cache_teacher left None take
+    the recipe's value: official = per-axis scale U(2/3, 3/2) + translate 0.2, teacher every step;
+    pointlift = uniform scale U(0.8, 1.25) + translate 0.1, cached teacher maps."""
+
+    # "synthetic", or any shape set of pointlift.data.shape_sets (format name or "auto")
+    source: str = "modelnet10_vox"
+    path: str = "../shared/data/modelnet10_vox32.npz"
+    variant: str = "PB_T50_RS"  # ScanObjectNN file variant (shape_sets)
+    columns: Optional[int] = None  # values per point of raw .bin point files (shape_sets)
+    num_points: int = 1024
+    max_shapes: Optional[int] = None  # first N training shapes only (CPU budgets)
+    augment: Optional[Literal["per_axis", "uniform"]] = None
+    scale_range: Optional[tuple[float, float]] = None
+    translate: Optional[float] = None
+    cache_teacher: Optional[bool] = None
+    cache_dir: Optional[str] = "~/.cache/pointlift/i2p_mae"
+    cache_dtype: Literal["float16", "float32"] = "float16"
+    seed: int = 0
+
+    def __post_init__(self):
+        require(self.num_points >= 1, "num_points", "must be >= 1")
+        if self.scale_range is not None:
+            require(0 < self.scale_range[0] <= self.scale_range[1], "scale_range", "need 0 < low <= high")
+        require(self.translate is None or self.translate >= 0, "translate", "must be >= 0")
+
+        from pointlift.data.shape_sets import FORMATS
+        require(self.source in ("synthetic", "auto", *FORMATS), "source",
+                f"must be 'synthetic', 'auto' or one of {', '.join(FORMATS)}; got {self.source!r}")
+
+    def resolve(self, recipe: str) -> "DataConfig":
+        for key, value in DATA_RECIPES[recipe].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        return self
+
+
+@dataclass
+class I2PMAEExperiment:
+    """One YAML file per pretraining experiment (configs/i2p_mae_*.yaml)."""
+
+    name: str = "i2p_mae"
+    method: I2PMAEConfig = field(default_factory=I2PMAEConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    device: Optional[str] = None
+    runs_root: str = "runs"
+
+    def __post_init__(self):
+        self.data.resolve(self.method.recipe)
+        if self.data.cache_teacher and (self.method.guided_masking or self.method.feature_target):
+            require(self.method.renderer == "invariant", "data.cache_teacher",
+                    "a cached teacher needs method.renderer: invariant (released views change with the augmentation)")
+            require(self.data.augment == "uniform", "data.cache_teacher",
+                    "a cached teacher needs data.augment: uniform (per-axis scaling changes the views)")
+
+
+def model_spec(config: I2PMAEConfig) -> dict:
+    """The checkpoint's `model_spec`: what `build_embedder` needs to rebuild the network."""
+    return {"kind": KIND, "config": config_to_dict(config)}
