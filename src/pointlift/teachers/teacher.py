@@ -8,6 +8,8 @@ precision handling in one place.
 
 from __future__ import annotations
 
+import hashlib
+
 from pathlib import Path
 
 import torch
@@ -208,3 +210,13 @@ class Teacher(nn.Module):
             return torch.float32
         device = next(self.model.parameters()).device
         return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """Hash of a module's actual parameter and buffer values. Teacher caches key on it beside `identity()`:
+    the identity names where weights came from (two random initialisations share it), not what they are."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -27,6 +27,7 @@ import torch
 
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.geometry.render import render_depth_views, views_to_teacher_input
+from pointlift.teachers.teacher import weights_fingerprint
 
 CACHE_FORMAT = 1
 
@@ -70,17 +71,6 @@ class TeacherMaps:
         """Float32 tensors (3, C, h, w) and (3, h, w) for one shape."""
         return (torch.from_numpy(np.asarray(self.features[index], dtype=np.float32)),
                 torch.from_numpy(np.asarray(self.saliency[index], dtype=np.float32)))
-
-
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    """Hash of the module's actual parameter and buffer values (the rule of PPKT's teacher cache; phase 2
-    of issue 24 gives the two one home): the identity string names where weights came from, not what
-    they are."""
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def cache_key(teacher_identity: str, image_size: int, footprint: int, storage_dtype: str,

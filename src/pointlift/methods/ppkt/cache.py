@@ -24,19 +24,10 @@ import numpy as np
 import torch
 
 from pointlift.errors import PointliftDataError
+from pointlift.teachers.teacher import weights_fingerprint
 
 FEATURES_FILE = "features.npy"
 META_FILE = "cache.json"
-
-
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    """Hash of the module's actual parameter values: two teachers with the same identity string but
-    different weights (e.g. two random initialisations) must not share a cache."""
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def cache_key(teacher_identity: str, image_hw: tuple[int, int], view_names: list[str], weights: str = "") -> str:
