@@ -38,7 +38,7 @@ def i2p_mae_config(root: Path, **train) -> dict:
         "train": {"max_steps": 4, "batch_size": 4, "log_every": 2, "checkpoint_every": 2,
                   "optim": {"lr": 0.003, "warmup_steps": 1}, **train},
         "device": "cpu",
-        "runs_root": str(root / "runs"),
+        "run_root": str(root / "runs"),
     }
 
 

@@ -14,7 +14,7 @@ from pointlift.errors import PointliftConfigError, PointliftError
 @dataclass
 class DemoConfig:
     name: str = "demo"
-    runs_root: str = "runs"
+    run_root: str = "runs"
     lr: float = 0.1
 
 
@@ -29,9 +29,9 @@ def _write(path, data):
 
 
 def test_prepare_run_loads_the_config_and_makes_a_named_run_dir(tmp_path):
-    path = _write(tmp_path / "exp.yaml", {"lr": 0.5, "runs_root": str(tmp_path / "runs")})
+    path = _write(tmp_path / "exp.yaml", {"lr": 0.5, "run_root": str(tmp_path / "runs")})
     config, run_dir = prepare_run(path, DemoConfig)
-    assert config == DemoConfig(lr=0.5, runs_root=str(tmp_path / "runs"))
+    assert config == DemoConfig(lr=0.5, run_root=str(tmp_path / "runs"))
     assert run_dir.parent == tmp_path / "runs" and run_dir.name.startswith("demo-")
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["lr"] == 0.5
 
@@ -46,7 +46,7 @@ def test_prepare_run_uses_run_root_name_and_the_given_directory(tmp_path):
 
 def test_resume_without_run_dir_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(PointliftConfigError, match=r"^--resume needs --run-dir \(the run to continue\)$"):
-        prepare_run({"runs_root": str(tmp_path / "runs")}, DemoConfig, resume=True)
+        prepare_run({"run_root": str(tmp_path / "runs")}, DemoConfig, resume=True)
     assert not (tmp_path / "runs").exists()
 
 
@@ -58,5 +58,5 @@ def test_a_bad_config_fails_first_and_check_runs_before_the_directory(tmp_path):
         raise PointliftError(f"bad checkpoint for {config.name}")
 
     with pytest.raises(PointliftError, match="bad checkpoint for demo"):
-        prepare_run({"runs_root": str(tmp_path / "runs")}, DemoConfig, check=refuse)
+        prepare_run({"run_root": str(tmp_path / "runs")}, DemoConfig, check=refuse)
     assert not (tmp_path / "runs").exists()

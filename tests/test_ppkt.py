@@ -15,7 +15,10 @@ from pointlift.engine import load_config
 from pointlift.engine.checkpoint import load_checkpoint
 from pointlift.geometry import invert_rigid, pixel_index, project, transform_points
 from pointlift.methods.ppkt.cache import open_teacher_cache
-from pointlift.methods.ppkt.commands import eval_command, pretrain_command
+from pointlift.cli import main as cli_main
+from pointlift.commands.common import train_method
+from pointlift.methods.ppkt.retrieval import evaluate_frames
+from pointlift.registry import trainer
 from pointlift.methods.ppkt.config import PPKTConfig
 from pointlift.methods.ppkt.dataset import collate_ppkt
 from pointlift.methods.ppkt.embedder import build_embedder
@@ -237,7 +240,7 @@ def test_pretrain_loss_falls_cache_matches_images_and_checkpoint_loads(tmp_path)
     from pointlift.engine import save_config
 
     save_config(config, config_path)
-    results = pretrain_command(config_path, run_dir=tmp_path / "run")
+    results = train_method(trainer("pretrain", "ppkt"), config_path, run_dir=tmp_path / "run")
     losses = [row["loss"] for row in results["history"]]
     assert losses[-1] < losses[0] - 0.3, losses
     state, meta = load_checkpoint(results["checkpoint"])
@@ -257,11 +260,13 @@ def test_pretrain_loss_falls_cache_matches_images_and_checkpoint_loads(tmp_path)
     from pointlift.data.synthetic import make_rgbd_scene
 
     _write_seven_scenes(tmp_path / "frames", make_rgbd_scene(2, 36, 48, seed=3))
-    record = eval_command(results["checkpoint"], tmp_path / "frames", tmp_path / "eval.json",
-                          points_per_frame=32)
+    record = evaluate_frames(results["checkpoint"], tmp_path / "frames", points_per_frame=32)
+    assert record["retrieval"]["frames"] == 2 and 0 <= record["retrieval"]["top1"] <= 1
+    assert record["retrieval"]["chance"] == pytest.approx(1 / 32)
+    assert cli_main(["eval", "ppkt", "--checkpoint", str(results["checkpoint"]), "--frames", str(tmp_path / "frames"),
+                     "--out", str(tmp_path / "eval.json")]) == 0
     written = json.loads((tmp_path / "eval.json").read_text())
     assert written["retrieval"]["frames"] == 2 and 0 <= written["retrieval"]["top1"] <= 1
-    assert record["retrieval"]["chance"] == pytest.approx(1 / 32)
 
 
 def test_configs_load():

@@ -17,7 +17,14 @@ import yaml
 from pointlift.data.scenes import IGNORE, Scene
 from pointlift.engine.config import load_config
 from pointlift.errors import PointliftConfigError, PointliftDataError
-from pointlift.tasks import segmentation as seg
+from pointlift.data.augment import augment_scene
+from pointlift.metrics import confusion_matrix, segmentation_metrics
+from pointlift.quickstart.segmentation import quickstart
+from pointlift.tasks.segmentation.config import SegAugmentConfig, SegDataConfig, SegmentationConfig, SegModelConfig
+from pointlift.tasks.segmentation.data import SceneCollate, SceneDataset, label_efficient_subset
+from pointlift.tasks.segmentation.finetune import finetune
+from pointlift.tasks.segmentation.model import build_backbone
+from pointlift.tasks.segmentation.outputs import palette, write_prediction_ply
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,9 +36,9 @@ def test_confusion_and_miou_by_hand():
     labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, -1, -1, 3])
     preds = np.array([0, 0, 1, 1, 0, 2, 2, 0, 2, 1, 0])
     # rows = truth, cols = prediction; the two IGNORE points and class 3 (out of range, C = 3) left out
-    confusion = seg.confusion_matrix(preds, labels, 3)
+    confusion = confusion_matrix(preds, labels, 3)
     assert confusion.tolist() == [[2, 1, 0], [1, 1, 0], [1, 0, 2]]
-    m = seg.segmentation_metrics(confusion, ("a", "b", "c"))
+    m = segmentation_metrics(confusion, ("a", "b", "c"))
     # IoU a = 2 / (3 + 4 - 2) = 0.4, b = 1 / (2 + 2 - 1) = 1/3, c = 2 / (3 + 2 - 2) = 2/3
     assert m["per_class_iou"] == pytest.approx({"a": 0.4, "b": 1 / 3, "c": 2 / 3})
     assert m["miou"] == pytest.approx((0.4 + 1 / 3 + 2 / 3) / 3)
@@ -45,11 +52,11 @@ def test_miou_absent_class_and_false_positive_class():
     # class 3 neither labelled nor predicted: no IoU at all
     labels = np.array([0, 0, 1, 1])
     preds = np.array([0, 2, 1, 1])
-    m = seg.segmentation_metrics(seg.confusion_matrix(preds, labels, 4), ("a", "b", "c", "d"))
+    m = segmentation_metrics(confusion_matrix(preds, labels, 4), ("a", "b", "c", "d"))
     assert m["per_class_iou"] == {"a": 0.5, "b": 1.0, "c": 0.0, "d": None}
     assert m["miou"] == pytest.approx(0.75) and m["classes_present"] == 2
     with pytest.raises(PointliftDataError):
-        seg.confusion_matrix(np.array([5]), np.array([0]), 4)
+        confusion_matrix(np.array([5]), np.array([0]), 4)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -64,43 +71,43 @@ def _scene(name, n=200, seed=0, classes=3) -> Scene:
 
 def test_label_efficiency_subsets():
     scenes = [_scene(f"scene{i:04d}_00", seed=i) for i in range(10)]
-    chosen = seg.label_efficient_subset(scenes, 0.2, 1.0, seed=3)
-    assert len(chosen) == 2 and chosen == seg.label_efficient_subset(scenes, 0.2, 1.0, seed=3)
-    assert [s.name for s in chosen] != [s.name for s in seg.label_efficient_subset(scenes, 0.2, 1.0, seed=4)]
-    assert len(seg.label_efficient_subset(scenes, 0.01, 1.0, seed=0)) == 1
-    sparse = seg.label_efficient_subset(scenes, 1.0, 0.1, seed=0)
+    chosen = label_efficient_subset(scenes, 0.2, 1.0, seed=3)
+    assert len(chosen) == 2 and chosen == label_efficient_subset(scenes, 0.2, 1.0, seed=3)
+    assert [s.name for s in chosen] != [s.name for s in label_efficient_subset(scenes, 0.2, 1.0, seed=4)]
+    assert len(label_efficient_subset(scenes, 0.01, 1.0, seed=0)) == 1
+    sparse = label_efficient_subset(scenes, 1.0, 0.1, seed=0)
     for before, after in zip(scenes, sparse):
         labelled = (before.labels != IGNORE).sum()
         kept = after.labels != IGNORE
         assert kept.sum() == int(np.ceil(0.1 * labelled))
         assert np.array_equal(after.labels[kept], before.labels[kept])  # kept labels are unchanged
         assert (before.labels != IGNORE).sum() == labelled  # the original is not modified
-    again = seg.label_efficient_subset(scenes, 1.0, 0.1, seed=0)
+    again = label_efficient_subset(scenes, 1.0, 0.1, seed=0)
     assert all(np.array_equal(a.labels, b.labels) for a, b in zip(sparse, again))
 
 
 def test_augmentation_is_rigid_up_to_scale_and_jitter():
     rng = np.random.default_rng(0)
     points = rng.uniform(-3, 3, (500, 3)).astype(np.float32)
-    config = seg.SegAugmentConfig(scale=(1.0, 1.0), jitter_sigma=0.0)
-    out, _ = seg.augment_scene(points, np.ones((500, 1), np.float32), config, "constant", rng)
+    config = SegAugmentConfig(scale=(1.0, 1.0), jitter_sigma=0.0)
+    out, _ = augment_scene(points, np.ones((500, 1), np.float32), config, "constant", rng)
     centred = points - points.mean(0)
     # rotation about z and mirrors keep heights and pairwise distances
     assert np.allclose(out[:, 2], centred[:, 2], atol=1e-5)
     d_in = np.linalg.norm(centred[:50, None] - centred[None, :50], axis=-1)
     d_out = np.linalg.norm(out[:50, None] - out[None, :50], axis=-1)
     assert np.allclose(d_in, d_out, atol=1e-4)
-    elastic = seg.SegAugmentConfig(rotate_up=False, flip=False, scale=(1.0, 1.0), jitter_sigma=0.0, elastic=True)
-    moved, _ = seg.augment_scene(points, np.ones((500, 1), np.float32), elastic, "constant", rng)
+    elastic = SegAugmentConfig(rotate_up=False, flip=False, scale=(1.0, 1.0), jitter_sigma=0.0, elastic=True)
+    moved, _ = augment_scene(points, np.ones((500, 1), np.float32), elastic, "constant", rng)
     shift = np.linalg.norm(moved - centred, axis=1)
     assert 0 < shift.mean() < 1.0  # a smooth displacement of decimetres, not a scramble
 
 
 def test_collate_inverse_map_reads_voxels_back_per_point():
     scene = _scene("a", n=300)
-    data = seg.SegDataConfig(train=["a"], test=["b"], voxel_size=0.5, features="rgb")
-    item = seg.SceneDataset([scene], data)[0]
-    batch = seg.SceneCollate(0.5)([item, item])
+    data = SegDataConfig(train=["a"], test=["b"], voxel_size=0.5, features="rgb")
+    item = SceneDataset([scene], data)[0]
+    batch = SceneCollate(0.5)([item, item])
     assert batch["inverse"].shape == (600,) and batch["coords"].shape[0] == 2 * int(batch["coords"][:, 0].eq(0).sum())
     voxel_of_point = batch["coords"][batch["inverse"]]
     assert torch.equal(voxel_of_point[:300, 1:], torch.floor(torch.from_numpy(scene.points) / 0.5).long()
@@ -112,18 +119,18 @@ def test_prediction_ply_round_trip(tmp_path):
 
     scene = _scene("a", n=50)
     predictions = np.random.default_rng(0).integers(0, 13, 50)
-    path = seg.write_prediction_ply(tmp_path / "a.ply", scene.points, predictions, scene.labels, 13)
+    path = write_prediction_ply(tmp_path / "a.ply", scene.points, predictions, scene.labels, 13)
     back = read_point_file(path)
     assert np.allclose(back.xyz, scene.points)
     assert back.fields["label"].tolist() == predictions.tolist() and back.fields["gt"].tolist() == scene.labels.tolist()
-    assert np.allclose(back.fields["rgb"] * 255, seg.palette(13)[predictions], atol=1e-3)
+    assert np.allclose(back.fields["rgb"] * 255, palette(13)[predictions], atol=1e-3)
 
 
 def test_config_rejects_room_on_both_sides():
     with pytest.raises(PointliftConfigError, match="scene0001"):
-        load_config({"data": {"train": ["scene0000", "scene0001"], "test": ["scene0001"]}}, seg.SegmentationConfig)
+        load_config({"data": {"train": ["scene0000", "scene0001"], "test": ["scene0001"]}}, SegmentationConfig)
     with pytest.raises(PointliftConfigError, match="checkpoint"):
-        load_config({"model": {"init": "ppkt"}}, seg.SegmentationConfig)
+        load_config({"model": {"init": "ppkt"}}, SegmentationConfig)
 
 
 # ------------------------------------------------------------------------------------- initialisation
@@ -142,34 +149,34 @@ def test_ppkt_checkpoint_initialises_the_unet(tmp_path):
     config = PPKTConfig(model=model_cfg, data=PPKTDataConfig(kind="synthetic"))
     path = save_checkpoint(tmp_path / "ppkt", model_state_for_checkpoint(pretrained), step=1,
                            model_spec=model_spec(config))
-    data = seg.SegDataConfig(train=["x"], test=["y"], voxel_size=0.1)
-    net = seg.build_backbone(seg.SegModelConfig(unet="spunet-tiny", init="ppkt", checkpoint=path), data, 20)
+    data = SegDataConfig(train=["x"], test=["y"], voxel_size=0.1)
+    net = build_backbone(SegModelConfig(unet="spunet-tiny", init="ppkt", checkpoint=path), data, 20)
     for name, tensor in net.state_dict().items():
         if not name.startswith("head."):
             assert torch.equal(tensor, pretrained.student.state_dict()[name]), name
     assert net.head.out_channels == 20
-    scratch = seg.build_backbone(seg.SegModelConfig(unet="spunet-tiny"), data, 20)
+    scratch = build_backbone(SegModelConfig(unet="spunet-tiny"), data, 20)
     assert not torch.equal(scratch.stem[0].weight, net.stem[0].weight)
     with pytest.raises(PointliftConfigError, match="voxel_size"):
-        seg.build_backbone(seg.SegModelConfig(unet="spunet-tiny", init="ppkt", checkpoint=path),
-                           seg.SegDataConfig(train=["x"], test=["y"], voxel_size=0.05), 20)
+        build_backbone(SegModelConfig(unet="spunet-tiny", init="ppkt", checkpoint=path),
+                           SegDataConfig(train=["x"], test=["y"], voxel_size=0.05), 20)
     with pytest.raises(PointliftConfigError, match="spunet-small"):
-        seg.build_backbone(seg.SegModelConfig(unet="spunet-small", init="ppkt", checkpoint=path), data, 20)
+        build_backbone(SegModelConfig(unet="spunet-small", init="ppkt", checkpoint=path), data, 20)
 
 
 def test_image2point_inflation_initialises_the_encoder():
     from pointlift.models.inflate import create_2d_network, inflate_kernel
 
-    model = seg.SegModelConfig(arch="inflated", init="image2point", teacher="tf_efficientnet_lite0")
-    net = seg.build_backbone(model, seg.SegDataConfig(train=["x"], test=["y"]), 20)
+    model = SegModelConfig(arch="inflated", init="image2point", teacher="tf_efficientnet_lite0")
+    net = build_backbone(model, SegDataConfig(train=["x"], test=["y"]), 20)
     net_2d = create_2d_network("tf_efficientnet_lite0")
     stem_3d = net.encoder[0].weight
     expected = inflate_kernel(net_2d.conv_stem.weight.detach(), "copy", "z-axis")
     assert torch.equal(stem_3d.detach(), expected)
     assert torch.allclose(net.encoder[1].running_mean, net_2d.bn1.running_mean)
     # the scratch arm: the same architecture, not the ImageNet weights
-    scratch = seg.build_backbone(seg.SegModelConfig(arch="inflated", teacher="tf_efficientnet_lite0"),
-                                 seg.SegDataConfig(train=["x"], test=["y"]), 20)
+    scratch = build_backbone(SegModelConfig(arch="inflated", teacher="tf_efficientnet_lite0"),
+                                 SegDataConfig(train=["x"], test=["y"]), 20)
     assert scratch.encoder[0].weight.shape == stem_3d.shape
     assert not torch.allclose(scratch.encoder[0].weight, stem_3d)
     assert torch.equal(scratch.encoder[1].running_mean, torch.zeros_like(net_2d.bn1.running_mean))
@@ -196,8 +203,8 @@ def _tiny_config(tmp_path: Path, root: Path, **over) -> dict:
 def test_finetune_on_real_scans_loss_falls_and_beats_untrained(tmp_path, shared):
     """16 steps on the three scans of room scene0000: training loss falls and the mIoU on a scan of
     another room clears the untrained network's (measured on every point of scene0010_00)."""
-    config = load_config(_tiny_config(tmp_path, shared("data/scannet-votenet")), seg.SegmentationConfig)
-    summary = seg.finetune(config, tmp_path / "run", progress=False)
+    config = load_config(_tiny_config(tmp_path, shared("data/scannet-votenet")), SegmentationConfig)
+    summary = finetune(config, tmp_path / "run", progress=False)
     from pointlift.report import read_metrics_csv
 
     losses = [v for _, v in read_metrics_csv(tmp_path / "run" / "metrics.csv")["loss"]]
@@ -303,15 +310,16 @@ def test_cli_subprocess_bad_data_directory(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("segmentation_*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
-    config = load_config(path, seg.SegmentationConfig)
+    config = load_config(path, SegmentationConfig)
     assert config.data.train and config.data.test
 
 
 def test_bench_segmentation_is_registered_with_every_preset():
-    from pointlift.bench import PRESETS, load_benchmark
+    from pointlift.bench import PRESETS
     from pointlift.bench import segmentation as bench
+    from pointlift.registry import BENCHMARKS
 
-    assert callable(load_benchmark("segmentation"))
+    assert BENCHMARKS["segmentation"] is bench
     assert {"smoke", "cpu", "gpu"} <= set(bench.PRESETS) <= set(PRESETS)
     for spec in bench.PRESETS.values():
         # rooms / sequences never on both sides of the split
@@ -344,7 +352,7 @@ def test_synthetic_rooms_are_seeded_and_labelled():
 
 def test_quickstart_demo_learns(tmp_path):
     torch.set_num_threads(1)
-    result = seg.quickstart(tmp_path / "segmentation", progress=False, steps=16, train_rooms=2, test_rooms=1)
+    result = quickstart(tmp_path / "segmentation", progress=False, steps=16, train_rooms=2, test_rooms=1)
     f = result["figures"]
     assert f["loss_last"] < 0.7 * f["loss_first"]
     assert f["test_miou_finetuned"] > f["test_miou_untrained"] + 0.15

@@ -112,12 +112,13 @@ def pretrain_ppkt_kitti(spec: dict, unet: str, voxel_size: float, out_dir: Path)
 
 
 def _finetune(name: str, data: dict, model: dict, train: dict, scenes: dict, out_dir: Path) -> dict:
-    from pointlift.tasks import segmentation as seg
+    from pointlift.tasks.segmentation.config import SegmentationConfig
+    from pointlift.tasks.segmentation.finetune import finetune
 
     config = load_config({"name": name, "data": data, "model": model, "train": train,
                           "write_predictions": train["seed"] == 0, "eval_untrained": train["seed"] == 0,
-                          "run_root": str(out_dir)}, seg.SegmentationConfig)
-    summary = seg.finetune(config, out_dir / name, progress=False, scenes=scenes)
+                          "run_root": str(out_dir)}, SegmentationConfig)
+    summary = finetune(config, out_dir / name, progress=False, scenes=scenes)
     return {"miou": summary["test"]["miou"], "overall_acc": summary["test"]["overall_acc"],
             "untrained_miou": summary["untrained"]["miou"] if "untrained" in summary else None, "loss_first": summary["loss_first"],
             "loss_last": summary["loss_last"], "train_seconds": summary["train_seconds"],
@@ -135,10 +136,11 @@ def _aggregate(metrics: dict, key: str, runs: list[dict]) -> None:
 
 def _scenes_and_ppkt(prefix: str, data: dict, metrics: dict, pretrain) -> tuple[dict, Path]:
     """The dataset's train/test scenes, then its PPKT pretraining (timed, retrieval recorded)."""
-    from pointlift.tasks import segmentation as seg
+    from pointlift.tasks.segmentation.config import SegDataConfig
+    from pointlift.tasks.segmentation.data import load_split
 
-    config = load_config(data, seg.SegDataConfig)
-    scenes = {"train": seg.load_split(config, data["train"]), "test": seg.load_split(config, data["test"]), "val": []}
+    config = load_config(data, SegDataConfig)
+    scenes = {"train": load_split(config, data["train"]), "test": load_split(config, data["test"]), "val": []}
     start = time.perf_counter()
     checkpoint, results = pretrain()
     metrics[f"{prefix}_ppkt_pretrain_s"] = time.perf_counter() - start

@@ -62,9 +62,9 @@ def _finite_or_none(value) -> float | None:
 
 
 def _run_one(name: str, preset: str, out_dir: Path, resume: bool = False) -> dict:
-    from pointlift.bench import load_benchmark
+    from pointlift.registry import BENCHMARKS
 
-    run_benchmark = load_benchmark(name)
+    run_benchmark = BENCHMARKS[name].run
     start = time.perf_counter()
     result = run_benchmark(preset, out_dir, resume=True) if resume else run_benchmark(preset, out_dir)
     return {
@@ -80,23 +80,20 @@ def _run_one(name: str, preset: str, out_dir: Path, resume: bool = False) -> dic
 
 def _check_arguments(args, names: list[str]) -> None:
     """--resume and a preset some benchmark lacks (cpu-full is image2point's) are usage errors, not KeyErrors."""
-    import importlib
-
-    from pointlift.bench import BENCHMARKS
+    from pointlift.registry import BENCHMARKS
 
     if args.resume and names != ["image2point"]:
         raise PointliftError(f"bench {args.name}: --resume is only for image2point (its long presets keep a "
                              "checkpoint per run)")
     for name in names:
-        module = importlib.import_module(BENCHMARKS[name])
-        presets = getattr(module, "PRESETS", None)  # the benchmark's table: preset name -> settings
+        presets = getattr(BENCHMARKS[name], "PRESETS", None)  # the benchmark's table: preset name -> settings
         if presets is not None and args.preset not in presets:
             raise PointliftError(f"bench {name}: no preset {args.preset!r}; it has {', '.join(presets)}")
 
 
 def _run_all(preset: str, out_dir: Path) -> dict:
     """Every benchmark in turn; one record whose metrics are named `<benchmark>.<metric>`."""
-    from pointlift.bench import BENCHMARKS
+    from pointlift.registry import BENCHMARKS
 
     start = time.perf_counter()
     metrics, config = {}, {}
@@ -116,8 +113,8 @@ def _run_all(preset: str, out_dir: Path) -> dict:
 
 
 def run(args) -> int:
-    from pointlift.bench import BENCHMARKS
-    from pointlift.tasks.evaluate import write_json  # atomic strict JSON (NaN refused), indent 2
+    from pointlift.engine.rundir import write_json
+    from pointlift.registry import BENCHMARKS
 
     names = list(BENCHMARKS) if args.name == "all" else [args.name]
     _check_arguments(args, names)
@@ -128,6 +125,6 @@ def run(args) -> int:
         record = _run_all(args.preset, out_dir)
     else:
         record = _run_one(args.name, args.preset, out_dir, resume=args.resume)
-    write_json(out, record)
+    write_json(out, record, indent=2, default=str, allow_nan=False)  # atomic strict JSON (NaN refused)
     print(json.dumps(record["metrics"], indent=2))
     return 0

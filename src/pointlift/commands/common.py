@@ -1,4 +1,4 @@
-"""What every training command does before it trains: load the config, check --resume, make the run dir."""
+"""What every training command does: load the config, check --resume, make the run dir, train, report."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def prepare_run(config_path: str | Path | dict, config_class: type[T], resume: b
     --run-dir (the run to continue)"), since a fresh timestamped directory would have nothing to resume;
     `check(config)` raises on anything else that must fail before a directory exists (e.g. a wrong
     pretraining checkpoint); then `run_dir` is made, or `<root>/<name>-<time>`, with `config.yaml` in it.
-    `name` defaults to `config.name`, `root` to the config's `run_root` / `runs_root`, else "runs".
+    `name` defaults to `config.name`, `root` to the config's `run_root`, else "runs".
     Under torchrun every process gets the same directory (rank 0 makes it).
     """
     from pointlift.engine.config import load_config
@@ -34,6 +34,18 @@ def prepare_run(config_path: str | Path | dict, config_class: type[T], resume: b
     if name is None:
         name = config.name
     if root is None:
-        root = getattr(config, "run_root", getattr(config, "runs_root", "runs"))
+        root = getattr(config, "run_root", "runs")
     return config, create_run_dir(name, root, run_dir, config=config)
 
+
+def train_method(method, config_path: str | Path, resume: bool = False, run_dir: str | Path | None = None) -> dict:
+    """`pointlift pretrain|finetune NAME`: prepare the run, train the registry's `method`, print its summary
+    line (rank 0). Returns the method's summary."""
+    from pointlift.engine.distributed import is_main_process
+
+    config, run_dir = prepare_run(config_path, method.config, resume, run_dir, name=method.run_name,
+                                  check=method.check)
+    summary = method.train(config, run_dir, resume=resume)
+    if is_main_process():
+        print(method.summary_line(summary, run_dir))
+    return summary

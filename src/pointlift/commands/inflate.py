@@ -1,13 +1,14 @@
-"""`pointlift inflate`: a 2D ConvNet inflated into a 3D sparse ConvNet (Image2Point), saved as a checkpoint."""
+"""`pointlift inflate --teacher NAME [--weights FILE] --out CKPT`: Image2Point's inflation, saved."""
 
 from __future__ import annotations
 
 
 def run(args) -> int:
-    from pointlift.methods.image2point import inflate_command
+    from pointlift.methods.image2point.inflate import inflate_to_checkpoint
+    from pointlift.models.inflate import format_report
 
-    inflate_command(
-        teacher=args.teacher, weights=args.weights, mode=args.mode, axis=args.axis, out=args.out,
-        design=args.design,
-    )
+    path, report = inflate_to_checkpoint(teacher=args.teacher, weights=args.weights, mode=args.mode,
+                                         axis=args.axis, out=args.out, design=args.design)
+    print(format_report(report))
+    print(f"[image2point] inflated {len(report)} layers of {args.teacher} ({args.mode}, axis {args.axis}) -> {path}")
     return 0

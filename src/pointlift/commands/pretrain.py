@@ -4,9 +4,8 @@ from __future__ import annotations
 
 
 def run(args) -> int:
-    if args.method == "ppkt":
-        from pointlift.methods.ppkt import pretrain_command
-    else:
-        from pointlift.methods.i2p_mae import pretrain_command
-    pretrain_command(args.config, resume=args.resume, run_dir=args.run_dir)
+    from pointlift.commands.common import train_method
+    from pointlift.registry import trainer
+
+    train_method(trainer("pretrain", args.method), args.config, args.resume, args.run_dir)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def run(args) -> int:
-    from pointlift.quickstart import run_quickstart
+    from pointlift.quickstart.run import run_quickstart
 
     run_quickstart(out_dir=args.out, progress=not args.no_progress)
     return 0

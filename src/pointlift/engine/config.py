@@ -138,6 +138,8 @@ def _build_dataclass(cls: type, data: Any, prefix: str):
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
         if key not in fields:
+            if RENAMED_KEYS.get(key) in fields:
+                raise _KeyError(_join(prefix, str(key)), f"was renamed {RENAMED_KEYS[key]!r} (one name in every config)")
             known = ", ".join(sorted(fields))
             raise _KeyError(_join(prefix, str(key)), f"unknown key (known keys: {known})")
     values = {}
@@ -156,6 +158,10 @@ def _build_dataclass(cls: type, data: Any, prefix: str):
 
 def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+# Keys that older configs spelled otherwise: a clear error naming the new key, not "unknown key".
+RENAMED_KEYS = {"runs_root": "run_root"}
 
 
 # Scalar config types: (YAML values accepted, conversion, name in messages). A bool is never an int/float here.

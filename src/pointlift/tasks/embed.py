@@ -22,7 +22,7 @@ from pointlift.data.shape_sets import (POINT_SUFFIXES, ShapeSetConfig, detect_fo
                                        prepare_point_sets)
 from pointlift.engine.checkpoint import excluded_prefixes, load_checkpoint
 from pointlift.errors import PointliftDataError
-from pointlift.models.registry import build_embedder
+from pointlift.registry import build_embedder
 
 DEFAULT_NUM_POINTS = 1024
 

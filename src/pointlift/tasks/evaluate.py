@@ -13,8 +13,6 @@ point count defaults to the one the checkpoint was trained with.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -128,16 +126,6 @@ def evaluate_fewshot(checkpoint, data, *, way: int = 5, shot: int = 10, folds: i
             record["untrained"] = summary
     record["seconds"] = round(time.perf_counter() - start, 3)
     return record
-
-
-def write_json(path: str | Path, record: dict) -> Path:
-    """Atomically write strict JSON (no NaN)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def describe(record: dict) -> str:

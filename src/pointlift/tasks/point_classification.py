@@ -1,5 +1,4 @@
-"""Shape classification from an I2P-MAE pretraining checkpoint (`pointlift finetune i2p-mae`, whose CLI
-layer is `pointlift.methods.i2p_mae.commands.finetune_command`).
+"""Shape classification from an I2P-MAE pretraining checkpoint (`pointlift finetune i2p-mae`).
 
 The encoder comes out of the checkpoint through the embedder registry (`load_embedder`), so this
 module does not depend on how the encoder is built. On top sits the classification head of
@@ -78,7 +77,7 @@ class PointFinetuneConfig:
         epochs=300, batch_size=32, optim=OptimConfig(name="adamw", lr=5e-4, weight_decay=0.05, warmup_epochs=10)))
     eval_batch_size: int = 64
     device: Optional[str] = None
-    runs_root: str = "runs"
+    run_root: str = "runs"
 
     def __post_init__(self):
         require(bool(self.checkpoint), "checkpoint", "name the I2P-MAE pretraining checkpoint to fine-tune")
@@ -162,7 +161,7 @@ def build_classifier(encoder_spec: dict, num_classes: int, head: HeadConfig, num
                      label_smoothing: float = 0.0, encoder_state: dict | None = None,
                      source: str = "<checkpoint>") -> PointClassifier:
     """The classifier around the encoder of a pretraining `model_spec` (weights loaded when given)."""
-    from pointlift.models.registry import build_embedder
+    from pointlift.registry import build_embedder
 
     from pointlift.engine.checkpoint import excluded_prefixes
 
@@ -310,3 +309,13 @@ def finetune(config: PointFinetuneConfig, run_dir: str | Path, *, resume: bool =
     write_json(Path(run_dir) / "results.json", summary, allow_nan=True)  # every rank evaluates; rank 0 writes
     return summary
 
+
+def check_pretraining_checkpoint(config: PointFinetuneConfig) -> None:
+    """Refuse a checkpoint of the wrong kind before a run directory exists."""
+    pretraining_checkpoint(config.checkpoint)
+
+
+def summary_line(summary: dict, run_dir: Path) -> str:
+    """What `pointlift finetune i2p-mae` prints when the run ends."""
+    return (f"[i2p-mae finetune] test accuracy {summary['overall_acc']:.4f}, "
+            f"mean-class {summary['mean_class_acc']:.4f} (last epoch, init {summary['init']}) -> {run_dir}")

@@ -120,7 +120,7 @@ class I2PMAEExperiment:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     device: Optional[str] = None
-    runs_root: str = "runs"
+    run_root: str = "runs"
 
     def __post_init__(self):
         self.data.resolve(self.method.recipe)

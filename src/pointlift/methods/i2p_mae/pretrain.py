@@ -70,3 +70,20 @@ def pretrain(experiment: I2PMAEExperiment, run_dir: str | Path, resume: bool = F
                    config_for_checkpoint=config_to_dict(experiment), model_spec=model_spec(method))
     info["train_seconds"] = time.perf_counter() - start
     return model, result, info
+
+
+def pretrain_with_summary(experiment: I2PMAEExperiment, run_dir: str | Path, resume: bool = False,
+                          progress: bool = True) -> dict:
+    """`pretrain`, then the run's `summary.json` (rank 0): steps, why it stopped, checkpoint, timings."""
+    from pointlift.engine.rundir import write_json
+
+    _, result, info = pretrain(experiment, run_dir, resume=resume, progress=progress)
+    summary = {"step": result.step, "stop_reason": result.stop_reason,
+               "checkpoint": str(result.checkpoint_path), **info}
+    write_json(Path(run_dir) / "summary.json", summary)
+    return summary
+
+
+def summary_line(summary: dict, run_dir: Path) -> str:
+    """What `pointlift pretrain i2p-mae` prints when the run ends."""
+    return f"i2p-mae: {summary['step']} steps, checkpoint {summary['checkpoint']}"

@@ -4,15 +4,8 @@
    for ResNets, the same design for the depthwise families, or pointlift's earlier `imagenet-stem` design.
 2. `.fip`: the "fine-tuning image-pretrained" modes (which layers train). `.config`: the run's settings.
 3. `.finetune`: voxelised shape classification (pointlift.tasks.shape_classification) with the engine.
-4. `.embedder`: the network as a feature extractor. `.commands`: the CLI layer.
+   `.inflate`: step 1 alone, saved as a checkpoint (`pointlift inflate`).
+4. `.embedder`: the network as a feature extractor.
 
-Re-exports the names other layers imported from the former single module.
+The command line reaches Image2Point through `pointlift.registry`.
 """
-
-from pointlift.methods.image2point.commands import finetune_command, inflate_command
-from pointlift.methods.image2point.config import Image2PointConfig, Image2PointDataConfig, InflationConfig
-from pointlift.methods.image2point.embedder import build_embedder
-from pointlift.methods.image2point.finetune import finetune
-
-__all__ = ["Image2PointConfig", "Image2PointDataConfig", "InflationConfig", "build_embedder", "finetune",
-           "finetune_command", "inflate_command"]

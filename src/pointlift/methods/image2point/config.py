@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Optional
 
 from pointlift.engine.config import OptimConfig, TrainConfig
@@ -42,6 +43,7 @@ class Image2PointConfig:
     # re-estimate trainable BN statistics on the training shapes before each evaluation (few-step runs)
     precise_bn: bool = False
     device: Optional[str] = None
+    run_root: Path = Path("runs")  # runs go to <run_root>/<name>-<time> unless --run-dir names one
 
 
 __all__ = ["DESIGNS", "FIP_MODES", "Image2PointConfig", "Image2PointDataConfig", "InflationConfig"]

@@ -1,5 +1,5 @@
 """The fine-tuned (or inflated) Image2Point network as a feature extractor, rebuilt from a checkpoint's
-`model_spec` (`pointlift.models.registry`): `.embed(points (B, P, 3)) -> (B, F)` pooled features."""
+`model_spec` (`pointlift.registry`): `.embed(points (B, P, 3)) -> (B, F)` pooled features."""
 
 from __future__ import annotations
 

@@ -90,3 +90,9 @@ def _curve_from_history(history: list[dict], validation: bool) -> list[dict]:
     return [{"epoch": int(row["epoch"]), "overall_acc": row[prefix + "overall_acc"],
              "mean_class_acc": row.get(prefix + "mean_class_acc", float("nan"))}
             for row in history if prefix + "overall_acc" in row]
+
+
+def summary_line(summary: dict, run_dir: Path) -> str:
+    """What `pointlift finetune image2point` prints when the run ends."""
+    return (f"[image2point] overall accuracy {summary['overall_acc']:.4f}, "
+            f"mean-class {summary['mean_class_acc']:.4f} (last epoch) -> {run_dir}")

@@ -7,14 +7,9 @@ Read in this order, beside the paper:
 - `dataset`: samples of points, pairs and images (or cached maps), augmentations, `collate_ppkt`.
 - `cache`: the frozen teacher's maps computed once per view.
 - `model`: the teacher, the UPL, the sparse U-Net student and the InfoNCE loss.
-- `pretrain`: `pretrain(config, run_dir)` (setup, training, held-out retrieval via `retrieval`).
+- `pretrain`: `pretrain(config, run_dir)` (setup, training, held-out retrieval).
+- `retrieval`: held-out point -> pixel retrieval (`pointlift eval ppkt`: `evaluate_frames`).
 - `embedder`: a PPKT checkpoint as a network again (`load_pretrained`, `build_embedder`).
-- `commands`: the CLI layer (`pointlift pretrain ppkt`, `pointlift eval ppkt`).
 
-The names below are the ones code outside PPKT imports from `pointlift.methods.ppkt`.
+The command line reaches PPKT through `pointlift.registry`.
 """
-
-from pointlift.methods.ppkt.commands import eval_command, pretrain_command
-from pointlift.methods.ppkt.embedder import build_embedder
-
-__all__ = ["build_embedder", "eval_command", "pretrain_command"]

@@ -131,3 +131,11 @@ def _cache_record(cache) -> dict | None:
         return None
     return {"dir": str(cache.directory), "key": cache.key, "built_now": cache.built_now,
             "build_seconds": cache.build_seconds}
+
+
+def summary_line(results: dict, run_dir: Path) -> str:
+    """What `pointlift pretrain ppkt` prints when the run ends."""
+    import json
+
+    summary = {k: results[k] for k in ("retrieval_pretrained", "retrieval_untrained", "checkpoint") if k in results}
+    return json.dumps({"run_dir": str(run_dir), **summary}, indent=1, default=str)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from pointlift.data.rgbd import open_rgbd_sequence
+from pointlift.engine.config import load_config
+from pointlift.engine.device import resolve_device
 from pointlift.errors import PointliftDataError
-from pointlift.methods.ppkt.dataset import PPKTDataset, collate_ppkt
+from pointlift.methods.ppkt.config import PPKTDataConfig
+from pointlift.methods.ppkt.dataset import PPKTDataset, collate_ppkt, rgbd_dataset
 from pointlift.methods.ppkt.model import PPKTModel
 
 
@@ -43,3 +50,20 @@ def retrieval_accuracy(model: PPKTModel, dataset: PPKTDataset, points_per_frame:
         raise PointliftDataError(dataset.source, "no held-out frame has pairs to evaluate retrieval on")
     return {"top1": hits1 / total, "top5": hits5 / total, "chance": float(np.mean(chance)),
             "candidates": points_per_frame, "frames": len(chance), "queries": total}
+
+
+def evaluate_frames(checkpoint: str | Path, frames_dir: str | Path, points_per_frame: int = 256,
+                    max_frames: int = 50) -> dict:
+    """Retrieval of a PPKT checkpoint on an RGB-D directory (at most `max_frames` frames, evenly spread):
+    the record `pointlift eval ppkt` writes."""
+    from pointlift.methods.ppkt.embedder import load_pretrained
+
+    device = resolve_device(None)
+    model, spec_config = load_pretrained(checkpoint, device)
+    data = load_config({**spec_config["data"], "kind": "rgbd", "root": str(frames_dir), "frame_stride": 1,
+                        "train_below": None, "frames_per_sample": 1, "cross_view_pairs": False}, PPKTDataConfig)
+    sequence = open_rgbd_sequence(frames_dir)
+    frames = list(range(len(sequence)))[:: max(1, math.ceil(len(sequence) / max_frames))]
+    dataset = rgbd_dataset(sequence, frames, data, None, model.model_config.up_axis, 1)
+    result = retrieval_accuracy(model, dataset, points_per_frame, device=device)
+    return {"checkpoint": str(checkpoint), "frames_dir": str(frames_dir), "retrieval": result}
