@@ -230,8 +230,7 @@ class I2PMAE(PointM2AE):
             out["visible_saliency_rank"] = ranks[visible].mean().detach()
         return out
 
-    # -- frozen features ------------------------------------------------------------------------
-    @torch.no_grad()
+    # -- features (callers that only read them wrap this in torch.no_grad) ---------------------------
     def embed(self, points: torch.Tensor, pooling: str = "max") -> torch.Tensor:
         """Global feature (B, F) of point sets (B, P, 3): normalised to the unit sphere, FPS-subsampled
         (or repeated) to the configured point count, then the released evaluation encoding (no mask)
