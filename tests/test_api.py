@@ -52,7 +52,7 @@ def test_create_model_refuses_unknown_names_and_settings():
 
 def test_load_gives_the_checkpoint_network_with_its_weights(tmp_path):
     """A trained checkpoint loads with its weights: the same features `pointlift embed` computes."""
-    from pointlift.tasks.embed import load_embedder
+    from pointlift.features.embed import load_embedder
 
     path = run_configs.write(run_configs.i2p_mae_config(tmp_path), tmp_path / "config.yaml")
     assert main(["pretrain", "i2p-mae", "--config", str(path), "--run-dir", str(tmp_path / "run")]) == 0

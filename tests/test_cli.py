@@ -47,7 +47,7 @@ def test_bad_arguments_give_one_line_and_exit_2(tmp_path, args, needle):
     ],
 )
 def test_embed_rejects_bad_point_files(tmp_path, capsys, content, problem):
-    from pointlift.tasks.embed import read_point_sets
+    from pointlift.features.embed import read_point_sets
 
     path = tmp_path / "bad.npz"
     if content is None:

@@ -191,7 +191,7 @@ def test_shipped_finetune_config_loads():
     from pathlib import Path
 
     from pointlift.engine.config import load_config
-    from pointlift.tasks.point_classification import PointFinetuneConfig
+    from pointlift.methods.i2p_mae.finetune import PointFinetuneConfig
 
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "i2p_mae_finetune.yaml",
                          PointFinetuneConfig)
@@ -202,7 +202,7 @@ def test_embed_inputs_of_every_kind(tmp_path):
     """`embed --points` accepts stored point sets, one file, a folder of files and any shape set."""
     from pointlift.data.shape_sets import ShapeSetConfig
     from pointlift.errors import PointliftDataError
-    from pointlift.tasks.embed import read_inputs
+    from pointlift.features.embed import read_inputs
     from shape_layouts import write_modelnet10_vox, write_scanobjectnn
 
     data = ShapeSetConfig(num_points=64)

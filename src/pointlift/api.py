@@ -12,6 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pointlift.registry import build_embedder
+from pointlift.features.embed import load_embedder
+
 # `create_model` names -> checkpoint kinds
 _KINDS = {"ppkt": "ppkt", "image2point": "image2point", "i2p-mae": "i2p_mae"}
 # Settings `create_model` starts from, per name, before the caller's keyword arguments.
@@ -67,19 +70,15 @@ def create_model(name: str, num_classes: int = 0, **config) -> PointModel:
     PPKT's `student`, `voxel_size`, `embed_dim`...; Image2Point's `teacher` (a timm name) and `weights`
     (a 2D checkpoint to inflate: local file, or None for the bundled/hub ImageNet weights, "random" for
     none), `axis`, `mode`; I2P-MAE's `model` ({"num_points", "encoder_dims", ...}). Unknown settings fail."""
-    from pointlift import registry
-
     if name not in _DEFAULTS:
         raise ValueError(f"unknown model {name!r}; choose from {list_models()}")
     kind = _KINDS[name]
-    network = registry.build_embedder({"kind": kind, "config": _DEFAULTS[name](dict(config))}, source=name)
+    network = build_embedder({"kind": kind, "config": _DEFAULTS[name](dict(config))}, source=name)
     return PointModel(network, kind, num_classes)
 
 
 def load(checkpoint: str | Path, num_classes: int = 0) -> PointModel:
     """The network of a pointlift checkpoint (a `.safetensors`/`.json` pair, or a run directory), with its
     trained weights; `num_classes` > 0 attaches a new linear head."""
-    from pointlift.tasks.embed import load_embedder
-
     network, meta = load_embedder(checkpoint)
     return PointModel(network, (meta.get("model_spec") or {}).get("kind", "?"), num_classes)

@@ -25,6 +25,7 @@ from pointlift.bench import sparse as bench_sparse
 from pointlift.errors import PointliftDataError
 from pointlift.methods.i2p_mae import config as i2p_mae_config
 from pointlift.methods.i2p_mae import embedder as i2p_mae_embedder
+from pointlift.methods.i2p_mae import finetune as i2p_mae_finetune
 from pointlift.methods.i2p_mae import pretrain as i2p_mae_pretrain
 from pointlift.methods.image2point import config as image2point_config
 from pointlift.methods.image2point import embedder as image2point_embedder
@@ -36,7 +37,6 @@ from pointlift.quickstart import i2p_mae as quickstart_i2p_mae
 from pointlift.quickstart import image2point as quickstart_image2point
 from pointlift.quickstart import ppkt as quickstart_ppkt
 from pointlift.quickstart import segmentation as quickstart_segmentation
-from pointlift.tasks import point_classification
 from pointlift.tasks.segmentation import config as segmentation_config
 from pointlift.tasks.segmentation import finetune as segmentation_finetune
 
@@ -73,9 +73,9 @@ METHODS = (
            build_embedder=i2p_mae_embedder.build_embedder, quickstart=quickstart_i2p_mae.quickstart,
            quickstart_title="I2P-MAE: 2D-guided masked autoencoding vs random init"),
     Method("i2p_mae_classifier", "I2P-MAE fine-tuned classifier", "finetune", "i2p-mae",
-           point_classification.PointFinetuneConfig, point_classification.finetune,
-           point_classification.summary_line, check=point_classification.check_pretraining_checkpoint,
-           build_embedder=point_classification.build_embedder),
+           i2p_mae_finetune.PointFinetuneConfig, i2p_mae_finetune.finetune,
+           i2p_mae_finetune.summary_line, check=i2p_mae_finetune.check_pretraining_checkpoint,
+           build_embedder=i2p_mae_finetune.build_embedder),
     Method("segmentation", "Scene segmentation", "finetune", "segmentation",
            segmentation_config.SegmentationConfig, segmentation_finetune.finetune,
            segmentation_finetune.summary_line, quickstart=quickstart_segmentation.quickstart,

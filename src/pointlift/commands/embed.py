@@ -14,7 +14,8 @@ def run(args) -> int:
 
     from pointlift.data.shape_sets import ShapeSetConfig
     from pointlift.engine.checkpoint import read_checkpoint_meta
-    from pointlift.tasks.embed import checkpoint_num_points, embed_file, resolve_checkpoint
+    from pointlift.engine.checkpoint import resolve_checkpoint
+    from pointlift.features.embed import checkpoint_num_points, embed_file
 
     meta = read_checkpoint_meta(resolve_checkpoint(args.checkpoint))
     data = ShapeSetConfig(num_points=args.num_points or checkpoint_num_points(meta), **_data_overrides(args))

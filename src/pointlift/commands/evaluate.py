@@ -17,7 +17,7 @@ def _ppkt(args) -> int:
 
     from pointlift.engine.rundir import write_json
     from pointlift.methods.ppkt.retrieval import evaluate_frames
-    from pointlift.tasks.embed import resolve_checkpoint
+    from pointlift.engine.checkpoint import resolve_checkpoint
 
     record = evaluate_frames(resolve_checkpoint(args.checkpoint), args.frames)
     write_json(args.out, record, indent=1)
@@ -39,7 +39,7 @@ def _segmentation(args) -> int:
 def _probe(args) -> int:
     """Linear SVM or N-way K-shot on frozen features of any method's checkpoint."""
     from pointlift.engine.rundir import write_json
-    from pointlift.tasks.evaluate import describe, evaluate_fewshot, evaluate_svm
+    from pointlift.features.evaluate import describe, evaluate_fewshot, evaluate_svm
 
     common = dict(num_points=args.num_points, fmt=args.format, variant=args.variant,
                   compare_untrained=args.compare_untrained, batch_size=args.batch_size, device=args.device,

@@ -1,5 +1,8 @@
 """PLY (ascii, binary little/big endian): the vertex element's scalar properties as columns.
 
+One file past ~400 lines on purpose: header parsing and the ascii and binary body walkers share the element
+model and its checks, and split apart each would need the others' private invariants.
+
 The whole body is walked, element by element in header order (faces may come before vertices),
 and must end where the header says: a body shorter than declared, a row with the wrong number of
 values or a list running past the end is refused, never read as shifted data; data after the last

@@ -1,5 +1,8 @@
 """Generic point-file readers: PLY, PCD, NPY/NPZ, OFF meshes and raw float32 `.bin`.
 
+One file past ~400 lines on purpose: the dispatch by format and the small readers (NPY/NPZ, OFF with its
+surface sampling, raw `.bin`) share one non-finite policy; PLY and PCD have their own modules.
+
 Every reader returns a `PointFile` with `xyz (N, 3) float32` and named extra columns. Anything that
 cannot be read - missing, truncated, corrupt, a header that disagrees with the body - raises
 `PointliftDataError(path, problem)` (one guard, `pointlift.data.guard.reading`, wraps every parser).

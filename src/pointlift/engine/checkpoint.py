@@ -283,6 +283,14 @@ def _sidecar_id(sidecar_path: Path) -> str | None:
         return None
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint path (with or without suffix), or a run directory (its `checkpoints/last`)."""
+    path = Path(path)
+    if path.is_dir() and (path / "checkpoints" / "last.json").is_file():
+        return path / "checkpoints" / "last"
+    return path
+
+
 def read_checkpoint_meta(path: str | Path) -> dict:
     """The sidecar of a checkpoint, checked (without loading any tensor)."""
     _, sidecar_path = checkpoint_files(path)

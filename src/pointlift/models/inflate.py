@@ -1,5 +1,8 @@
 """Inflate a 2D ConvNet (timm) into a 3D sparse ConvNet of the same shape (Image2Point).
 
+One file past ~400 lines on purpose: the kernel rules, the sparse stand-ins for 2D layers and the module-tree
+conversion are one mechanism (every stand-in exists only for the conversion to place it).
+
 Design: the 3D network *mirrors* the 2D module tree. We deep-copy the timm model and replace each
 leaf layer by its sparse counterpart (Conv2d -> SubMConv3d / SparseConv3d with an inflated kernel,
 BatchNorm -> SparseBatchNorm with the same parameters and statistics, activations applied to the

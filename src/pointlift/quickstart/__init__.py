@@ -6,5 +6,5 @@ CPU and is compared with its untrained counterpart; the run directory gets one r
 step's own report and plots.
 
 One module per demo (`image2point`, `ppkt`, `i2p_mae`, `segmentation`: `quickstart(run_dir, progress)`);
-`run.run_quickstart` runs them all.
+`pointlift.commands.quickstart.run_quickstart` runs them all.
 """

@@ -9,8 +9,8 @@ Read in this order, beside the paper (`model`'s docstring lists the released met
 - `pretrain`: `pretrain(experiment, run_dir)` in named steps (teacher, cache, model, trainer).
 - `embedder`: a checkpoint as a shape encoder (`build_embedder`, `embed_array`).
 - `released`: the released weights into this network (`load_released_state`).
-The network is `pointlift.models.point_m2ae`, the pixel read-back `pointlift.geometry.readback`; fine-tuning
-it is `pointlift.tasks.point_classification`.
+- `finetune`: shape classification from a pretraining checkpoint (`pointlift finetune i2p-mae`).
+The network is `pointlift.models.point_m2ae`, the pixel read-back `pointlift.geometry.readback`.
 
 The command line reaches I2P-MAE through `pointlift.registry`.
 """

@@ -1,5 +1,5 @@
 """The released fine-tuning network (`I2P_MAE_ModelNet40`'s parameter names), for released fine-tuned
-weights; pointlift's own fine-tuning task is `pointlift.tasks.point_classification`."""
+weights; pointlift's own fine-tuning task is `pointlift.methods.i2p_mae.finetune`."""
 
 from __future__ import annotations
 

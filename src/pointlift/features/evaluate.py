@@ -22,7 +22,8 @@ import torch
 from pointlift.data.shape_sets import ShapeSetConfig, load_points, resolve_format
 from pointlift.engine.config import load_config
 from pointlift.errors import PointliftConfigError
-from pointlift.tasks.embed import checkpoint_num_points, embed_points, load_embedder, resolve_checkpoint
+from pointlift.engine.checkpoint import resolve_checkpoint
+from pointlift.features.embed import checkpoint_num_points, embed_points, load_embedder
 
 
 def data_config(data: str | Path, num_points: int | None = None, meta: dict | None = None, **overrides) -> ShapeSetConfig:

@@ -20,7 +20,7 @@ import torch
 from pointlift.data.guard import _npy_header, read_npz
 from pointlift.data.shape_sets import (POINT_SUFFIXES, ShapeSetConfig, detect_format, list_point_files, load_points,
                                        prepare_point_sets)
-from pointlift.engine.checkpoint import excluded_prefixes, load_checkpoint
+from pointlift.engine.checkpoint import excluded_prefixes, load_checkpoint, resolve_checkpoint
 from pointlift.errors import PointliftDataError
 from pointlift.registry import build_embedder
 
@@ -44,14 +44,6 @@ def read_point_sets(path: str | Path) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint path (with or without suffix), or a run directory (its `checkpoints/last`)."""
-    path = Path(path)
-    if path.is_dir() and (path / "checkpoints" / "last.json").is_file():
-        return path / "checkpoints" / "last"
-    return path
 
 
 def load_embedder(checkpoint: str | Path, untrained: bool = False, seed: int = 0) -> tuple[torch.nn.Module, dict]:

@@ -1,7 +1,6 @@
 """Shape classification from an I2P-MAE pretraining checkpoint (`pointlift finetune i2p-mae`).
 
-The encoder comes out of the checkpoint through the embedder registry (`load_embedder`), so this
-module does not depend on how the encoder is built. On top sits the classification head of
+The encoder is the pretraining checkpoint's network (`embedder.build_embedder`) with its weights. On top sits the classification head of
 Point-M2AE's fine-tuning (which I2P-MAE reuses): LayerNorm of the top-scale tokens, concat(mean,
 max) pooling, then Linear(2C, 256)-BN-ReLU-Dropout(0.5)-Linear(256, 256)-BN-ReLU-Dropout(0.5)-
 Linear(256, classes). Defaults follow the paper's fine-tuning recipe as published (AdamW 5e-4,
@@ -30,6 +29,7 @@ from pointlift.data.shape_sets import ShapeSetConfig, load_points
 from pointlift.engine.config import OptimConfig, TrainConfig, config_to_dict, require
 from pointlift.engine.device import resolve_device
 from pointlift.errors import PointliftConfigError, PointliftDataError
+from pointlift.methods.i2p_mae.embedder import build_embedder as build_pretraining_embedder
 from pointlift.metrics import accuracy_metrics
 
 KIND = "i2p_mae_classifier"
@@ -161,11 +161,12 @@ def build_classifier(encoder_spec: dict, num_classes: int, head: HeadConfig, num
                      label_smoothing: float = 0.0, encoder_state: dict | None = None,
                      source: str = "<checkpoint>") -> PointClassifier:
     """The classifier around the encoder of a pretraining `model_spec` (weights loaded when given)."""
-    from pointlift.registry import build_embedder
-
     from pointlift.engine.checkpoint import excluded_prefixes
 
-    embedder = build_embedder(encoder_spec, source=source)
+    if not isinstance(encoder_spec, dict) or encoder_spec.get("kind") not in PRETRAINING_KINDS:
+        raise PointliftDataError(source, f"the encoder must come from an I2P-MAE pretraining checkpoint, "
+                                         f"not a {(encoder_spec or {}).get('kind')!r} one")
+    embedder = build_pretraining_embedder(encoder_spec.get("config", {}))
     encoder = token_encoder_from(embedder, source)
     if encoder_state is not None:
         missing = embedder.load_state_dict(encoder_state, strict=False).missing_keys
@@ -251,9 +252,8 @@ def accuracy(model: PointClassifier, points: np.ndarray, labels: np.ndarray, bat
 def pretraining_checkpoint(path) -> tuple[dict, dict, Path]:
     """(state, sidecar, path) of an I2P-MAE pretraining checkpoint; another kind is a one-line error
     that says where such a checkpoint goes instead."""
-    from pointlift.engine.checkpoint import check_kind, checkpoint_kind, load_checkpoint, read_checkpoint_meta
-    from pointlift.tasks.embed import resolve_checkpoint
-
+    from pointlift.engine.checkpoint import (check_kind, checkpoint_kind, load_checkpoint, read_checkpoint_meta,
+                                             resolve_checkpoint)
     path = resolve_checkpoint(Path(path).expanduser())
     meta = read_checkpoint_meta(path)
     hint = WRONG_KIND_HINTS.get(checkpoint_kind(meta), "unknown kind")
