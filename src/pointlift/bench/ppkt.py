@@ -32,8 +32,6 @@ from pointlift.methods.ppkt.model import PPKTModel, build_student
 from pointlift.methods.ppkt.pretrain import build_setup, pretrain
 
 
-
-
 PRESETS = {
     "smoke": {
         "pretrain": {

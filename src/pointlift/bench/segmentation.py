@@ -16,7 +16,6 @@ network is pretrained once (seed 0) and shared by the seeds. The seed-0 network'
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from pointlift.bench import BenchResult, shared_path
 from pointlift.engine.config import config_to_dict, load_config
+from pointlift.engine.rundir import write_json
 
 SCANNET_TRAIN = ["scene0000", "scene0001", "scene0002", "scene0003", "scene0004", "scene0005", "scene0006",
                  "scene0007"]
@@ -196,7 +196,7 @@ def run(preset: str, out_dir: Path) -> BenchResult:
         _aggregate(metrics, key, runs[key])
 
     metrics["seconds"] = time.perf_counter() - start
-    (out_dir / "runs.json").write_text(json.dumps(runs, indent=1, default=str))
+    write_json(out_dir / "runs.json", runs, indent=1)
     _plot(metrics, spec, out_dir)
     return BenchResult(metrics, {"preset": preset, **{k2: v for k2, v in spec.items()},
                                  "scannet_split": {"train": SCANNET_TRAIN, "test": spec["scannet"]["test"]},

@@ -13,7 +13,6 @@ memory per backend, and scaling with the number of voxels (re-voxelising the fra
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 
 from pointlift.bench import PRESETS as PRESET_NAMES
 from pointlift.bench import BenchResult, Preset, shared_path
+from pointlift.engine.rundir import write_json
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.models.sparse_unet import sparse_unet
 from pointlift.sparse import SparseTensor, spconv_available, use_backend
@@ -344,7 +344,7 @@ def run(preset: str, out_dir: Path, data_root: Path | None = None) -> BenchResul
         "plot": plot,
         "spconv": _spconv_version() if have_spconv else None,
     }
-    (out_dir / "sparse.json").write_text(json.dumps({"metrics": metrics, "config": config}, indent=2))
+    write_json(out_dir / "sparse.json", {"metrics": metrics, "config": config}, indent=2)
     return BenchResult(metrics, config)
 
 

@@ -8,7 +8,6 @@ normalisation (`prepare_point_sets`), the same as at training and evaluation.
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pointlift.data.guard import _npy_header, read_npz
 from pointlift.data.shape_sets import (POINT_SUFFIXES, ShapeSetConfig, detect_format, list_point_files, load_points,
                                        prepare_point_sets)
 from pointlift.engine.checkpoint import excluded_prefixes, load_checkpoint, resolve_checkpoint
+from pointlift.engine.rundir import write_json
 from pointlift.errors import PointliftDataError
 from pointlift.registry import build_embedder
 
@@ -181,5 +181,5 @@ def embed_file(checkpoint: str | Path, points_path: str | Path, out: str | Path,
               "input": str(points_path), "input_kind": inputs.kind, "data": inputs.data,
               "rows": inputs.names, "class_names": inputs.class_names, "feature_dim": int(features.shape[1])}
     sidecar = out.with_name(out.name + ".json")
-    sidecar.write_text(json.dumps(record, indent=1))
+    write_json(sidecar, record, indent=1)
     return features
