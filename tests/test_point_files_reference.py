@@ -132,11 +132,3 @@ def test_fuze_ascii_equals_trimesh_vertices(shared):
     np.testing.assert_allclose(result.xyz[split[:, 0].astype(int)].astype(np.float64).mean(0), entry["xyz_mean"],
                                rtol=1e-6, atol=1e-9)
 
-
-def test_fuze_ascii_against_trimesh_itself(shared):
-    """Where trimesh is installed (it is no dependency of pointlift), compare with it directly."""
-    trimesh = pytest.importorskip("trimesh")
-    path = shared("reference/point-files/trimesh/fuze_ascii.ply")
-    theirs = trimesh.load(path, process=False).vertices
-    ours = read_point_file(path, mesh_points="vertices").xyz
-    np.testing.assert_array_equal(np.unique(ours, axis=0), np.unique(theirs.astype(np.float32), axis=0))
