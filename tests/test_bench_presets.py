@@ -42,3 +42,22 @@ def test_sparse_benchmark_presets_are_typed():
     assert set(sparse.PRESETS) == {"smoke", "cpu", "gpu"}
     assert all(isinstance(p, sparse.SparsePreset) for p in sparse.PRESETS.values())
     assert sparse.PRESETS["cpu"].scaling == (0.044, 0.02, 0.0082)
+
+
+def test_every_benchmark_table_is_typed():
+    """Each registered benchmark's PRESETS maps its preset names to instances of one Preset subclass."""
+    from pointlift.registry import BENCHMARKS
+
+    for name, module in BENCHMARKS.items():
+        table = module.PRESETS
+        assert table and set(table) <= set(PRESETS), name
+        kinds = {type(preset) for preset in table.values()}
+        assert len(kinds) == 1 and issubclass(kinds.pop(), Preset), name
+
+
+def test_image2point_record_leaves_unset_optional_settings_out():
+    from pointlift.bench import image2point
+
+    assert "workers" not in image2point.PRESETS["smoke"].record()
+    full = image2point.PRESETS["cpu-full"].record()
+    assert full["workers"] == 2 and full["fewshot_seeds"] == [0, 1, 2] and "fewshot_lrs" not in full

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -234,7 +235,7 @@ def test_benchmark_smoke_reports_every_documented_metric(shared, tmp_path):
     shared("data/modelnet10_vox32.npz")
     shared("weights/mobilenet_v2.torchvision_in1k.safetensors")
     result = run("smoke", tmp_path)
-    k = PRESETS["smoke"]["fewshot_k"]
+    k = PRESETS["smoke"].fewshot_k
     for name in ("acc_inflated_io", "acc_random_io", "acc_inflated_all", "acc_random_all",
                  f"fewshot{k}_inflated_mean", f"fewshot{k}_inflated_std", f"fewshot{k}_random_mean",
                  f"fewshot{k}_random_std", "epochs_to_target_inflated", "epochs_to_target_random",
@@ -253,10 +254,10 @@ def test_benchmark_in_two_worker_processes_equals_one_process(shared, tmp_path, 
 
     shared("data/modelnet10_vox32.npz")
     shared("weights/mobilenet_v2.torchvision_in1k.safetensors")
-    small = {**bench.PRESETS["smoke"], "seeds": (0,), "compare_design": False, "fewshot_seeds": (0,)}
+    small = replace(bench.PRESETS["smoke"], seeds=(0,), compare_design=False, fewshot_seeds=(0,))
     monkeypatch.setitem(bench.PRESETS, "tiny", small)
     one = bench.run("tiny", tmp_path / "one")
-    monkeypatch.setitem(bench.PRESETS, "tiny", {**small, "workers": 2})
+    monkeypatch.setitem(bench.PRESETS, "tiny", replace(small, workers=2))
     two = bench.run("tiny", tmp_path / "two")
     figures = [name for name in one.metrics if name != "wall_s"]
     assert figures and {name: one.metrics[name] for name in figures} == {name: two.metrics[name] for name in figures}
@@ -284,20 +285,20 @@ def test_benchmark_fewshot_rate_is_chosen_on_validation(shared, tmp_path, monkey
 
     shared("data/modelnet10_vox32.npz")
     shared("weights/mobilenet_v2.torchvision_in1k.safetensors")
-    sweep = {**bench.PRESETS["smoke"], "fips": (), "fewshot_lrs": (0.05, 0.001), "target_fraction": 1.0}
+    sweep = replace(bench.PRESETS["smoke"], fips=(), fewshot_lrs=(0.05, 0.001), target_fraction=1.0)
     monkeypatch.setitem(bench.PRESETS, "tiny", sweep)
     result = bench.run("tiny", tmp_path)
     assert set(result.config["run_seconds"]) == {"inflated_all_seed0", "random_all_seed0", *(
         f"fewshot_{arm}_lr{lr}_seed0" for arm in ("inflated", "random") for lr in ("0.05", "0.001"))}
     assert not [name for name in result.metrics if name.endswith("_io")]
-    k = sweep["fewshot_k"]
+    k = sweep.fewshot_k
     for arm in ("inflated", "random"):
         rates = result.config["fewshot_sweep"][arm]
         best = max(rates, key=lambda lr: rates[lr]["val_mean"])
         assert result.metrics[f"fewshot{k}_{arm}_lr"] == float(best)
         assert result.metrics[f"fewshot{k}_{arm}_mean"] == rates[best]["test_mean"]
     slower = max(result.metrics["epochs_to_target_inflated"], result.metrics["epochs_to_target_random"])
-    assert slower <= sweep["epochs"]
+    assert slower <= sweep.epochs
 
 
 def test_mean_curve_averages_epochs_across_runs():

@@ -323,8 +323,8 @@ def test_bench_segmentation_is_registered_with_every_preset():
     assert {"smoke", "cpu", "gpu"} <= set(bench.PRESETS) <= set(PRESETS)
     for spec in bench.PRESETS.values():
         # rooms / sequences never on both sides of the split
-        assert not set(bench.SCANNET_TRAIN) & {t.split("_")[0] for t in spec["scannet"]["test"]}
-        assert not set(bench.KITTI_TRAIN) & set(spec["kitti"]["test"])
+        assert not set(bench.SCANNET_TRAIN) & {t.split("_")[0] for t in spec.scannet["test"]}
+        assert not set(bench.KITTI_TRAIN) & set(spec.kitti["test"])
 
 
 # ------------------------------------------------------------------------------ quickstart demo (synthetic rooms)

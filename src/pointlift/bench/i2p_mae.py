@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pointlift.bench import BenchResult, shared_path
+from pointlift.bench import BenchResult, Preset, shared_path
 from pointlift.data.shape_sets import prepare_point_sets
 from pointlift.engine.config import OptimConfig, TrainConfig, config_to_dict
 from pointlift.errors import PointliftConfigError, PointliftDataError
@@ -39,7 +40,28 @@ from pointlift.tasks.svm import paper_svm_accuracy, svm_accuracy
 
 DINO_WEIGHTS = "weights/vit_small_patch14_dinov2.imgfocus.fp16.safetensors"
 
-PRESETS = {
+
+@dataclass(frozen=True)
+class I2PMAEPreset(Preset):
+    model: dict  # PointM2AEConfig fields of the backbone ({}: the paper-sized defaults)
+    image_size: int  # rendered depth-map side
+    teacher: tuple  # (timm name, weights under the shared folder or None, feature stage)
+    pretrain_shapes: int | None  # pretraining shapes (None: every training shape)
+    steps: int  # pretraining steps per run
+    batch_size: int
+    lr: float
+    warmup: int  # warm-up steps
+    train_per_class: int | None  # SVM training shapes per class (None: all)
+    test_per_class: int | None  # SVM scored shapes per class (None: all)
+    fewshot_folds: int
+    runs: tuple  # (recipe, variant) pretraining runs per seed
+    seeds: tuple
+    method: dict = field(default_factory=dict)  # I2PMAEConfig overrides for every run
+    fallback_image_size: int | None = None  # image size with the CNN teacher when the ViT weights are absent
+    with_random: bool = True  # also probe the random-init encoder
+
+
+PRESETS = I2PMAEPreset.table({
     # seconds: a handful of steps on a ModelNet10 subset; checks the whole pipeline
     "smoke": dict(
         model=dict(num_points=256, num_centers=(64, 32, 16), group_sizes=(8, 8, 4), encoder_dims=(32, 64, 128),
@@ -66,7 +88,7 @@ PRESETS = {
         steps=100 * 31, batch_size=128, lr=1e-3, warmup=310, train_per_class=None, test_per_class=None,
         fewshot_folds=10, runs=(("official", "i2pmae"), ("official", "3d_only"), ("pointlift", "i2pmae"),
                                 ("official", "guided_only"), ("official", "feature_only")), seeds=(0,)),
-}
+})
 
 # variant -> (guided_masking, feature_target)
 VARIANTS = {"i2pmae": (True, True), "3d_only": (False, False), "guided_only": (True, False),
@@ -142,9 +164,9 @@ def run(preset: str, out_dir, validation: bool = False, seeds: tuple[int, ...] |
     fixed); overrides replace I2PMAEConfig fields / preset entries."""
     if preset not in PRESETS:
         raise PointliftConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    spec = {**PRESETS[preset], **(spec_overrides or {})}
-    seeds = tuple(seeds if seeds is not None else spec.get("seeds", (0,)))
-    method_overrides = dict(spec.get("method", {}), **(method_overrides or {}))
+    spec = replace(PRESETS[preset], **(spec_overrides or {}))
+    seeds = tuple(seeds if seeds is not None else spec.seeds)
+    method_overrides = dict(spec.method, **(method_overrides or {}))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_path = shared_path("data/modelnet10_vox32.npz")
@@ -155,29 +177,29 @@ def run(preset: str, out_dir, validation: bool = False, seeds: tuple[int, ...] |
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data_seed = 0
     wall_start = time.perf_counter()
-    model_config = PointM2AEConfig(**spec["model"])
+    model_config = PointM2AEConfig(**spec.model)
     num_points = model_config.num_points
     train_set = load_modelnet10_vox(data_path, "train")
     test_set = load_modelnet10_vox(data_path, "test")
     train_pick, test_pick, scored_split = evaluation_split(train_set.labels, test_set.labels,
-                                                          spec["train_per_class"], spec["test_per_class"],
+                                                          spec.train_per_class, spec.test_per_class,
                                                           validation, data_seed)
     scored_set = train_set if scored_split == "train" else test_set
     train_points = prepare_point_sets([train_set.points[i] for i in train_pick], num_points, data_seed)
     train_labels = train_set.labels[train_pick]
     test_points = prepare_point_sets([scored_set.points[i] for i in test_pick], num_points, data_seed)
     test_labels = scored_set.labels[test_pick]
-    pretrain_count = spec["pretrain_shapes"] or len(train_set)
+    pretrain_count = spec.pretrain_shapes or len(train_set)
     pretrain_pick = np.random.default_rng(data_seed).permutation(len(train_set))[:pretrain_count]
     pretrain_points = prepare_point_sets([train_set.points[i] for i in pretrain_pick], num_points, data_seed)
 
-    teacher_name, weights, stage = spec["teacher"]
-    image_size = spec["image_size"]
+    teacher_name, weights, stage = spec.teacher
+    image_size = spec.image_size
     if weights is not None:
         weights = str(shared_path(weights)) if shared_path(weights).is_file() else None
         if weights is None:  # no DINOv2 file: the bundled CNN teacher
             teacher_name, stage = "tf_efficientnet_lite0", -2
-            image_size = spec.get("fallback_image_size", image_size)
+            image_size = spec.fallback_image_size if spec.fallback_image_size is not None else image_size
     teacher_config = TeacherConfig(name=teacher_name, weights=weights, stage=stage, half=device.type == "cuda")
     teacher = build_teacher(teacher_config, image_size).to(device)
 
@@ -189,30 +211,30 @@ def run(preset: str, out_dir, validation: bool = False, seeds: tuple[int, ...] |
                                    "guided_masking": guided, "feature_target": feature, "image_size": image_size}),
             teacher=teacher_config,
             data=DataConfig(num_points=num_points, cache_dir="~/.cache/pointlift/i2p_mae"),
-            train=TrainConfig(max_steps=spec["steps"], batch_size=spec["batch_size"], seed=seed, log_every=10,
+            train=TrainConfig(max_steps=spec.steps, batch_size=spec.batch_size, seed=seed, log_every=10,
                               checkpoint_every=0, grad_clip=10.0, amp=device.type == "cuda",
-                              optim=OptimConfig(lr=spec["lr"], weight_decay=0.05, warmup_steps=spec["warmup"])),
+                              optim=OptimConfig(lr=spec.lr, weight_decay=0.05, warmup_steps=spec.warmup)),
             device=str(device))
         torch.manual_seed(seed)  # every run starts from the same backbone weights
         model, result, info = pretrain(experiment, out_dir / f"{recipe}_{variant}_seed{seed}", progress=False,
                                        points=pretrain_points, teacher=teacher)
         rows = [row for row in result.history if "loss" in row]
         info["loss_first"], info["loss_last"] = rows[0]["loss"], rows[-1]["loss"]
-        info["samples_per_s"] = result.step * spec["batch_size"] / info["train_seconds"]
+        info["samples_per_s"] = result.step * spec.batch_size / info["train_seconds"]
         return model, info
 
     accuracies: dict[str, list[float]] = {}
     paper_accuracies: dict[str, list[float]] = {}
     details: dict[str, dict] = {}
     shots = official_model = None
-    first_run = "_".join(spec["runs"][0])
+    first_run = "_".join(spec.runs[0])
     for seed in seeds:
         models: dict[str, torch.nn.Module] = {}
-        for recipe, variant in spec["runs"]:
+        for recipe, variant in spec.runs:
             name = f"{recipe}_{variant}"
             models[name], details[f"{name}_seed{seed}"] = pretrain_run(recipe, variant, seed)
         torch.manual_seed(seed)
-        if spec.get("with_random", True):
+        if spec.with_random:
             models["random"] = I2PMAE(I2PMAEConfig(model=copy.deepcopy(model_config), guided_masking=False,
                                                    feature_target=False)).to(device)
         for name, model in models.items():
@@ -227,7 +249,7 @@ def run(preset: str, out_dir, validation: bool = False, seeds: tuple[int, ...] |
                  "embed_svm_seconds": time.perf_counter() - start})
             if seed == seeds[0] and name == first_run:
                 shots = fewshot_eval(features[0], train_labels, features[1], test_labels, n_way=10, k_shot=10,
-                                     folds=spec["fewshot_folds"], test_per_class=20, seed=seed)
+                                     folds=spec.fewshot_folds, test_per_class=20, seed=seed)
                 official_model = model
 
     metrics: dict[str, float] = {}
@@ -246,12 +268,12 @@ def run(preset: str, out_dir, validation: bool = False, seeds: tuple[int, ...] |
                     np.array(paper_accuracies[name]) - np.array(paper_accuracies[baseline])))
     metrics["fewshot_10w10s_mean"] = shots.mean
     metrics["fewshot_10w10s_std"] = shots.std
-    for recipe, variant in spec["runs"]:
+    for recipe, variant in spec.runs:
         if variant == "i2pmae":
             metrics[f"samples_per_s_{recipe}"] = details[f"{recipe}_{variant}_seed{seeds[0]}"]["samples_per_s"]
     timing = {}
     if measure_timing and official_model is not None and official_model.teacher is not None:
-        batch = torch.from_numpy(pretrain_points[:spec["batch_size"]]).to(device)
+        batch = torch.from_numpy(pretrain_points[:spec.batch_size]).to(device)
         timing = measure_cache_speed(official_model, batch)
         metrics["samples_per_s_teacher_each_step"] = timing["samples_per_s_teacher_each_step"]
         metrics["samples_per_s_cached"] = timing["samples_per_s_cached"]
@@ -262,12 +284,12 @@ def run(preset: str, out_dir, validation: bool = False, seeds: tuple[int, ...] |
         "teacher_saliency": "ViT CLS->patch attention" if teacher.is_vit else "CNN feature L2 norm",
         "model": config_to_dict(model_config), "image_size": image_size,
         "methods": {name: config_to_dict(details_model.config) for name, details_model in models.items()},
-        "seeds": list(seeds), "runs": [list(run) for run in spec["runs"]],
+        "seeds": list(seeds), "runs": [list(run) for run in spec.runs],
         "svm_acc_per_seed": accuracies, "svm_paper_acc_per_seed": paper_accuracies,
         "scored_split": scored_split + (" (held-out validation shapes)" if validation else ""),
-        "pretrain_shapes": int(len(pretrain_points)), "steps": spec["steps"], "batch_size": spec["batch_size"],
+        "pretrain_shapes": int(len(pretrain_points)), "steps": spec.steps, "batch_size": spec.batch_size,
         "svm_train_shapes": int(len(train_points)), "svm_test_shapes": int(len(test_points)),
-        "fewshot_folds": spec["fewshot_folds"], "fewshot_on": f"{first_run}, seed {seeds[0]}",
+        "fewshot_folds": spec.fewshot_folds, "fewshot_on": f"{first_run}, seed {seeds[0]}",
         "fewshot_accuracies": shots.accuracies, "timing": timing, "details": details,
         "torch_threads": torch.get_num_threads(),
     }

@@ -29,11 +29,12 @@ Schedule: one cosine over the run (not the released per-iteration cosine with T_
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pointlift.bench import BenchResult, shared_path
+from pointlift.bench import BenchResult, Preset, shared_path
 from pointlift.engine.config import OptimConfig, TrainConfig
 from pointlift.errors import PointliftConfigError
 from pointlift.report import plot_overlaid
@@ -43,7 +44,47 @@ from pointlift.tasks.shape_classification.train import epochs_to_target
 MOBILENET_WEIGHTS = "weights/mobilenet_v2.torchvision_in1k.safetensors"
 ARMS = ("inflated", "random")
 
-PRESETS = {
+
+@dataclass(frozen=True)
+class Image2PointPreset(Preset):
+    voxel_size: float  # on the unit sphere
+    train_per_class: int | None  # training shapes per class (None: every one but the validation shapes)
+    val_per_class: int  # validation shapes per class, carved from the training split
+    test_per_class: int | None  # class-balanced test subset (None: the whole test split)
+    epochs: int  # FIP `all`
+    batch_size: int
+    io_epochs: int  # the other FIP modes
+    fips: tuple[str, ...]  # the other FIP modes run (seed 0)
+    fewshot_k: int  # shapes per class
+    fewshot_epochs: int
+    fewshot_batch: int
+    seeds: tuple[int, ...]  # FIP `all` (and few-shot, unless fewshot_seeds)
+    target_fraction: float  # time-to-accuracy target: this x the weaker arm's final validation accuracy
+    lr_io: float  # the other FIP modes
+    lr_inflated: float  # `all` and few-shot, inflated arm
+    lr_random: float  # `all` and few-shot, random arm
+    warmup_epochs: float
+    precise_bn: bool  # re-estimate BN statistics on the training shapes before each evaluation
+    max_points: int | None  # points per shape (None: every one)
+    compare_design: bool  # also FIP `all` on the earlier imagenet-stem design
+    # optional; None: not set (left out of the config record, as an absent key was)
+    fewshot_seeds: tuple[int, ...] | None = None  # few-shot seeds (default: seeds)
+    fewshot_lrs: tuple[float, ...] | None = None  # few-shot rate sweep per arm (default: the arm's lr)
+    order: tuple[str, ...] | None = None  # phase order (default: all, fips, fewshot)
+    workers: int | None = None  # worker processes (default: 1, in this process)
+
+    def lr(self, label: str) -> float:
+        """The learning rate of an arm (`inflated`, `random`) for `all` and few-shot."""
+        return getattr(self, f"lr_{label}")
+
+    def record(self) -> dict:
+        """The settings as the config record stores them: tuples as lists, unset optional ones left out."""
+        optional = ("fewshot_seeds", "fewshot_lrs", "order", "workers")
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()
+                if not (k in optional and v is None)}
+
+
+PRESETS = Image2PointPreset.table({
     # seconds: CI-sized, checks that every piece runs
     "smoke": dict(voxel_size=0.25, train_per_class=3, val_per_class=1, test_per_class=2, epochs=2, batch_size=10,
                   io_epochs=2, fips=("io",), fewshot_k=2, fewshot_epochs=1, fewshot_batch=10, seeds=(0,),
@@ -90,26 +131,27 @@ PRESETS = {
                 fips=("io", "ioms", "iobn"), batch_size=32, fewshot_k=10, fewshot_epochs=100, fewshot_batch=20,
                 seeds=(0, 1, 2), target_fraction=0.9, lr_io=0.1, lr_inflated=0.1, lr_random=0.1, warmup_epochs=0.0,
                 precise_bn=False, max_points=2048, compare_design=True),
-}
+})
 
 
-def _config(preset: dict, weights: str | None, fip: str, epochs: int, batch: int, train_per_class, seed: int,
-            eval_every_epoch: bool, data_path: Path, lr: float, mode: str = "copy", design: str = "released"):
+def _config(preset: Image2PointPreset, weights: str | None, fip: str, epochs: int, batch: int, train_per_class,
+            seed: int, eval_every_epoch: bool, data_path: Path, lr: float, mode: str = "copy",
+            design: str = "released"):
     from pointlift.methods.image2point.config import Image2PointConfig, Image2PointDataConfig, InflationConfig
 
     return Image2PointConfig(
         name="bench", inflation=InflationConfig(teacher="mobilenetv2_100", weights=weights, mode=mode,
                                                 axis="z-axis", design=design),
         fip=fip,
-        data=Image2PointDataConfig(dataset="modelnet10", path=str(data_path), voxel_size=preset["voxel_size"],
+        data=Image2PointDataConfig(dataset="modelnet10", path=str(data_path), voxel_size=preset.voxel_size,
                                    augment=True, train_per_class=train_per_class, subset_seed=seed,
-                                   test_per_class=preset["test_per_class"], val_per_class=preset["val_per_class"],
-                                   max_points=preset["max_points"], pipeline="released"),
+                                   test_per_class=preset.test_per_class, val_per_class=preset.val_per_class,
+                                   max_points=preset.max_points, pipeline="released"),
         train=TrainConfig(epochs=epochs, batch_size=batch, seed=seed, log_every=5, checkpoint_every=0,
                           optim=OptimConfig(name="sgd", lr=lr, momentum=0.9,
                                             weight_decay=1e-4, schedule="cosine",
-                                            warmup_epochs=preset["warmup_epochs"])),
-        eval_every_epoch=eval_every_epoch, eval_batch_size=50, precise_bn=preset["precise_bn"])
+                                            warmup_epochs=preset.warmup_epochs)),
+        eval_every_epoch=eval_every_epoch, eval_batch_size=50, precise_bn=preset.precise_bn)
 
 
 def _write_progress(path: Path, preset: str, finished: dict) -> None:
@@ -162,37 +204,42 @@ def _run_job(args: tuple) -> tuple[str, dict]:
     return job["run_name"], summary
 
 
-def _fewshot_lrs(settings: dict, label: str) -> tuple[float, ...]:
+def _fewshot_lrs(settings: Image2PointPreset, label: str) -> tuple[float, ...]:
     """The few-shot rates of one arm: the preset's `fewshot_lrs` sweep, or the arm's own rate."""
-    return tuple(settings.get("fewshot_lrs", (settings[f"lr_{label}"],)))
+    return tuple(settings.fewshot_lrs if settings.fewshot_lrs is not None else (settings.lr(label),))
 
 
-def _fewshot_name(settings: dict, label: str, lr: float, seed: int) -> str:
-    return f"fewshot_{label}_lr{lr:g}_seed{seed}" if "fewshot_lrs" in settings else f"fewshot_{label}_seed{seed}"
+def _fewshot_seeds(settings: Image2PointPreset) -> tuple[int, ...]:
+    return settings.fewshot_seeds if settings.fewshot_seeds is not None else settings.seeds
 
 
-def _plan(settings: dict) -> dict[str, list[dict]]:
+def _fewshot_name(settings: Image2PointPreset, label: str, lr: float, seed: int) -> str:
+    return (f"fewshot_{label}_lr{lr:g}_seed{seed}" if settings.fewshot_lrs is not None
+            else f"fewshot_{label}_seed{seed}")
+
+
+def _plan(settings: Image2PointPreset) -> dict[str, list[dict]]:
     """Every run of the preset, by phase: `all` (per seed, arms interleaved, plus the earlier design with
     `compare_design`), `fips` (the other FIP modes, seed 0) and `fewshot` (K shapes per class, per seed)."""
     all_runs, fips, fewshot = [], [], []
-    for seed in settings["seeds"]:
+    for seed in settings.seeds:
         for label in ARMS:
-            all_runs.append(_job(label, "all", settings["epochs"], settings["batch_size"], settings["train_per_class"],
-                                 seed, settings[f"lr_{label}"], True, f"{label}_all_seed{seed}"))
-        if settings["compare_design"]:  # the earlier design, same data, budget and rates (stride-2 stem)
+            all_runs.append(_job(label, "all", settings.epochs, settings.batch_size, settings.train_per_class,
+                                 seed, settings.lr(label), True, f"{label}_all_seed{seed}"))
+        if settings.compare_design:  # the earlier design, same data, budget and rates (stride-2 stem)
             for label in ARMS:
-                all_runs.append(_job(label, "all", settings["epochs"], settings["batch_size"],
-                                     settings["train_per_class"], seed, settings[f"lr_{label}"], False,
+                all_runs.append(_job(label, "all", settings.epochs, settings.batch_size,
+                                     settings.train_per_class, seed, settings.lr(label), False,
                                      f"{label}_all_imagenet_stem_seed{seed}", design="imagenet-stem"))
-    for fip in settings["fips"]:
+    for fip in settings.fips:
         for label in ARMS:
-            fips.append(_job(label, fip, settings["io_epochs"], settings["batch_size"], settings["train_per_class"], 0,
-                             settings["lr_io"], False, f"{label}_{fip}"))
-    for seed in settings.get("fewshot_seeds", settings["seeds"]):
+            fips.append(_job(label, fip, settings.io_epochs, settings.batch_size, settings.train_per_class, 0,
+                             settings.lr_io, False, f"{label}_{fip}"))
+    for seed in _fewshot_seeds(settings):
         for label in ARMS:
             for lr in _fewshot_lrs(settings, label):
-                fewshot.append(_job(label, "all", settings["fewshot_epochs"], settings["fewshot_batch"],
-                                    settings["fewshot_k"], seed, lr, False, _fewshot_name(settings, label, lr, seed)))
+                fewshot.append(_job(label, "all", settings.fewshot_epochs, settings.fewshot_batch,
+                                    settings.fewshot_k, seed, lr, False, _fewshot_name(settings, label, lr, seed)))
     return {"all": all_runs, "fips": fips, "fewshot": fewshot}
 
 
@@ -210,10 +257,11 @@ def run(preset: str, out_dir: Path, resume: bool = False) -> BenchResult:
     data_path = shared_path("data/modelnet10_vox32.npz")
     weights = {"inflated": str(shared_path(MOBILENET_WEIGHTS)), "random": "random"}
     start = time.perf_counter()
-    seeds = settings["seeds"]
+    seeds = settings.seeds
     plan = _plan(settings)
     # in the preset's order (cpu-full: the longest runs first, so that two workers finish together)
-    jobs = [job for phase in settings.get("order", ("all", "fips", "fewshot")) for job in plan[phase]]
+    order = settings.order if settings.order is not None else ("all", "fips", "fewshot")
+    jobs = [job for phase in order for job in plan[phase]]
     results: dict[str, dict] = {}
     finished: dict[str, dict] = {}
 
@@ -227,7 +275,7 @@ def run(preset: str, out_dir: Path, resume: bool = False) -> BenchResult:
               flush=True)
 
     arguments = [(job, settings, str(out_dir), _threads(), resume) for job in jobs]
-    workers = settings.get("workers", 1)
+    workers = settings.workers if settings.workers is not None else 1
     if workers > 1:  # separate processes (one torch thread each: OMP_NUM_THREADS is inherited)
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             for run_name, summary in pool.imap_unordered(_run_job, arguments):
@@ -249,22 +297,22 @@ def run(preset: str, out_dir: Path, resume: bool = False) -> BenchResult:
         metrics[f"val_acc_{label}_all"] = curves[f"{label}_all_mean"][-1]["overall_acc"]
         metrics["trainable_params_all"] = runs[0]["trainable_params"]
         metrics["train_shapes"], metrics["test_shapes"] = runs[0]["train_shapes"], runs[0]["test_shapes"]
-        if settings["compare_design"]:
+        if settings.compare_design:
             earlier = [results[f"{label}_all_imagenet_stem_seed{seed}"]["overall_acc"] for seed in seeds]
             metrics[f"acc_{label}_all_imagenet_stem"] = float(np.mean(earlier))
             metrics[f"acc_{label}_all_imagenet_stem_std"] = float(np.std(earlier))
-    for fip in settings["fips"]:
+    for fip in settings.fips:
         for label in ARMS:
             summary = results[f"{label}_{fip}"]
             metrics[f"acc_{label}_{fip}"] = summary["overall_acc"]
             metrics[f"mean_class_acc_{label}_{fip}"] = summary["mean_class_acc"]
             metrics[f"val_acc_{label}_{fip}"] = summary["val_overall_acc"]
             metrics[f"trainable_params_{fip}"] = summary["trainable_params"]
-    k = settings["fewshot_k"]
+    k = settings.fewshot_k
     fewshot_sweep: dict[str, dict] = {}
     for label in ARMS:  # the rate with the best mean *validation* accuracy; its test figures
         by_lr = {lr: [results[_fewshot_name(settings, label, lr, seed)]
-                      for seed in settings.get("fewshot_seeds", seeds)] for lr in _fewshot_lrs(settings, label)}
+                      for seed in _fewshot_seeds(settings)] for lr in _fewshot_lrs(settings, label)}
         val = {lr: float(np.mean([r["val_overall_acc"] for r in runs])) for lr, runs in by_lr.items()}
         chosen = max(val, key=val.get)
         fewshot_sweep[label] = {f"{lr:g}": {"val_mean": val[lr],
@@ -277,7 +325,7 @@ def run(preset: str, out_dir: Path, resume: bool = False) -> BenchResult:
         metrics[f"fewshot{k}_{label}_lr"] = chosen
 
     # time to accuracy on the seed-averaged *validation* curves; the target is fixed by a rule
-    target = settings["target_fraction"] * min(metrics["val_acc_inflated_all"], metrics["val_acc_random_all"])
+    target = settings.target_fraction * min(metrics["val_acc_inflated_all"], metrics["val_acc_random_all"])
     inflated_epochs = epochs_to_target(curves["inflated_all_mean"], target)
     random_epochs = epochs_to_target(curves["random_all_mean"], target)
     metrics["target_accuracy"] = target
@@ -285,13 +333,13 @@ def run(preset: str, out_dir: Path, resume: bool = False) -> BenchResult:
     metrics["epochs_to_target_random"] = random_epochs
     metrics["speedup_to_target"] = random_epochs / inflated_epochs
     metrics["wall_s"] = time.perf_counter() - start
-    plot = plot_overlaid({f"{label} (lr {settings[f'lr_{label}']})": [(row["epoch"] + 1, row["overall_acc"])
+    plot = plot_overlaid({f"{label} (lr {settings.lr(label)})": [(row["epoch"] + 1, row["overall_acc"])
                                                                       for row in curves[f"{label}_all_mean"]]
                           for label in ARMS}, out_dir / "validation_curves.png",
                          title=f"Image2Point `all`: validation accuracy, mean of {len(seeds)} seed(s)",
                          level=("target", target))
 
-    config = {"preset": preset, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()},
+    config = {"preset": preset, **settings.record(),
               "teacher": "mobilenetv2_100", "weights": weights["inflated"],
               "design": "released (random stride-1 stem + BN, first stride-2 block at stride 1: total stride 8, "
                         "Linear + BatchNorm1d head)",
@@ -302,21 +350,21 @@ def run(preset: str, out_dir: Path, resume: bool = False) -> BenchResult:
                           "features; augmentation shuffle, scale U(0.9,1.1) p 0.9, shift U(-0.2,0.2) p 0.9, "
                           "jitter U(+-0.0125) p 0.7",
               "optimizer": f"SGD momentum 0.9, wd 1e-4 (not on BN/bias: the engine's rule; released decays every "
-                           f"tensor), one cosine over the run, warm-up {settings['warmup_epochs']} epoch(s); lr per "
+                           f"tensor), one cosine over the run, warm-up {settings.warmup_epochs} epoch(s); lr per "
                            "arm (lr_inflated, lr_random) for `all` and few-shot, lr_io for the other FIP modes",
               "fewshot_fip": "all", "fip_runs_seed": 0,
               "fewshot_rate": ("per arm, the rate of `fewshot_lrs` with the best mean validation accuracy "
-                               "over the few-shot seeds" if "fewshot_lrs" in settings else "the arm's lr"),
+                               "over the few-shot seeds" if settings.fewshot_lrs is not None else "the arm's lr"),
               "fewshot_sweep": fewshot_sweep,
               "evaluation_bn": ("precise BN: trainable BN statistics re-estimated on the training shapes before "
-                                "each evaluation" if settings["precise_bn"] else "running statistics"),
-              "validation": f"{settings['val_per_class']} shapes/class of the training split (seed 54321), "
+                                "each evaluation" if settings.precise_bn else "running statistics"),
+              "validation": f"{settings.val_per_class} shapes/class of the training split (seed 54321), "
                             "disjoint from every training subset",
               "target_accuracy": target,
-              "target_rule": f"target_accuracy = target_fraction ({settings['target_fraction']}) x min(final "
+              "target_rule": f"target_accuracy = target_fraction ({settings.target_fraction}) x min(final "
                              "mean validation accuracy of the two `all` arms); epochs_to_target on the "
                              "seed-averaged validation curves",
-              "test_subset": "class-balanced, seed 12345" if settings["test_per_class"] else "full test split",
+              "test_subset": "class-balanced, seed 12345" if settings.test_per_class else "full test split",
               "accuracy": "test accuracies are last-epoch; curves are validation (nothing selected on test)",
               "curves": curves, "plot": str(plot), "run_seconds": timings, "cpu_threads": _threads()}
     return BenchResult(metrics=metrics, config=config)

@@ -17,13 +17,14 @@ RGB stem gets a constant mid-grey (0.5) for both the pretrained and the scratch 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from pointlift.bench import BenchResult, shared_path
+from pointlift.bench import BenchResult, Preset, shared_path
 from pointlift.engine import load_config
 from pointlift.engine.config import TrainConfig, config_to_dict
 from pointlift.methods.ppkt.config import PPKTConfig, PPKTModelConfig
@@ -32,7 +33,16 @@ from pointlift.methods.ppkt.model import PPKTModel, build_student
 from pointlift.methods.ppkt.pretrain import build_setup, pretrain
 
 
-PRESETS = {
+@dataclass(frozen=True)
+class PPKTPreset(Preset):
+    pretrain: dict  # the PPKTConfig of the pretraining (load_config), less data root, run root and cache
+    throughput_steps: int  # timed steps per side of the cached / uncached throughput measurement
+    fractions: list  # downstream label fractions (%) of ModelNet10
+    seeds: list  # downstream fine-tuning seeds
+    finetune: dict  # downstream fine-tune: max_steps, batch_size, test_per_class, max_points[, max_per_class]
+
+
+PRESETS = PPKTPreset.table({
     "smoke": {
         "pretrain": {
             "data": {"frame_stride": 10, "pixel_stride": 16, "image_size": [60, 80], "max_eval_frames": 3},
@@ -70,13 +80,13 @@ PRESETS = {
         "throughput_steps": 10, "fractions": [1, 5, 10], "seeds": [0, 1, 2],
         "finetune": {"max_steps": 1000, "batch_size": 32, "test_per_class": None, "max_points": None},
     },
-}
+})
 
 SHAPE_UNIT_METRES = 0.75  # one unit-sphere unit read as 0.75 m (see the module docstring)
 
 
 def pretrain_config(preset: str, out_dir: Path) -> PPKTConfig:
-    spec = PRESETS[preset]["pretrain"]
+    spec = PRESETS[preset].pretrain
     data = {"kind": "rgbd", "root": str(shared_path("data/7scenes-redkitchen")), "train_below": 560, **spec["data"]}
     return load_config({**spec, "data": data, "run_root": str(out_dir), "cache_dir": str(out_dir / "teacher_cache")},
                        PPKTConfig)
@@ -199,7 +209,7 @@ def run(preset: str, out_dir: Path) -> BenchResult:
     # cache speed-up, side by side on the same training frames and model
     setup = build_setup(config, out_dir / "teacher_cache", device)
     model = PPKTModel(config.model, config.loss, config.data.image_size, setup.teacher)
-    cached, uncached = measure_throughput(model, setup.train_set, setup.cache, options["throughput_steps"],
+    cached, uncached = measure_throughput(model, setup.train_set, setup.cache, options.throughput_steps,
                                           config.train.batch_size, device)
     metrics.update(frames_per_s_cached=cached, frames_per_s_uncached=uncached, cache_speedup=cached / uncached)
 
@@ -208,17 +218,17 @@ def run(preset: str, out_dir: Path) -> BenchResult:
     modelnet = shared_path("data/modelnet10_vox32.npz")
     splits = (load_modelnet10_vox(modelnet, "train"), load_modelnet10_vox(modelnet, "test"))
     start = time.perf_counter()
-    for fraction in options["fractions"]:
+    for fraction in options.fractions:
         for name, pretrained in (("ppkt", state), ("scratch", None)):
-            scores = [downstream(config.model, pretrained, fraction, seed, options["finetune"],
+            scores = [downstream(config.model, pretrained, fraction, seed, options.finetune,
                                  out_dir / f"finetune-{name}-{fraction}pct-seed{seed}", splits, device)
-                      for seed in options["seeds"]]
+                      for seed in options.seeds]
             metrics[f"downstream_acc_{name}_{fraction}pct"] = float(np.mean(scores))
             metrics[f"downstream_acc_{name}_{fraction}pct_std"] = float(np.std(scores))
     timings["downstream_s"] = time.perf_counter() - start
     metrics.update({f"{k}": v for k, v in timings.items()})
-    recorded = {"pretrain": config_to_dict(config), "finetune": options["finetune"], "seeds": options["seeds"],
-                "fractions_pct": options["fractions"], "label_subsets": "class-balanced: round(pct% * 3964 / 10) per class",
+    recorded = {"pretrain": config_to_dict(config), "finetune": options.finetune, "seeds": options.seeds,
+                "fractions_pct": options.fractions, "label_subsets": "class-balanced: round(pct% * 3964 / 10) per class",
                 "shape_voxel_size": 0.05 / SHAPE_UNIT_METRES, "shape_unit_metres": SHAPE_UNIT_METRES,
                 "shape_input_features": "constant mid-grey into the RGB stem",
                 "retrieval_candidates_per_frame": config.eval_points_per_frame,

@@ -17,11 +17,12 @@ network is pretrained once (seed 0) and shared by the seeds. The seed-0 network'
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pointlift.bench import BenchResult, shared_path
+from pointlift.bench import BenchResult, Preset, shared_path
 from pointlift.engine.config import config_to_dict, load_config
 from pointlift.engine.rundir import write_json
 
@@ -31,7 +32,18 @@ SCANNET_TEST = ["scene0008", "scene0009", "scene0010"]
 KITTI_TRAIN = ["00", "01", "02", "03", "04", "05", "06", "07"]
 KITTI_TEST = ["09", "10"]
 
-PRESETS = {
+
+@dataclass(frozen=True)
+class SegmentationPreset(Preset):
+    seeds: list  # fine-tuning seeds (each PPKT network is pretrained once, seed 0)
+    fractions: list  # fractions of the ScanNet training scans
+    scannet: dict  # ScanNet fine-tune: unet, voxel_size, max_points, test scans, steps, batch_size, lr
+    kitti: dict  # SemanticKITTI fine-tune: unet, voxel_size, crop_radius, test, steps, batch_size, lr, inflated_lr
+    ppkt_7scenes: dict  # PPKT pretraining on 7-Scenes for the ScanNet arm
+    ppkt_kitti: dict  # PPKT pretraining on the SemanticKITTI training scans
+
+
+PRESETS = SegmentationPreset.table({
     "smoke": {
         "seeds": [0], "fractions": [0.2, 1.0],
         "scannet": {"unet": "spunet-tiny", "voxel_size": 0.15, "max_points": 8000, "test": ["scene0010_00"],
@@ -62,7 +74,7 @@ PRESETS = {
                          "teacher_stage": -1, "num_pairs": 4096},
         "ppkt_kitti": {"image_size": [188, 620], "steps": 3000, "teacher_stage": -1, "num_pairs": 4096},
     },
-}
+})
 
 
 def _train(steps: int, batch_size: int, lr: float, seed: int, sgd: bool) -> dict:
@@ -72,12 +84,12 @@ def _train(steps: int, batch_size: int, lr: float, seed: int, sgd: bool) -> dict
             "checkpoint_every": 0, "optim": {**optim, "warmup_steps": max(0, steps // 20)}}
 
 
-def pretrain_ppkt_7scenes(spec: dict, unet: str, voxel_size: float, out_dir: Path):
+def pretrain_ppkt_7scenes(spec: SegmentationPreset, unet: str, voxel_size: float, out_dir: Path):
     """PPKT on 7-Scenes redkitchen (frames below 560): RGB input, the fine-tune's U-Net and voxel size."""
     from pointlift.methods.ppkt.config import PPKTConfig
     from pointlift.methods.ppkt.pretrain import pretrain
 
-    p = spec["ppkt_7scenes"]
+    p = spec.ppkt_7scenes
     config = load_config({
         "data": {"kind": "rgbd", "root": str(shared_path("data/7scenes-redkitchen")), "train_below": 560,
                  "frame_stride": p["frame_stride"], "pixel_stride": p["pixel_stride"], "image_size": p["image_size"],
@@ -92,12 +104,12 @@ def pretrain_ppkt_7scenes(spec: dict, unet: str, voxel_size: float, out_dir: Pat
     return Path(results["checkpoint"]), results
 
 
-def pretrain_ppkt_kitti(spec: dict, unet: str, voxel_size: float, out_dir: Path):
+def pretrain_ppkt_kitti(spec: SegmentationPreset, unet: str, voxel_size: float, out_dir: Path):
     """PPKT from LiDAR + camera on the SemanticKITTI training sequences (labels unused), constant input."""
     from pointlift.methods.ppkt.config import PPKTConfig
     from pointlift.methods.ppkt.pretrain import pretrain
 
-    p = spec["ppkt_kitti"]
+    p = spec.ppkt_kitti
     config = load_config({
         "data": {"kind": "semantickitti", "root": str(shared_path("data/semantickitti-mini")),
                  "sequences": KITTI_TRAIN, "image_size": p["image_size"], "holdout_fraction": 0.2},
@@ -158,26 +170,26 @@ def run(preset: str, out_dir: Path) -> BenchResult:
     start = time.perf_counter()
 
     # ------------------------------------------------------------------------------- ScanNet
-    s = spec["scannet"]
+    s = spec.scannet
     root = shared_path("data/scannet-votenet")
     sdata = {"layout": "scannet-votenet", "root": str(root), "train": SCANNET_TRAIN, "test": s["test"],
              "features": "rgb", "voxel_size": s["voxel_size"], "max_points": s["max_points"]}
     scenes, ppkt_ckpt = _scenes_and_ppkt(
         "scannet", sdata, metrics, lambda: pretrain_ppkt_7scenes(spec, s["unet"], s["voxel_size"], out_dir))
-    for fraction in spec["fractions"]:
+    for fraction in spec.fractions:
         pct = int(round(100 * fraction))
         for arm, model in (("scratch", {"unet": s["unet"]}),
                            ("ppkt", {"unet": s["unet"], "init": "ppkt", "checkpoint": str(ppkt_ckpt)})):
             key = f"scannet_miou_{arm}_{pct}pct"
             runs[key] = []
-            for seed in spec["seeds"]:
+            for seed in spec.seeds:
                 data = {**sdata, "scene_fraction": fraction, "subset_seed": seed}
                 train = _train(s["steps"], s["batch_size"], s["lr"], seed, preset == "gpu")
                 runs[key].append(_finetune(f"scannet-{arm}-{pct}pct-seed{seed}", data, model, train, scenes, out_dir))
             _aggregate(metrics, key, runs[key])
 
     # ------------------------------------------------------------------------- SemanticKITTI
-    k = spec["kitti"]
+    k = spec.kitti
     root = shared_path("data/semantickitti-mini")
     kdata = {"layout": "semantickitti", "root": str(root), "train": KITTI_TRAIN, "test": k["test"],
              "features": "constant", "voxel_size": k["voxel_size"], "crop_radius": k["crop_radius"]}
@@ -190,7 +202,7 @@ def run(preset: str, out_dir: Path) -> BenchResult:
     for arm, model, lr in arms:
         key = f"kitti_miou_{arm}"
         runs[key] = []
-        for seed in spec["seeds"]:
+        for seed in spec.seeds:
             train = _train(k["steps"], k["batch_size"], lr, seed, preset == "gpu")
             runs[key].append(_finetune(f"kitti-{arm}-seed{seed}", kdata, model, train, scenes, out_dir))
         _aggregate(metrics, key, runs[key])
@@ -198,16 +210,16 @@ def run(preset: str, out_dir: Path) -> BenchResult:
     metrics["seconds"] = time.perf_counter() - start
     write_json(out_dir / "runs.json", runs, indent=1)
     _plot(metrics, spec, out_dir)
-    return BenchResult(metrics, {"preset": preset, **{k2: v for k2, v in spec.items()},
-                                 "scannet_split": {"train": SCANNET_TRAIN, "test": spec["scannet"]["test"]},
-                                 "kitti_split": {"train": KITTI_TRAIN, "test": spec["kitti"]["test"]}})
+    return BenchResult(metrics, {"preset": preset, **asdict(spec),
+                                 "scannet_split": {"train": SCANNET_TRAIN, "test": spec.scannet["test"]},
+                                 "kitti_split": {"train": KITTI_TRAIN, "test": spec.kitti["test"]}})
 
 
-def _plot(metrics: dict, spec: dict, out_dir: Path) -> None:
+def _plot(metrics: dict, spec: SegmentationPreset, out_dir: Path) -> None:
     from pointlift.report import plot_bars
 
     groups = {}
-    for fraction in spec["fractions"]:
+    for fraction in spec.fractions:
         pct = int(round(100 * fraction))
         groups[f"ScanNet {pct}%"] = {arm: metrics[f"scannet_miou_{arm}_{pct}pct"] for arm in ("scratch", "ppkt")}
     groups["SemanticKITTI"] = {arm: metrics[f"kitti_miou_{arm}"]
