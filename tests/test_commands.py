@@ -60,3 +60,13 @@ def test_a_bad_config_fails_first_and_check_runs_before_the_directory(tmp_path):
     with pytest.raises(PointliftError, match="bad checkpoint for demo"):
         prepare_run({"run_root": str(tmp_path / "runs")}, DemoConfig, check=refuse)
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_old_config_key_names_its_new_name():
+    """`runs_root` (I2P-MAE configs before issue 24) is refused with the one name every config now uses."""
+    from pointlift.engine.config import load_config
+    from pointlift.methods.i2p_mae.config import I2PMAEExperiment
+
+    with pytest.raises(PointliftConfigError, match="runs_root: was renamed 'run_root'"):
+        load_config({"runs_root": "runs"}, I2PMAEExperiment)
+    assert str(load_config({"run_root": "elsewhere"}, I2PMAEExperiment).run_root) == "elsewhere"
