@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
+from pointlift.data.augment import augment_scene, color_jitter, flip_axes, jitter, rotate_about_up, scale
 from pointlift.data.scenes import IGNORE, Scene
 from pointlift.engine.config import load_config
 from pointlift.errors import PointliftConfigError, PointliftDataError
-from pointlift.data.augment import augment_scene
 from pointlift.metrics import confusion_matrix, segmentation_metrics
 from pointlift.quickstart.segmentation import quickstart
 from pointlift.tasks.segmentation.config import SegAugmentConfig, SegDataConfig, SegmentationConfig, SegModelConfig
@@ -101,6 +101,25 @@ def test_augmentation_is_rigid_up_to_scale_and_jitter():
     moved, _ = augment_scene(points, np.ones((500, 1), np.float32), elastic, "constant", rng)
     shift = np.linalg.norm(moved - centred, axis=1)
     assert 0 < shift.mean() < 1.0  # a smooth displacement of decimetres, not a scramble
+
+
+def test_scene_augmentations_one_by_one():
+    """Each transform draws from the generator it is given and leaves its input as it was."""
+    rng = np.random.default_rng(1)
+    points = rng.uniform(-3, 3, (200, 3)).astype(np.float32)
+    before = points.copy()
+    rotated = rotate_about_up(points, rng)
+    assert np.allclose(rotated[:, 2], points[:, 2]) and np.allclose(np.linalg.norm(rotated[:, :2], axis=1),
+                                                                   np.linalg.norm(points[:, :2], axis=1), atol=1e-5)
+    flipped = [flip_axes(points, np.random.default_rng(seed)) for seed in range(8)]
+    assert all(np.array_equal(np.abs(f), np.abs(points)) and np.array_equal(f[:, 2], points[:, 2]) for f in flipped)
+    assert any(not np.array_equal(f, points) for f in flipped)
+    factor = scale(points, 0.5, 2.0, np.random.default_rng(2)) / points
+    assert np.allclose(factor, factor[0, 0]) and 0.5 <= factor[0, 0] <= 2.0
+    assert np.abs(jitter(points, 1.0, 0.02, rng) - points).max() <= 0.02 + 1e-6
+    colors = color_jitter(np.full((50, 3), 0.99, np.float32), 0.5, rng)
+    assert colors.min() >= 0 and colors.max() <= 1
+    assert np.array_equal(points, before)
 
 
 def test_collate_inverse_map_reads_voxels_back_per_point():
