@@ -187,6 +187,25 @@ def test_bad_data_is_one_line_exit_2(chain, tmp_path, capsys):
     _one_line_exit_2(capsys, ["eval", "svm", "--checkpoint", str(run), "--data", str(bad_yaml)], "num_points")
 
 
+def test_probe_options_and_a_one_class_folder_are_one_line_exit_2(chain, tmp_path, capsys):
+    """Issue 29's crashes: a folder of one class (sklearn's ValueError before), a zero batch size (range()
+    with step 0), negative CV folds (accepted silently before)."""
+    _, data, run = chain
+    one = write_point_folder(tmp_path / "one_class", per_class=3, test_per_class=2, points=50, classes=("box",))
+    _one_line_exit_2(capsys, ["eval", "svm", "--checkpoint", str(run), "--data", str(one)], "one_class",
+                     "needs at least 2")
+    for option, value, needle in (("--batch-size", "0", "must be >= 1"), ("--cv-folds", "-1", "must be >= 2"),
+                                  ("--cv-folds", "1", "must be >= 2")):
+        _one_line_exit_2(capsys, ["eval", "svm", "--checkpoint", str(run), "--data", str(data), option, value],
+                         option, needle)
+    for option, value in (("--way", "1"), ("--shot", "0"), ("--folds", "-3"), ("--test-per-class", "0"),
+                          ("--batch-size", "-1")):
+        _one_line_exit_2(capsys, ["eval", "fewshot", "--checkpoint", str(run), "--data", str(data), option, value],
+                         option)
+    _one_line_exit_2(capsys, ["embed", "--checkpoint", str(run), "--points", str(data), "--out",
+                              str(tmp_path / "x.npy"), "--batch-size", "0"], "--batch-size")
+
+
 def test_shipped_finetune_config_loads():
     from pathlib import Path
 

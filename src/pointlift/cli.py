@@ -49,14 +49,22 @@ _existing_dir = _existing(Path.is_dir, "directory")
 _existing_path = _existing(Path.exists, "file or directory")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _int_at_least(minimum: int):
+    """An argparse type: an integer >= `minimum`, else one line naming the bound."""
+
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return check
+
+
+_positive_int = _int_at_least(1)
 
 
 def _add_data_options(parser, normalize: bool = True) -> None:
@@ -113,7 +121,7 @@ def _add_embed(sub) -> None:
     p.add_argument("--split", choices=["train", "test", "all"], default="all", help="shape sets: which split")
     _add_data_options(p)
     p.add_argument("--columns", type=int, default=None, help="float32 values per point of raw .bin files")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.set_defaults(func=embed.run)
 
@@ -180,16 +188,16 @@ def _add_probe(q, task: str) -> None:
     _add_data_options(q, normalize=False)
     q.add_argument("--compare-untrained", action="store_true",
                    help="also probe the same architecture freshly initialised")
-    q.add_argument("--batch-size", type=int, default=32)
+    q.add_argument("--batch-size", type=_positive_int, default=32)
     q.add_argument("--device", default=None)
     q.add_argument("--seed", type=int, default=0)
     if task == "svm":
-        q.add_argument("--cv-folds", type=int, default=5, help="cross-validation folds for C on train")
+        q.add_argument("--cv-folds", type=_int_at_least(2), default=5, help="cross-validation folds for C on train")
     else:
-        q.add_argument("--way", type=int, default=5)
-        q.add_argument("--shot", type=int, default=10)
-        q.add_argument("--folds", type=int, default=10)
-        q.add_argument("--test-per-class", type=int, default=20, help="query shapes per class and fold")
+        q.add_argument("--way", type=_int_at_least(2), default=5)
+        q.add_argument("--shot", type=_positive_int, default=10)
+        q.add_argument("--folds", type=_positive_int, default=10)
+        q.add_argument("--test-per-class", type=_positive_int, default=20, help="query shapes per class and fold")
     q.set_defaults(func=evaluate.run)
 
 

@@ -21,7 +21,7 @@ import torch
 
 from pointlift.data.shape_sets import ShapeSetConfig, load_points, resolve_format
 from pointlift.engine.config import load_config
-from pointlift.errors import PointliftConfigError
+from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.engine.checkpoint import resolve_checkpoint
 from pointlift.features.embed import checkpoint_num_points, embed_points, load_embedder
 
@@ -50,10 +50,15 @@ def data_config(data: str | Path, num_points: int | None = None, meta: dict | No
 
 
 def _load_splits(config: ShapeSetConfig) -> tuple[dict, list[str]]:
+    """Train and test point sets; a training split with fewer than two classes cannot train a probe."""
     splits, names = {}, []
     for split in ("train", "test"):
         points, labels, names = load_points(config, split)
         splits[split] = (points, labels)
+    classes = len(set(splits["train"][1].tolist()))
+    if classes < 2:
+        raise PointliftDataError(config.path, f"its training split holds {classes} class(es) "
+                                              f"({', '.join(names) or 'none'}); a linear probe needs at least 2")
     return splits, names
 
 
