@@ -12,16 +12,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pointlift.registry import build_embedder
 from pointlift.features.embed import load_embedder
+from pointlift.registry import build_embedder
 
-# `create_model` names -> checkpoint kinds
-_KINDS = {"ppkt": "ppkt", "image2point": "image2point", "i2p-mae": "i2p_mae"}
-# Settings `create_model` starts from, per name, before the caller's keyword arguments.
-_DEFAULTS = {
-    "ppkt": lambda kw: {"model": kw},
-    "image2point": lambda kw: {"design": "released", "pipeline": "released", **kw},
-    "i2p-mae": lambda kw: {"teacher_channels": 512, **kw},  # the feature head's width (CLIP ViT-B/16: 512)
+# `create_model` name -> (checkpoint kind, its model_spec config from the caller's keyword arguments).
+_MODELS = {
+    "ppkt": ("ppkt", lambda kw: {"model": kw}),
+    "image2point": ("image2point", lambda kw: {"design": "released", "pipeline": "released", **kw}),
+    # teacher_channels: the width of the 2D-feature head (CLIP ViT-B/16: 512)
+    "i2p-mae": ("i2p_mae", lambda kw: {"teacher_channels": 512, **kw}),
 }
 
 
@@ -60,7 +59,7 @@ class PointModel(nn.Module):
 
 def list_models() -> list[str]:
     """Names `create_model` accepts."""
-    return sorted(_DEFAULTS)
+    return sorted(_MODELS)
 
 
 def create_model(name: str, num_classes: int = 0, **config) -> PointModel:
@@ -70,10 +69,10 @@ def create_model(name: str, num_classes: int = 0, **config) -> PointModel:
     PPKT's `student`, `voxel_size`, `embed_dim`...; Image2Point's `teacher` (a timm name) and `weights`
     (a 2D checkpoint to inflate: local file, or None for the bundled/hub ImageNet weights, "random" for
     none), `axis`, `mode`; I2P-MAE's `model` ({"num_points", "encoder_dims", ...}). Unknown settings fail."""
-    if name not in _DEFAULTS:
+    if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {list_models()}")
-    kind = _KINDS[name]
-    network = build_embedder({"kind": kind, "config": _DEFAULTS[name](dict(config))}, source=name)
+    kind, spec_config = _MODELS[name]
+    network = build_embedder({"kind": kind, "config": spec_config(dict(config))}, source=name)
     return PointModel(network, kind, num_classes)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pointlift.bench import BenchResult, Preset, shared_path
-from pointlift.engine.config import config_to_dict, load_config
+from pointlift.engine.config import load_config
 from pointlift.engine.rundir import write_json
 
 SCANNET_TRAIN = ["scene0000", "scene0001", "scene0002", "scene0003", "scene0004", "scene0005", "scene0006",
