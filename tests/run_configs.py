@@ -72,6 +72,10 @@ def ddp_config(method: str, root: Path, modelnet10: Path) -> tuple[list[str], di
     sgd = {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4}
     if method == "ppkt":
         return ["pretrain", "ppkt"], ppkt_config(root, optim=sgd)
+    if method == "i2p-mae-ddp-equivalent":  # method.ddp_equivalent on, with drop-path and the released quirk
+        config = i2p_mae_config(root, optim=sgd, grad_clip=1.0, max_steps=2, checkpoint_every=1)
+        config["method"].update(ddp_equivalent=True, model={**TINY_M2AE, "drop_path": 0.3})
+        return ["pretrain", "i2p-mae"], config
     if method == "i2p-mae":
         # loss ~150: clipped steps. 2 steps, not 4: the Chamfer nearest-neighbour assignments flip on float
         # noise, so the 1-vs-2-process gap grows ~50x a step (1e-7, 8e-6, ..., 1e-4 after 4), while

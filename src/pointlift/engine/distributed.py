@@ -139,6 +139,16 @@ def all_reduce_mean(value: torch.Tensor | float) -> torch.Tensor | float:
     return tensor.item() / get_world_size()
 
 
+def global_count(count: int, device: torch.device | str = "cpu") -> int:
+    """The sum of `count` over processes (a loss normalised by it weighs every row of the global batch
+    alike, whatever process holds it)."""
+    if not is_distributed():
+        return int(count)
+    tensor = torch.tensor(int(count), dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return int(tensor.item())
+
+
 def all_true(flag: bool, device: torch.device | str = "cpu") -> bool:
     """True only if `flag` holds in every process (keeps processes' decisions in step)."""
     if not is_distributed():

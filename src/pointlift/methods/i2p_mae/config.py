@@ -44,6 +44,14 @@ class I2PMAEConfig:
     image_size: int = 224
     footprint: int = 5
     teacher_channels: int = 0  # set from the teacher when the model is built
+    # True: N torchrun processes take one process's steps (to float rounding): the 3D and 2D losses are
+    # means over the global batch's masked / visible tokens (counts all-reduced), drop-path is drawn from
+    # each sample's own (seed, epoch, sample) stream, and the released token-0 quirk applies to the global
+    # batch's first cloud only (rank 0's). Off (released): each process averages over its own tokens and
+    # draws drop-path from its own stream. One process with it on = off bit for bit with drop_path 0
+    # (measured); with drop_path > 0 its drops come from the per-sample stream instead.
+    # target_norm layer_batch (batch statistics) stays per process either way.
+    ddp_equivalent: bool = False
 
     def __post_init__(self):
         require(self.recipe in RECIPES, "recipe", f"must be one of {sorted(RECIPES)}, got {self.recipe!r}")

@@ -19,7 +19,8 @@ class PretrainShapes(torch.utils.data.Dataset):
     U(-translate, translate) drawn per axis; "uniform" (pointlift's, keeps cached maps valid): one scale."""
 
     def __init__(self, points: np.ndarray, maps: TeacherMaps | None = None, scale_range=(2 / 3, 3 / 2),
-                 translate: float = 0.2, augment: str = "per_axis", mask_tokens: int = 0):
+                 translate: float = 0.2, augment: str = "per_axis", mask_tokens: int = 0,
+                 drop_layers: int = 0):
         if maps is not None and len(maps) != len(points):
             raise PointliftConfigError(f"teacher maps for {len(maps)} shapes, but {len(points)} shapes given")
         if augment not in ("per_axis", "uniform"):
@@ -32,6 +33,7 @@ class PretrainShapes(torch.utils.data.Dataset):
         self.translate = translate
         self.augment = augment
         self.mask_tokens = mask_tokens  # > 0: also draw the masking noise of that many top tokens
+        self.drop_layers = drop_layers  # > 0: also draw the drop-path noise of that many layers (ddp_equivalent)
 
     def __len__(self) -> int:
         return len(self.points)
@@ -43,6 +45,8 @@ class PretrainShapes(torch.utils.data.Dataset):
         item = {"points": self.points[index] * scale + shift}
         if self.mask_tokens:
             item["mask_noise"] = torch.rand(self.mask_tokens)
+        if self.drop_layers:
+            item["drop_noise"] = torch.rand(self.drop_layers)
         if self.maps is not None:
             item["teacher_features"], item["teacher_saliency"] = self.maps.get(index)
         return item

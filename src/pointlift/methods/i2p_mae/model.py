@@ -25,6 +25,10 @@ tensor by tensor against ../shared/reference/i2p-mae by tests/test_i2p_mae_refer
 translation, so the teacher runs once per shape; augmentation is then uniform scaling),
 `target_norm: layer | layer_batch` (normalised 2D targets), `recon_weight` 100, no released quirks.
 `guided_masking=False` and `feature_target=False` together give the 3D-only Point-M2AE baseline.
+
+`ddp_equivalent: true` (off by default; see I2PMAEConfig) makes N torchrun processes take the steps of
+one process: losses over the global batch's token counts, drop-path from each sample's own stream, the
+token-0 quirk on the global batch's first cloud only.
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pointlift.engine.distributed import get_rank, get_world_size, global_count
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.geometry.readback import point_pixels, read_back
 from pointlift.geometry.render import released_teacher_input
 from pointlift.methods.i2p_mae.cache import teacher_maps
 from pointlift.methods.i2p_mae.config import I2PMAEConfig
 from pointlift.methods.i2p_mae.masking import guided_top_mask, released_top_mask
-from pointlift.models.point_m2ae.blocks import pointwise
+from pointlift.models.point_m2ae.blocks import DropPath, pointwise
 from pointlift.models.point_m2ae.hierarchy import Hierarchy, random_top_mask
 from pointlift.models.point_m2ae.model import PointM2AE, encode_for_features, global_feature
 from pointlift.ops import chamfer_l2, farthest_point_sample, gather
@@ -170,7 +175,10 @@ class I2PMAE(PointM2AE):
         rows = final[masked]
         pred_3d = pointwise(self.rec_head_3d, rows).reshape(rows.shape[0], -1, 3)
         gt_3d = group[masked].to(pred_3d.dtype)
-        loss_3d = chamfer_l2(pred_3d, gt_3d).mean() if len(rows) else final.sum() * 0.0
+        if self.method.ddp_equivalent:
+            loss_3d = global_mean(chamfer_l2(pred_3d, gt_3d), final)
+        else:
+            loss_3d = chamfer_l2(pred_3d, gt_3d).mean() if len(rows) else final.sum() * 0.0
         return dict(pred_3d=pred_3d, gt_3d=gt_3d, loss_3d=loss_3d)
 
     def feature_loss(self, hierarchy: Hierarchy, final: torch.Tensor, masks: list, pixels,
@@ -189,11 +197,28 @@ class I2PMAE(PointM2AE):
         target = normalize_targets(values[kept], config.target_norm).flatten(-2)  # (L, k, V*C)
         vis_rows = final[kept]
         pred_2d = pointwise(self.rec_head_2d, vis_rows).reshape(target.shape)
-        loss_2d = F.mse_loss(pred_2d.float(), target)
+        if config.ddp_equivalent:
+            loss_2d = global_mean((pred_2d.float() - target) ** 2, final)
+        else:
+            loss_2d = F.mse_loss(pred_2d.float(), target)
         return dict(pred_2d=pred_2d, target_2d=target, member_points=member_points, loss_2d=loss_2d)
+
+    def drop_path_layers(self) -> list[DropPath]:
+        """The stochastic-depth modules that drop anything, in a fixed order (one noise column each)."""
+        return [m for m in self.modules() if isinstance(m, DropPath) and m.rate > 0]
 
     def run(self, batch: dict, generator: torch.Generator | None = None) -> dict:
         """Every intermediate of one pretraining forward pass (the reference tests read them)."""
+        layers = self.drop_path_layers() if self.method.ddp_equivalent and "drop_noise" in batch else []
+        for column, layer in enumerate(layers):  # each sample's drops from its own stream (the dataset's)
+            layer.noise = batch["drop_noise"][:, column]
+        try:
+            return self._run(batch, generator)
+        finally:
+            for layer in layers:
+                layer.noise = None
+
+    def _run(self, batch: dict, generator: torch.Generator | None) -> dict:
         config = self.method
         points = batch["points"]
         hierarchy = self.group(points)
@@ -204,7 +229,9 @@ class I2PMAE(PointM2AE):
             pixels, features, saliency = self.teacher_outputs(points, batch)
         visible = self.top_visible(hierarchy, batch, pixels, saliency, parts, generator).to(points.device)
         # encode the visible tokens, decode [visible, mask tokens] down to the reconstruction scale
-        encoded, decoded, masks = self.encode_decode(hierarchy, visible, bool(config.released_quirks))
+        # ddp_equivalent: the quirk's "first cloud" is the global batch's, which rank 0 holds
+        quirk = bool(config.released_quirks) and (not config.ddp_equivalent or get_rank() == 0)
+        encoded, decoded, masks = self.encode_decode(hierarchy, visible, quirk)
         parts.update(encoded=encoded, decoded=decoded, visible=masks)
         final = decoded.final  # (B, n, C) at the reconstruction scale, token order
         parts.update(self.reconstruction_loss(hierarchy, final, masks))
@@ -245,6 +272,15 @@ class I2PMAE(PointM2AE):
             points = points[:, torch.arange(wanted, device=points.device) % points.shape[1]]
         return global_feature(encode_for_features(self.h_encoder, points, bool(self.method.released_quirks)), pooling)
 
+
+
+def global_mean(values: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """The mean of `values` over every process's elements, scaled by the process count: DDP averages the
+    processes' gradients, so their sum of (local sum x N / global count) / N is the gradient of the
+    global batch's mean, as one process computes it. `anchor` keeps the graph when this process holds none."""
+    total = global_count(values.numel(), values.device)
+    local = values.sum() if values.numel() else anchor.sum() * 0.0
+    return local * (get_world_size() / max(total, 1))
 
 
 def _pixels_of(pixels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

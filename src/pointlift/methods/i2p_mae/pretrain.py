@@ -64,7 +64,8 @@ def pretrain(experiment: I2PMAEExperiment, run_dir: str | Path, resume: bool = F
         teacher, maps = prepare_teacher(experiment, points, teacher, device, progress, info)
     model = I2PMAE(method, teacher if needs_teacher else None)
     dataset = PretrainShapes(points, maps, data.scale_range, data.translate, data.augment,
-                             mask_tokens=method.model.num_centers[-1])
+                             mask_tokens=method.model.num_centers[-1],
+                             drop_layers=len(model.drop_path_layers()) if method.ddp_equivalent else 0)
     start = time.perf_counter()
     result = train(model, dataset, experiment.train, run_dir, resume=resume, device=device, progress=progress,
                    config_for_checkpoint=config_to_dict(experiment), model_spec=model_spec(method))

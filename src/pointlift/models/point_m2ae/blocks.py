@@ -11,17 +11,25 @@ from pointlift.ops import gather
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: drop a whole residual branch per sample while training."""
+    """Stochastic depth: drop a whole residual branch per sample while training.
+
+    `noise` (B,) uniform, when a caller sets it for the next forward, decides the drops (sample b's branch is
+    kept iff noise[b] < 1 - rate): draws from each sample's own stream, the same on any DDP process."""
 
     def __init__(self, rate: float):
         super().__init__()
         self.rate = rate
+        self.noise: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
-        mask = torch.empty(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype).bernoulli_(keep)
+        shape = (x.shape[0], *([1] * (x.dim() - 1)))
+        if self.noise is not None:
+            mask = (self.noise.to(x.device) < keep).to(x.dtype).reshape(shape)
+        else:
+            mask = torch.empty(shape, device=x.device, dtype=x.dtype).bernoulli_(keep)
         return x * mask / keep
 
 
