@@ -64,3 +64,31 @@ def test_bench_budgets_in_epochs_or_steps():
     by_epochs = load_config(_finetune_train({"epochs": 6, "batch_size": 2}, 0.01, 1, True), TrainConfig)
     assert by_epochs.max_steps is None and by_epochs.epochs == 6 and by_epochs.seed == 1
     assert PRESETS["smoke"].points_per_scene and PRESETS["cpu"].points_per_scene == ()
+
+
+def test_bench_ppkt_pretraining_options_reach_the_config(tmp_path, monkeypatch):
+    """The segmentation bench's PPKT arm can pretrain on every sequence, in the world frame, with another
+    teacher; without those keys it is the released redkitchen camera-frame run."""
+    import dataclasses
+
+    from pointlift.bench import segmentation as bench
+
+    seen = {}
+
+    def fake_pretrain(config, run_dir, progress=False):
+        seen["config"] = config
+        return {"checkpoint": str(tmp_path / "ckpt")}
+
+    monkeypatch.setattr("pointlift.methods.ppkt.pretrain.pretrain", fake_pretrain)
+    smoke = bench.PRESETS["smoke"]
+    bench.pretrain_ppkt_7scenes(smoke, "spunet-tiny", 0.1, tmp_path)
+    released = seen["config"]
+    assert released.data.frame == "camera" and released.data.train_below == 560 and released.model.up_axis == "y"
+    variant = dataclasses.replace(smoke, ppkt_7scenes={**smoke.ppkt_7scenes, "root": "data", "frame": "world",
+                                                       "teacher": "vit_small_patch14_dinov2",
+                                                       "teacher_weights": "weights/dinov2.safetensors"})
+    bench.pretrain_ppkt_7scenes(variant, "spunet-tiny", 0.1, tmp_path)
+    world = seen["config"]
+    assert world.data.frame == "world" and world.model.up_axis == "z" and world.data.train_below is None
+    assert world.data.root.name == "data" and world.model.teacher == "vit_small_patch14_dinov2"
+    assert world.model.teacher_weights.endswith("weights/dinov2.safetensors")

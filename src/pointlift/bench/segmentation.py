@@ -109,17 +109,29 @@ def _finetune_train(settings: dict, lr: float, seed: int, sgd: bool) -> dict:
 
 
 def pretrain_ppkt_7scenes(spec: SegmentationPreset, unet: str, voxel_size: float, out_dir: Path):
-    """PPKT on 7-Scenes redkitchen (frames below 560): RGB input, the fine-tune's U-Net and voxel size."""
+    """PPKT on 7-Scenes redkitchen (frames below 560): RGB input, the fine-tune's U-Net and voxel size.
+
+    Optional keys of the preset's `ppkt_7scenes`: `root` (under ../shared, e.g. "data" = every RGB-D
+    sequence there; the last quarter of each held out), `frame` ("world": gravity-aligned z-up clouds, as
+    ScanNet scans), `teacher` and `teacher_weights` (under ../shared, e.g. the DINOv2 ViT-S/14 file)."""
     from pointlift.methods.ppkt.config import PPKTConfig
     from pointlift.methods.ppkt.pretrain import pretrain
 
     p = spec.ppkt_7scenes
+    root = p.get("root", "data/7scenes-redkitchen")
+    model = {"student": unet, "voxel_size": voxel_size, "teacher_stage": p["teacher_stage"], "in_features": "rgb"}
+    if p.get("frame", "camera") == "world":
+        model["up_axis"] = "z"
+    if p.get("teacher"):
+        model["teacher"] = p["teacher"]
+    if p.get("teacher_weights"):
+        model["teacher_weights"] = str(shared_path(p["teacher_weights"]))
     config = load_config({
-        "data": {"kind": "rgbd", "root": str(shared_path("data/7scenes-redkitchen")), "train_below": 560,
-                 "frame_stride": p["frame_stride"], "pixel_stride": p["pixel_stride"], "image_size": p["image_size"],
-                 "max_eval_frames": 6},
-        "model": {"student": unet, "voxel_size": voxel_size, "teacher_stage": p["teacher_stage"],
-                  "in_features": "rgb"},
+        "data": {"kind": "rgbd", "root": str(shared_path(root)),
+                 "train_below": 560 if root == "data/7scenes-redkitchen" else None,
+                 "frame": p.get("frame", "camera"), "frame_stride": p["frame_stride"],
+                 "pixel_stride": p["pixel_stride"], "image_size": p["image_size"], "max_eval_frames": 6},
+        "model": model,
         "loss": {"num_pairs": p["num_pairs"]},
         "train": {**_train(p["steps"], 2, 0.003, 0, False)},
         "eval_points_per_frame": 128, "run_root": str(out_dir), "cache_dir": str(out_dir / "teacher_cache_7scenes"),
