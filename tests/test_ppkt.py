@@ -271,9 +271,10 @@ def test_pretrain_loss_falls_cache_matches_images_and_checkpoint_loads(tmp_path)
 
 def test_configs_load():
     root = Path(__file__).resolve().parents[1] / "configs"
-    for name in ("ppkt_7scenes.yaml", "ppkt_kitti.yaml"):
+    for name in ("ppkt_7scenes.yaml", "ppkt_kitti.yaml", "ppkt_indoor_world.yaml"):
         config = load_config(root / name, PPKTConfig)
         assert config.loss.temperature == pytest.approx(0.07)
+    assert config.data.frame == "world" and config.model.up_axis == "z"
 
 
 def test_kitti_sample_gives_pairs(shared):

@@ -12,6 +12,13 @@ Each fine-tune: 3 seeds (smoke: 1); figures are the mean and std over seeds of t
 mIoU on every point of the test scans (no validation-based selection, no early stopping). Each PPKT
 network is pretrained once (seed 0) and shared by the seeds. The seed-0 network's mIoU before training
 (`*_untrained`) is measured too. Fractions of scans are drawn per seed (`subset_seed` = seed).
+
+Limited annotations (`points_per_scene`, `kitti_points_per_scene`: the ScanNet data-efficient protocol):
+every training scan, N labelled points each, drawn once per seed (`subset_seed` = seed) and shared by both
+arms of that seed. Every pretrained-vs-scratch comparison is paired by seed (same labels, same data order):
+`*_gain` is the mean per-seed mIoU difference with its 95 % paired-t interval (`*_gain_low`/`*_gain_high`,
+absent with one seed); the config record's `paired` holds the per-seed differences and per-class IoU
+differences, `miou_per_seed` each arm's per-seed figures.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pointlift.bench import BenchResult, Preset, shared_path
+from pointlift.bench.stats import paired_difference, per_class_differences
 from pointlift.engine.config import load_config
 from pointlift.engine.rundir import write_json
 
@@ -37,10 +45,13 @@ KITTI_TEST = ["09", "10"]
 class SegmentationPreset(Preset):
     seeds: list  # fine-tuning seeds (each PPKT network is pretrained once, seed 0)
     fractions: list  # fractions of the ScanNet training scans
-    scannet: dict  # ScanNet fine-tune: unet, voxel_size, max_points, test scans, steps, batch_size, lr
-    kitti: dict  # SemanticKITTI fine-tune: unet, voxel_size, crop_radius, test, steps, batch_size, lr, inflated_lr
+    scannet: dict  # ScanNet fine-tune: unet, voxel_size, max_points, test scans, steps (or epochs), batch_size, lr
+    kitti: dict  # SemanticKITTI fine-tune: unet, voxel_size, crop_radius, test, steps (or epochs), batch_size, lr,
+    # inflated_lr
     ppkt_7scenes: dict  # PPKT pretraining on 7-Scenes for the ScanNet arm
     ppkt_kitti: dict  # PPKT pretraining on the SemanticKITTI training scans
+    points_per_scene: tuple = ()  # ScanNet limited annotations: labelled points per training scan (every scan)
+    kitti_points_per_scene: tuple = ()  # SemanticKITTI: labelled points per training scan
 
 
 PRESETS = SegmentationPreset.table({
@@ -53,6 +64,7 @@ PRESETS = SegmentationPreset.table({
         "ppkt_7scenes": {"frame_stride": 25, "pixel_stride": 16, "image_size": [60, 80], "steps": 3,
                          "teacher_stage": 3, "num_pairs": 256},
         "ppkt_kitti": {"image_size": [47, 155], "steps": 2, "teacher_stage": 3, "num_pairs": 256},
+        "points_per_scene": (20,), "kitti_points_per_scene": (20,),
     },
     "cpu": {
         "seeds": [0, 1, 2], "fractions": [0.2, 1.0],
@@ -73,6 +85,7 @@ PRESETS = SegmentationPreset.table({
         "ppkt_7scenes": {"frame_stride": 1, "pixel_stride": 2, "image_size": [240, 320], "steps": 5000,
                          "teacher_stage": -1, "num_pairs": 4096},
         "ppkt_kitti": {"image_size": [188, 620], "steps": 3000, "teacher_stage": -1, "num_pairs": 4096},
+        "points_per_scene": (20, 50, 100, 200), "kitti_points_per_scene": (20, 200),
     },
 })
 
@@ -84,18 +97,41 @@ def _train(steps: int, batch_size: int, lr: float, seed: int, sgd: bool) -> dict
             "checkpoint_every": 0, "optim": {**optim, "warmup_steps": max(0, steps // 20)}}
 
 
+def _finetune_train(settings: dict, lr: float, seed: int, sgd: bool) -> dict:
+    """A fine-tune's budget: `epochs` over the labelled training scans when the settings name it (so 20 % of
+    the scans is a shorter run than 100 %), otherwise a fixed `steps`."""
+    train = _train(settings.get("steps", 1), settings["batch_size"], lr, seed, sgd)
+    if settings.get("epochs") is None:
+        return train
+    optim = {key: value for key, value in train["optim"].items() if key != "warmup_steps"}
+    return {**{key: value for key, value in train.items() if key != "max_steps"}, "epochs": settings["epochs"],
+            "log_every": 1, "optim": {**optim, "warmup_epochs": 0.05 * settings["epochs"]}}
+
+
 def pretrain_ppkt_7scenes(spec: SegmentationPreset, unet: str, voxel_size: float, out_dir: Path):
-    """PPKT on 7-Scenes redkitchen (frames below 560): RGB input, the fine-tune's U-Net and voxel size."""
+    """PPKT on 7-Scenes redkitchen (frames below 560): RGB input, the fine-tune's U-Net and voxel size.
+
+    Optional keys of the preset's `ppkt_7scenes`: `root` (under ../shared, e.g. "data" = every RGB-D
+    sequence there; the last quarter of each held out), `frame` ("world": gravity-aligned z-up clouds, as
+    ScanNet scans), `teacher` and `teacher_weights` (under ../shared, e.g. the DINOv2 ViT-S/14 file)."""
     from pointlift.methods.ppkt.config import PPKTConfig
     from pointlift.methods.ppkt.pretrain import pretrain
 
     p = spec.ppkt_7scenes
+    root = p.get("root", "data/7scenes-redkitchen")
+    model = {"student": unet, "voxel_size": voxel_size, "teacher_stage": p["teacher_stage"], "in_features": "rgb"}
+    if p.get("frame", "camera") == "world":
+        model["up_axis"] = "z"
+    if p.get("teacher"):
+        model["teacher"] = p["teacher"]
+    if p.get("teacher_weights"):
+        model["teacher_weights"] = str(shared_path(p["teacher_weights"]))
     config = load_config({
-        "data": {"kind": "rgbd", "root": str(shared_path("data/7scenes-redkitchen")), "train_below": 560,
-                 "frame_stride": p["frame_stride"], "pixel_stride": p["pixel_stride"], "image_size": p["image_size"],
-                 "max_eval_frames": 6},
-        "model": {"student": unet, "voxel_size": voxel_size, "teacher_stage": p["teacher_stage"],
-                  "in_features": "rgb"},
+        "data": {"kind": "rgbd", "root": str(shared_path(root)),
+                 "train_below": 560 if root == "data/7scenes-redkitchen" else None,
+                 "frame": p.get("frame", "camera"), "frame_stride": p["frame_stride"],
+                 "pixel_stride": p["pixel_stride"], "image_size": p["image_size"], "max_eval_frames": 6},
+        "model": model,
         "loss": {"num_pairs": p["num_pairs"]},
         "train": {**_train(p["steps"], 2, 0.003, 0, False)},
         "eval_points_per_frame": 128, "run_root": str(out_dir), "cache_dir": str(out_dir / "teacher_cache_7scenes"),
@@ -146,6 +182,17 @@ def _aggregate(metrics: dict, key: str, runs: list[dict]) -> None:
     metrics[f"{key}_loss_last"] = float(np.mean([r["loss_last"] for r in runs]))
 
 
+def _compare(metrics: dict, paired: dict, key: str, treated: list[dict], baseline: list[dict]) -> None:
+    """`key`_gain (+ _low/_high with several seeds): treated minus baseline mIoU paired by seed, and the
+    per-seed and per-class differences into `paired[key]`."""
+    difference = paired_difference([r["miou"] for r in treated], [r["miou"] for r in baseline])
+    metrics[f"{key}_gain"] = difference["mean"]
+    if difference["low"] is not None:
+        metrics[f"{key}_gain_low"], metrics[f"{key}_gain_high"] = difference["low"], difference["high"]
+    paired[key] = {"miou": difference, "per_class_iou": per_class_differences(
+        [r["per_class_iou"] for r in treated], [r["per_class_iou"] for r in baseline])}
+
+
 def _scenes_and_ppkt(prefix: str, data: dict, metrics: dict, pretrain) -> tuple[dict, Path]:
     """The dataset's train/test scenes, then its PPKT pretraining (timed, retrieval recorded)."""
     from pointlift.tasks.segmentation.config import SegDataConfig
@@ -167,6 +214,7 @@ def run(preset: str, out_dir: Path) -> BenchResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
     runs: dict[str, list[dict]] = {}
+    paired: dict[str, dict] = {}
     start = time.perf_counter()
 
     # ------------------------------------------------------------------------------- ScanNet
@@ -184,9 +232,13 @@ def run(preset: str, out_dir: Path) -> BenchResult:
             runs[key] = []
             for seed in spec.seeds:
                 data = {**sdata, "scene_fraction": fraction, "subset_seed": seed}
-                train = _train(s["steps"], s["batch_size"], s["lr"], seed, preset == "gpu")
+                train = _finetune_train(s, s["lr"], seed, preset == "gpu")
                 runs[key].append(_finetune(f"scannet-{arm}-{pct}pct-seed{seed}", data, model, train, scenes, out_dir))
             _aggregate(metrics, key, runs[key])
+        _compare(metrics, paired, f"scannet_ppkt_{pct}pct", runs[f"scannet_miou_ppkt_{pct}pct"],
+                 runs[f"scannet_miou_scratch_{pct}pct"])
+    _label_budgets(metrics, runs, paired, "scannet", sdata, spec.points_per_scene, s,
+                   {"unet": s["unet"]}, str(ppkt_ckpt), scenes, out_dir, spec, preset == "gpu")
 
     # ------------------------------------------------------------------------- SemanticKITTI
     k = spec.kitti
@@ -203,16 +255,40 @@ def run(preset: str, out_dir: Path) -> BenchResult:
         key = f"kitti_miou_{arm}"
         runs[key] = []
         for seed in spec.seeds:
-            train = _train(k["steps"], k["batch_size"], lr, seed, preset == "gpu")
+            train = _finetune_train(k, lr, seed, preset == "gpu")
             runs[key].append(_finetune(f"kitti-{arm}-seed{seed}", kdata, model, train, scenes, out_dir))
         _aggregate(metrics, key, runs[key])
+    _compare(metrics, paired, "kitti_ppkt", runs["kitti_miou_ppkt"], runs["kitti_miou_scratch"])
+    _compare(metrics, paired, "kitti_image2point", runs["kitti_miou_image2point"], runs["kitti_miou_inflated_scratch"])
+    _label_budgets(metrics, runs, paired, "kitti", kdata, spec.kitti_points_per_scene, k,
+                   {"unet": k["unet"]}, str(kitti_ckpt), scenes, out_dir, spec, preset == "gpu")
 
     metrics["seconds"] = time.perf_counter() - start
     write_json(out_dir / "runs.json", runs, indent=1)
     _plot(metrics, spec, out_dir)
-    return BenchResult(metrics, {"preset": preset, **asdict(spec),
+    return BenchResult(metrics, {"preset": preset, **asdict(spec), "paired": paired,
+                                 "miou_per_seed": {key: [r["miou"] for r in values] for key, values in runs.items()},
                                  "scannet_split": {"train": SCANNET_TRAIN, "test": spec.scannet["test"]},
                                  "kitti_split": {"train": KITTI_TRAIN, "test": spec.kitti["test"]}})
+
+
+def _label_budgets(metrics: dict, runs: dict, paired: dict, prefix: str, data: dict, budgets, settings: dict,
+                   scratch: dict, checkpoint: str, scenes: dict, out_dir: Path, spec: SegmentationPreset,
+                   gpu: bool) -> None:
+    """Limited annotations: every training scan with N labelled points (drawn per seed, the same for both
+    arms), scratch vs PPKT for each N of `budgets`, paired by seed."""
+    for budget in budgets:
+        for arm, model in (("scratch", scratch), ("ppkt", {**scratch, "init": "ppkt", "checkpoint": checkpoint})):
+            key = f"{prefix}_miou_{arm}_{budget}pts"
+            runs[key] = []
+            for seed in spec.seeds:
+                train = _finetune_train(settings, settings["lr"], seed, gpu)
+                runs[key].append(_finetune(f"{prefix}-{arm}-{budget}pts-seed{seed}",
+                                           {**data, "points_per_scene": budget, "subset_seed": seed}, model, train,
+                                           scenes, out_dir))
+            _aggregate(metrics, key, runs[key])
+        _compare(metrics, paired, f"{prefix}_ppkt_{budget}pts", runs[f"{prefix}_miou_ppkt_{budget}pts"],
+                 runs[f"{prefix}_miou_scratch_{budget}pts"])
 
 
 def _plot(metrics: dict, spec: SegmentationPreset, out_dir: Path) -> None:
@@ -222,6 +298,10 @@ def _plot(metrics: dict, spec: SegmentationPreset, out_dir: Path) -> None:
     for fraction in spec.fractions:
         pct = int(round(100 * fraction))
         groups[f"ScanNet {pct}%"] = {arm: metrics[f"scannet_miou_{arm}_{pct}pct"] for arm in ("scratch", "ppkt")}
+    for budget in spec.points_per_scene:
+        groups[f"ScanNet {budget} pts"] = {arm: metrics[f"scannet_miou_{arm}_{budget}pts"] for arm in ("scratch", "ppkt")}
     groups["SemanticKITTI"] = {arm: metrics[f"kitti_miou_{arm}"]
                                for arm in ("scratch", "ppkt", "inflated_scratch", "image2point")}
+    for budget in spec.kitti_points_per_scene:
+        groups[f"KITTI {budget} pts"] = {arm: metrics[f"kitti_miou_{arm}_{budget}pts"] for arm in ("scratch", "ppkt")}
     plot_bars(groups, out_dir / "segmentation_miou.png", title="test mIoU (mean over seeds)", ylabel="mIoU")

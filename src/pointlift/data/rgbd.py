@@ -15,7 +15,8 @@ import numpy as np
 from pointlift.data.guard import read_text, reading
 from pointlift.errors import PointliftDataError
 
-__all__ = ["RGBDFrame", "RGBDSequence", "open_rgbd_sequence", "read_pose", "read_depth_png", "read_color_image"]
+__all__ = ["RGBDFrame", "RGBDSequence", "open_rgbd_sequence", "find_rgbd_sequences", "read_pose", "read_depth_png",
+           "read_color_image"]
 
 _SEVEN_SCENES_FRAME = re.compile(r"^frame-(\d+)\.depth\.png$")
 
@@ -179,18 +180,56 @@ def _color_image(path: Path, size_hw: tuple[int, int] | None) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).copy()
 
 
+def _layout_of(root: Path) -> str | None:
+    """"scannet" for folders per modality (depth/ beside pose/ or intrinsic/), "7scenes" for frame-*.depth.png
+    files, None for anything else."""
+    if (root / "depth").is_dir() and ((root / "pose").is_dir() or (root / "intrinsic").is_dir()):
+        return "scannet"
+    if any(root.glob("frame-*.depth.png")):
+        return "7scenes"
+    return None
+
+
 def open_rgbd_sequence(root: str | Path) -> RGBDSequence:
-    """Index a 7-Scenes sequence folder or a ScanNet exported scene folder."""
+    """Index a 7-Scenes sequence folder or a ScanNet-style folder per modality (ScanNet's export, HoloLens)."""
     root = Path(root)
     if not root.is_dir():
         raise PointliftDataError(root, "directory not found")
-    if (root / "depth").is_dir() and ((root / "pose").is_dir() or (root / "intrinsic").is_dir()):
+    layout = _layout_of(root)
+    if layout == "scannet":
         return _open_scannet(root)
-    if (root / "camera-intrinsics.txt").is_file() or any(root.glob("frame-*.depth.png")):
+    if layout == "7scenes" or (root / "camera-intrinsics.txt").is_file():
         return _open_seven_scenes(root)
     raise PointliftDataError(
         root, "is neither a 7-Scenes sequence (frame-*.depth.png) nor a ScanNet export (depth/, pose/, intrinsic/)"
     )
+
+
+def find_rgbd_sequences(root: str | Path, max_depth: int = 3) -> list[Path]:
+    """`root` if it is an RGB-D sequence, otherwise every sequence folder below it (sorted, at most
+    `max_depth` levels down): one data folder can hold several scenes and a scene several sequences."""
+    root = Path(root)
+    if not root.is_dir():
+        raise PointliftDataError(root, "directory not found")
+    if _layout_of(root) is not None:
+        return [root]
+    found, level = [], [root]
+    for _ in range(max_depth):
+        below = sorted(p for folder in level for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        found += [p for p in below if _layout_of(p) is not None]
+        level = [p for p in below if _layout_of(p) is None]
+    if not found:
+        raise PointliftDataError(root, "holds no RGB-D sequence (7-Scenes frame-*.depth.png or ScanNet-style "
+                                       "depth/ + pose/ folders)")
+    return sorted(found)
+
+
+def _read_intrinsic_matrix(path: Path) -> np.ndarray:
+    """A 3x3 or 4x4 intrinsic matrix from text (ScanNet writes 4x4, others 3x3)."""
+    text = read_text(path, "matrix text") if path.is_file() else None
+    if text is not None and len(text.split()) == 9:
+        return _read_matrix(path, (3, 3))
+    return _read_matrix(path, (4, 4))
 
 
 def _check_intrinsics(path: Path, matrix: np.ndarray) -> np.ndarray:
@@ -209,6 +248,8 @@ def _require_files(frames: list[_FrameFiles]) -> None:
 
 def _open_seven_scenes(root: Path) -> RGBDSequence:
     intrinsics_path = root / "camera-intrinsics.txt"
+    if not intrinsics_path.is_file() and (root.parent / intrinsics_path.name).is_file():
+        intrinsics_path = root.parent / intrinsics_path.name  # 3DMatch/SUN3D: one file per scene, sequences below
     intrinsics = _check_intrinsics(intrinsics_path, _read_matrix(intrinsics_path, (3, 3)))
     frames = []
     for depth_path in root.glob("frame-*.depth.png"):
@@ -229,7 +270,9 @@ def _open_seven_scenes(root: Path) -> RGBDSequence:
 
 def _open_scannet(root: Path) -> RGBDSequence:
     intrinsics_path = root / "intrinsic" / "intrinsic_depth.txt"
-    intrinsics = _check_intrinsics(intrinsics_path, _read_matrix(intrinsics_path, (4, 4)))
+    if not intrinsics_path.is_file() and (root / "intrinsic.txt").is_file():
+        intrinsics_path = root / "intrinsic.txt"  # one 3x3 (or 4x4) file beside the folders (HoloLens export)
+    intrinsics = _check_intrinsics(intrinsics_path, _read_intrinsic_matrix(intrinsics_path))
     frames = []
     for depth_path in (root / "depth").glob("*.png"):
         if not depth_path.stem.isdigit():

@@ -36,14 +36,15 @@ class Teacher(nn.Module):
         half: run in half precision - float16 on CUDA, bfloat16 on CPU (chosen from the device the
             module sits on at call time). Outputs are always float32. Meant for CUDA: on CPU,
             bfloat16 depthwise convolutions run ~15x slower than float32.
-        img_size: input size for fixed-size models (ViTs); default 224. Ignored for CNNs.
+        img_size: input size for fixed-size models (ViTs): an int (square) or (H, W); default 224. Ignored
+            for CNNs. A ViT's patch grid is (H // patch, W // patch); position embeddings are resampled.
         project: ViT only - apply the model's head to every (final-normed) patch token, e.g. CLIP's
             visual projection (`vit_base_patch16_clip_224.openai`: 768 -> 512): the
             features I2P-MAE's code reads. `channels` is then the head's output width.
     """
 
     def __init__(self, name: str = DEFAULT_TEACHER, weights: str | Path | None = None, stage: int = -1,
-                 half: bool = False, img_size: int | None = None, project: bool = False):
+                 half: bool = False, img_size: int | tuple[int, int] | None = None, project: bool = False):
         super().__init__()
         import timm
 
@@ -56,7 +57,13 @@ class Teacher(nn.Module):
         default_cfg = timm.models.get_pretrained_cfg(base_name)
         if default_cfg is not None and default_cfg.fixed_input_size:
             kwargs["img_size"] = img_size or 224
+            if not isinstance(kwargs["img_size"], int):
+                kwargs["img_size"] = tuple(int(v) for v in kwargs["img_size"])
+                if kwargs["img_size"][0] == kwargs["img_size"][1]:
+                    kwargs["img_size"] = kwargs["img_size"][0]
         self.img_size = kwargs.get("img_size")
+        self._input_hw = (None if self.img_size is None else
+                          (self.img_size, self.img_size) if isinstance(self.img_size, int) else self.img_size)
 
         self.weights_path: Path | None = None
         self.weights_source: str
@@ -109,8 +116,14 @@ class Teacher(nn.Module):
     def identity(self) -> str:
         """A string that changes whenever the features would: model, weights, stage, size, precision."""
         return (f"{self.name}|weights={self.weights_source}|stage={self.stage}"
-                f"|img={self.img_size or 'any'}|{'half' if self.half else 'float32'}"
+                f"|img={self._img_label()}|{'half' if self.half else 'float32'}"
                 + ("|projected" if self.project else ""))
+
+    def _img_label(self) -> str:
+        """The input size as the identity names it: 'any' (CNN), 224 (square) or 240x320."""
+        if self.img_size is None or isinstance(self.img_size, int):
+            return str(self.img_size or "any")
+        return f"{self.img_size[0]}x{self.img_size[1]}"
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1], (B,3,H,W) -> the network's input normalisation."""
@@ -196,9 +209,9 @@ class Teacher(nn.Module):
         if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
             raise PointliftConfigError(f"Teacher expects normalised images (B,3,H,W); got {shape}")
-        if self.img_size is not None and tuple(images.shape[-2:]) != (self.img_size, self.img_size):
+        if self._input_hw is not None and tuple(images.shape[-2:]) != self._input_hw:
             raise PointliftConfigError(
-                f"'{self.name}' was built for {self.img_size}x{self.img_size} images; got "
+                f"'{self.name}' was built for {self._input_hw[0]}x{self._input_hw[1]} images; got "
                 f"{tuple(images.shape[-2:])} (pass img_size= to Teacher)")
         dtype = self._compute_dtype()
         if next(self.model.parameters()).dtype != dtype:

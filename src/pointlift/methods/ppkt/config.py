@@ -16,10 +16,19 @@ from pointlift.engine.config import TrainConfig, require
 class PPKTDataConfig:
     """Where pairs come from. kind: an RGB-D directory (7-Scenes/ScanNet layout), a KITTI-style
     directory of `NAME.bin/.png/.txt` triples, a SemanticKITTI root (`sequences/SS/velodyne`, `image_2`,
-    `calib.txt`; labels unused), one nuScenes info pickle, or a synthetic scene."""
+    `calib.txt`; labels unused), one nuScenes info pickle, or a synthetic scene.
+
+    rgbd `root` (and each of `roots`) is one sequence or a folder holding sequences (every one below it
+    is used). `frame: camera` (the released recipe) keeps points in the (first fused) camera's frame, y
+    down; `frame: world` puts them in the poses' world frame turned so that gravity is +z (up measured
+    per sequence from its horizontal surfaces, `pointlift.data.gravity`, or `world_up` given), as
+    scans are seen at fine-tune time."""
 
     kind: Literal["rgbd", "kitti", "semantickitti", "nuscenes", "synthetic"] = "rgbd"
     root: Optional[Path] = None
+    roots: list[Path] = field(default_factory=list)  # rgbd: more sequences (or folders of them) beside root
+    frame: Literal["camera", "world"] = "camera"
+    world_up: Optional[tuple[float, float, float]] = None  # frame world: the poses' up direction (None = measured)
     sequences: list[str] = field(default_factory=list)  # semantickitti: sequences to use (empty = all)
     info_pkl: Optional[Path] = None  # nuscenes only
     train_below: Optional[int] = None  # rgbd: frame numbers below this train, the rest are held out
@@ -48,6 +57,10 @@ class PPKTDataConfig:
         require(self.occlusion_tolerance >= 0, "occlusion_tolerance", "must be >= 0")
         require(self.zbuffer_cell >= 1, "zbuffer_cell", "must be >= 1")
         require(self.kind == "synthetic" or self.root is not None, "root", f"required for kind '{self.kind}'")
+        require(not self.roots or self.kind == "rgbd", "roots", "only for kind 'rgbd'")
+        require(self.frame == "camera" or self.kind in ("rgbd", "synthetic"), "frame",
+                f"'world' needs camera poses (kind rgbd or synthetic), not kind '{self.kind}'")
+        require(self.world_up is None or any(abs(v) > 0 for v in self.world_up), "world_up", "must be non-zero")
         require(self.kind != "nuscenes" or self.info_pkl is not None, "info_pkl", "required for kind 'nuscenes'")
 
 
@@ -104,3 +117,5 @@ class PPKTConfig:
 
     def __post_init__(self):
         require(self.eval_points_per_frame >= 2, "eval_points_per_frame", "must be >= 2")
+        require(self.data.frame != "world" or self.model.up_axis == "z", "model.up_axis",
+                "must be 'z' with data.frame 'world' (world clouds are turned z up)")

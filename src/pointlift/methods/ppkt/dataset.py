@@ -116,8 +116,14 @@ def collate_ppkt(samples: list[dict]) -> dict:
 
 def rgbd_dataset(sequence, frame_indices: list[int], data: PPKTDataConfig, augment, up_axis, group: int,
                   cache=None, view_offset: dict | None = None) -> PPKTDataset:
-    """Samples = consecutive groups of `group` frames of `frame_indices` (views = frames)."""
-    groups = [frame_indices[i:i + group] for i in range(0, len(frame_indices) - group + 1, group)]
+    """Samples = consecutive groups of `group` frames of `frame_indices` (views = frames), never across two
+    sequences of a `SequenceList`."""
+    from pointlift.methods.ppkt.sources import segment_of
+
+    groups = []
+    for which in dict.fromkeys(segment_of(sequence, f) for f in frame_indices):
+        run = [f for f in frame_indices if segment_of(sequence, f) == which]
+        groups += [run[i:i + group] for i in range(0, len(run) - group + 1, group)]
     position = {frame: i for i, frame in enumerate(frame_indices)} if view_offset is None else view_offset
     samples = [[position[f] for f in g] for g in groups]
     view_frames = {position[f]: f for f in frame_indices}
@@ -130,7 +136,8 @@ def rgbd_dataset(sequence, frame_indices: list[int], data: PPKTDataConfig, augme
         frames = [sequence[f] for f in groups[index]]
         for view, fr in zip(samples[index], frames):
             shapes[view] = fr.depth.shape
-        return rgbd_pairs(frames, data.pixel_stride, data.max_depth, data.cross_view_pairs, data.occlusion_tolerance)
+        return rgbd_pairs(frames, data.pixel_stride, data.max_depth, data.cross_view_pairs, data.occlusion_tolerance,
+                          world=data.frame == "world")
 
     def view_hw(view):
         if view not in shapes:
@@ -140,9 +147,12 @@ def rgbd_dataset(sequence, frame_indices: list[int], data: PPKTDataConfig, augme
     def view_image(view):
         return frame(view).color
 
-    names = {position[f]: sequence.names[f] for f in frame_indices}
-    return PPKTDataset(samples, make_pairs, view_image, view_hw, names, data.image_size, augment, up_axis, cache,
-                       source=str(data.root or "<synthetic>"))
+    all_names = sequence.names
+    names = {position[f]: all_names[f] for f in frame_indices}
+    dataset = PPKTDataset(samples, make_pairs, view_image, view_hw, names, data.image_size, augment, up_axis, cache,
+                          source=str(data.root or "<synthetic>"))
+    dataset.sequence = sequence  # its sequences' up directions are recorded with world-frame runs
+    return dataset
 
 
 def lidar_dataset(frames: list, data: PPKTDataConfig, augment, up_axis, cache=None) -> PPKTDataset:

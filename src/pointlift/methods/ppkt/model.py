@@ -22,11 +22,14 @@ from pointlift.methods.ppkt.config import PPKTLossConfig, PPKTModelConfig
 # ------------------------------------------------------------------------------ 2D branch: the teacher
 
 
-def build_teacher(model: PPKTModelConfig):
-    """The frozen 2D network (timm backbone, one feature stage) whose pixel features are transferred."""
+def build_teacher(model: PPKTModelConfig, image_size: tuple[int, int] | None = None):
+    """The frozen 2D network (timm backbone, one feature stage) whose pixel features are transferred.
+    Fixed-size networks (ViTs such as DINOv2 ViT-S/14) are built for `image_size` (H, W), the frames'
+    teacher input; CNNs take any size."""
     from pointlift.teachers.teacher import Teacher
 
-    return Teacher(model.teacher, model.teacher_weights, model.teacher_stage)
+    return Teacher(model.teacher, model.teacher_weights, model.teacher_stage,
+                   img_size=tuple(image_size) if image_size is not None else None)
 
 
 # ---------------------------------------------------------------------------- 3D branch: the student
@@ -76,7 +79,7 @@ class PPKTModel(nn.Module):
         self.model_config = model
         self.loss_config = loss
         self.image_size = tuple(image_size)
-        self.teacher = teacher if teacher is not None else build_teacher(model)
+        self.teacher = teacher if teacher is not None else build_teacher(model, image_size)
         self.upl = UpsamplingProjection(self.teacher.channels, model.embed_dim, model.upl_mode)
         self.student = build_student(model)
         assert isinstance(self.teacher, Teacher)

@@ -6,7 +6,8 @@ pixels (fused RGB-D frames seen by other views, or several LiDAR cameras).
 
 RGB-D: every valid depth pixel back-projects to a point; the point and its own pixel are a pair by
 construction (no visibility question). Fusing frames with their poses puts the points of several
-frames in one coordinate frame (the first frame's camera, to keep coordinates small); with
+frames in one coordinate frame (the first frame's camera, to keep coordinates small; or, with
+`world=True`, the poses' own world frame - a gravity-aligned one when the source turned it); with
 `cross_view=True` each fused point is also paired with the other frames' pixels where it passes
 the occlusion test |depth(u, v) - z| <= tolerance * z against that frame's own depth map.
 
@@ -64,16 +65,18 @@ def rgbd_frame_points(depth: torch.Tensor, K: torch.Tensor, pixel_stride: int = 
 
 
 def rgbd_pairs(frames, pixel_stride: int = 1, max_depth: float = 0.0, cross_view: bool = False,
-               occlusion_tolerance: float = 0.1) -> PointPixelPairs:
+               occlusion_tolerance: float = 0.1, world: bool = False) -> PointPixelPairs:
     """Pairs from one or more RGB-D frames (objects with color, depth, intrinsics, pose).
 
-    Several frames are fused into the first frame's camera coordinates using their poses; each point
-    keeps its own frame (view) and pixel. `cross_view` adds the occlusion-tested pixels of the other
-    frames (see the module docstring).
+    Several frames are fused into the first frame's camera coordinates using their poses (`world`: every
+    frame's points go through its own pose into world coordinates); each point keeps its own frame
+    (view) and pixel, whatever the coordinates. `cross_view` adds the occlusion-tested pixels of the
+    other frames (see the module docstring).
     """
     if not frames:
         raise PointliftConfigError("rgbd_pairs needs at least one frame")
-    reference_inverse = invert_rigid(torch.as_tensor(frames[0].pose, dtype=torch.float64))
+    reference_inverse = (torch.eye(4, dtype=torch.float64) if world else
+                         invert_rigid(torch.as_tensor(frames[0].pose, dtype=torch.float64)))
     all_points, all_colors, views, pixels_all = [], [], [], []
     to_reference = []
     for view, frame in enumerate(frames):
@@ -82,7 +85,7 @@ def rgbd_pairs(frames, pixel_stride: int = 1, max_depth: float = 0.0, cross_view
         points_cam, pixels = rgbd_frame_points(depth, K.float(), pixel_stride, max_depth)
         transform = reference_inverse @ torch.as_tensor(frame.pose, dtype=torch.float64)
         to_reference.append(transform)
-        points = transform_points(transform, points_cam.double()).float() if view else points_cam
+        points = transform_points(transform, points_cam.double()).float() if view or world else points_cam
         color = torch.as_tensor(np.asarray(frame.color))[pixels[:, 1], pixels[:, 0]].float() / 255.0
         all_points.append(points)
         all_colors.append(color)

@@ -43,7 +43,7 @@ class PPKTSetup:
 def build_setup(config: PPKTConfig, cache_dir: Path | None, device: torch.device, progress: bool = False,
                 use_cache: bool | None = None) -> PPKTSetup:
     data = config.data
-    teacher = build_teacher(config.model)
+    teacher = build_teacher(config.model, data.image_size)
     use_cache = config.cache if use_cache is None else use_cache
     if data.kind in ("rgbd", "synthetic"):
         train_set, eval_set, names, load_view = _rgbd_sets(config)
@@ -71,7 +71,8 @@ def _rgbd_sets(config: PPKTConfig) -> tuple[PPKTDataset, PPKTDataset, list[str],
     train_set = rgbd_dataset(sequence, train_frames, data, config.augment, config.model.up_axis,
                              data.frames_per_sample, view_offset=position)
     eval_set = rgbd_dataset(sequence, eval_frames, data, None, config.model.up_axis, 1, view_offset=position)
-    names = [sequence.names[f] for f in all_frames]
+    all_names = sequence.names
+    names = [all_names[f] for f in all_frames]
     load_view = lambda v: resize_image(sequence[all_frames[v]].color, data.image_size)  # noqa: E731
     return train_set, eval_set, names, load_view
 
@@ -110,6 +111,8 @@ def pretrain(config: PPKTConfig, run_dir: str | Path, resume: bool = False, prog
                                                          device=device)
     results["retrieval_chance"] = results["retrieval_pretrained"]["chance"]
     results["cache"] = _cache_record(setup.cache)
+    if config.data.frame == "world":
+        results["world_up"] = _world_up_record(setup.train_set)
     write_json(run_dir / "ppkt_results.json", results, indent=1)  # rank 0 only
     return results
 
@@ -123,6 +126,14 @@ def _train(model: PPKTModel, setup: PPKTSetup, config: PPKTConfig, run_dir: Path
     return {"train_seconds": time.perf_counter() - start, "steps": outcome.step,
             "checkpoint": str(outcome.checkpoint_path) if outcome.checkpoint_path else None,
             "history": [row for row in outcome.history if "loss" in row]}
+
+
+def _world_up_record(dataset: PPKTDataset) -> dict:
+    """Each sequence's measured (or given) up direction, by sequence label."""
+    sequence = dataset.sequence
+    parts = getattr(sequence, "sequences", [sequence])
+    labels = getattr(sequence, "labels", [str(dataset.source)])
+    return {label: part.record for label, part in zip(labels, parts)}
 
 
 def _cache_record(cache) -> dict | None:

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pointlift.data.rgbd import open_rgbd_sequence
 from pointlift.engine.config import load_config
 from pointlift.engine.device import resolve_device
 from pointlift.errors import PointliftDataError
@@ -60,9 +59,12 @@ def evaluate_frames(checkpoint: str | Path, frames_dir: str | Path, points_per_f
 
     device = resolve_device(None)
     model, spec_config = load_pretrained(checkpoint, device)
-    data = load_config({**spec_config["data"], "kind": "rgbd", "root": str(frames_dir), "frame_stride": 1,
-                        "train_below": None, "frames_per_sample": 1, "cross_view_pairs": False}, PPKTDataConfig)
-    sequence = open_rgbd_sequence(frames_dir)
+    from pointlift.methods.ppkt.sources import open_rgbd_source
+
+    data = load_config({**spec_config["data"], "kind": "rgbd", "root": str(frames_dir), "roots": [],
+                        "frame_stride": 1, "train_below": None, "frames_per_sample": 1, "cross_view_pairs": False},
+                       PPKTDataConfig)
+    sequence = open_rgbd_source(data)  # the checkpoint's coordinate frame (camera, or world turned z up)
     frames = list(range(len(sequence)))[:: max(1, math.ceil(len(sequence) / max_frames))]
     dataset = rgbd_dataset(sequence, frames, data, None, model.model_config.up_axis, 1)
     result = retrieval_accuracy(model, dataset, points_per_frame, device=device)

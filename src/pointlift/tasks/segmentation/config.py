@@ -24,6 +24,9 @@ class SegDataConfig:
     voxel_size: float = 0.05
     scene_fraction: float = 1.0  # label efficiency: this fraction of the training scans (at least one)
     point_fraction: float = 1.0  # label efficiency: this fraction of each training scan's points keep labels
+    # limited annotations (the ScanNet data-efficient protocol's 20/50/100/200): this many labelled points per
+    # training scan keep their label (all if fewer), the rest IGNORE; drawn once per (scan, subset_seed)
+    points_per_scene: Optional[int] = None
     subset_seed: int = 0
     max_points: Optional[int] = None  # training: random subset of each scan's points (None = all)
     crop_radius: Optional[float] = None  # training: keep points within this horizontal radius of a random point
@@ -33,6 +36,10 @@ class SegDataConfig:
         require(0 < self.scene_fraction <= 1, "scene_fraction", f"must be in (0, 1], got {self.scene_fraction}")
         require(0 < self.point_fraction <= 1, "point_fraction", f"must be in (0, 1], got {self.point_fraction}")
         require(self.max_points is None or self.max_points >= 1, "max_points", "must be >= 1 or null")
+        require(self.points_per_scene is None or self.points_per_scene >= 1, "points_per_scene",
+                f"must be >= 1 or null, got {self.points_per_scene}")
+        require(self.points_per_scene is None or self.point_fraction == 1, "points_per_scene",
+                "set either points_per_scene or point_fraction, not both")
         require(self.crop_radius is None or self.crop_radius > 0, "crop_radius", "must be > 0 or null")
         for a, b in (("train", "test"), ("train", "val"), ("val", "test")):
             shared = set(getattr(self, a)) & set(getattr(self, b))

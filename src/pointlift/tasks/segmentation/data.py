@@ -30,27 +30,41 @@ def _name_seed(name: str, seed: int) -> int:
 
 
 def label_efficient_subset(scenes: list[Scene], scene_fraction: float, point_fraction: float,
-                           seed: int) -> list[Scene]:
+                           seed: int, points_per_scene: int | None = None) -> list[Scene]:
     """The training scans of a label-efficiency setting: ceil(fraction * n) scans drawn with `seed`, and
-    in each a fixed random `point_fraction` of its labelled points keeps its label (the rest IGNORE).
-    The masks depend only on (scan name, seed), so they do not change between epochs or runs."""
+    in each a fixed random `point_fraction` of its labelled points - or exactly `points_per_scene` of them
+    (all if fewer) - keeps its label (the rest IGNORE). The masks depend only on (scan name, seed), not on
+    the training order or the network, so both arms of a paired comparison see the same labels."""
     rng = np.random.default_rng(seed)
     count = max(1, math.ceil(scene_fraction * len(scenes)))
     order = sorted(rng.choice(len(scenes), size=count, replace=False).tolist())
     chosen = [scenes[i] for i in order]
-    if point_fraction >= 1:
+    if point_fraction >= 1 and points_per_scene is None:
         return chosen
     out = []
     for scene in chosen:
         labels = scene.labels.copy()
         labelled = np.flatnonzero(labels != IGNORE)
-        keep = max(1, math.ceil(point_fraction * len(labelled))) if len(labelled) else 0
+        if points_per_scene is not None:
+            keep = min(points_per_scene, len(labelled))
+        else:
+            keep = max(1, math.ceil(point_fraction * len(labelled))) if len(labelled) else 0
         point_rng = np.random.default_rng(_name_seed(scene.name, seed))
         dropped = np.setdiff1d(labelled, point_rng.choice(labelled, size=keep, replace=False))
         labels[dropped] = IGNORE
         out.append(Scene(scene.name, scene.points, labels, scene.label_set, scene.colors, scene.intensity,
                          scene.raw_labels, scene.path))
     return out
+
+
+def subsample(keep: np.ndarray, labels: np.ndarray, size: int, keep_labelled: bool, rng) -> np.ndarray:
+    """`size` of the point indices `keep`, sorted; `keep_labelled`: every labelled one stays (scarce labels
+    must not be subsampled away), the rest filled at random."""
+    if not keep_labelled:
+        return np.sort(rng.choice(keep, size=size, replace=False))
+    labelled, rest = keep[labels[keep] != IGNORE], keep[labels[keep] == IGNORE]
+    fill = rng.choice(rest, size=max(0, min(len(rest), size - len(labelled))), replace=False)
+    return np.sort(np.concatenate([labelled, fill]))
 
 
 def scene_features(scene: Scene, kind: str) -> np.ndarray:
@@ -94,7 +108,7 @@ class SceneDataset(torch.utils.data.Dataset):
                 centre = points[rng.integers(len(points)), :2]
                 keep = keep[np.linalg.norm(points[keep, :2] - centre, axis=1) <= self.data.crop_radius]
             if self.data.max_points is not None and len(keep) > self.data.max_points:
-                keep = np.sort(rng.choice(keep, size=self.data.max_points, replace=False))
+                keep = subsample(keep, labels, self.data.max_points, self.data.points_per_scene is not None, rng)
             points, features, labels = points[keep], features[keep], labels[keep]
             points, features = augment_scene(points, features, self.augment, self.data.features, rng)
         return {"points": torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)),

@@ -38,7 +38,7 @@ def finetune(config: SegmentationConfig, run_dir: str | Path, *, resume: bool = 
     class_names = LABEL_SETS[label_set]
     num_classes = len(class_names)
     train_scenes = label_efficient_subset(scenes["train"], data.scene_fraction, data.point_fraction,
-                                          data.subset_seed)
+                                          data.subset_seed, data.points_per_scene)
     device = resolve_device(config.device)
     model = build_model(config, num_classes).to(device)
     summary: dict = {"train_scans": [s.name for s in train_scenes], "test_scans": [s.name for s in scenes["test"]],
