@@ -1,4 +1,4 @@
-"""Used by tests/test_ddp.py: under torchrun, run the three training commands through the CLI on the
+"""Used by tests/test_ddp.py: under torchrun, run the training commands through the CLI on the
 tiny configs of tests/run_configs.py, without --run-dir (so the processes must agree on one run
 directory). Every process other than rank 0 records, with a Python audit hook, each file it opens for
 writing (or renames, or creates) inside a run directory, in OUT/<method>/writes-rank<R>.json.

@@ -56,6 +56,20 @@ def image2point_config(root: Path, modelnet10: Path, **train) -> dict:
     }
 
 
+def segmentation_config(root: Path, scannet: Path, **train) -> dict:
+    """The tiny ScanNet fine-tune of tests/test_segmentation.py: the three scans of room scene0000, one test scan."""
+    return {
+        "name": "tiny",
+        "data": {"layout": "scannet-votenet", "root": str(scannet), "train": ["scene0000"], "test": ["scene0010_00"],
+                 "voxel_size": 0.15, "max_points": 10000},
+        "model": {"unet": "spunet-tiny"},
+        "train": {"max_steps": 4, "batch_size": 2, "log_every": 1, "checkpoint_every": 2,
+                  "optim": {"name": "adamw", "lr": 0.01, "weight_decay": 0.0001}, **train},
+        "eval_untrained": False,
+        "run_root": str(root / "runs"),
+    }
+
+
 def write(config: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -85,6 +99,9 @@ def ddp_config(method: str, root: Path, modelnet10: Path) -> tuple[list[str], di
         config = i2p_mae_config(root, optim=sgd, grad_clip=1.0, max_steps=2, checkpoint_every=1)
         config["method"]["released_quirks"] = False
         return ["pretrain", "i2p-mae"], config
+    if method == "segmentation":
+        # the shared data folder holds ScanNet beside ModelNet10; batch 2 = one scan per process
+        return ["finetune", "segmentation"], segmentation_config(root, modelnet10.parent / "scannet-votenet", optim=sgd)
     config = image2point_config(root, modelnet10)
     config["fip"] = "io"
     return ["finetune", "image2point"], config

@@ -1,5 +1,5 @@
 """DDP: 2 CPU processes under torchrun (gloo) take the same steps as 1 process with the same global
-batch (an MLP exactly; the three methods through the CLI within measured tolerances), make one run
+batch (an MLP exactly; the three methods and segmentation through the CLI within measured tolerances), make one run
 directory that only rank 0 writes, resume exactly, and end with one line when a process freezes."""
 
 from __future__ import annotations
@@ -103,7 +103,11 @@ METHODS_HELPER = Path(__file__).with_name("ddp_methods_helper.py")
 # tokens of the local batch, whose counts differ between processes, so N processes weight the rows
 # differently from one (and the released "first cloud's token 0" quirk is per process: off here).
 # Measured 2.4e-3 after 2 steps with the released network.
-TOLERANCE = {"image2point": 3e-5, "ppkt": 2e-6, "i2p-mae": 1e-2}
+# Segmentation cannot be equal either: its cross-entropy is a mean over the labelled points of the local
+# batch (as Pointcept's), and the two scans of a step hold different numbers of labelled points, so 2
+# processes (one scan each, gradients averaged) weight the points differently from 1 process. Measured
+# 4.8e-4 after 4 SGD steps (tiny ScanNet config of run_configs, batch 2, weights of magnitude ~1).
+TOLERANCE = {"image2point": 3e-5, "ppkt": 2e-6, "i2p-mae": 1e-2, "segmentation": 2e-3}
 
 
 @pytest.fixture(scope="module")
@@ -162,5 +166,8 @@ def test_two_processes_match_one_with_one_run_dir_written_by_rank_0(method, meth
         results = json.loads((run / "results.json").read_text())
         logged = [row["eval/overall_acc"] for row in read_metrics(run / "metrics.csv") if "eval/overall_acc" in row]
         assert [row["overall_acc"] for row in results["curve"]] == logged and len(logged) == 2
+    elif method == "segmentation":  # rank 0 alone wrote the predictions, pictures and report
+        assert {"results.json", "report.md", "prediction_vs_gt.png"} <= {p.name for p in run.iterdir()}
+        assert [p.name for p in (run / "predictions").iterdir()] == ["scene0010_00.ply"]
     else:
         assert (run / ("ppkt_results.json" if method == "ppkt" else "summary.json")).is_file()

@@ -139,10 +139,15 @@ def _add_inflate(sub) -> None:
 
 
 def _add_run_options(p) -> None:
-    """--config / --resume / --run-dir of every training command."""
+    """--config / --resume / --overwrite / --run-dir of every training command."""
     p.add_argument("--config", type=_existing_file, required=True)
-    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    p.add_argument("--run-dir", type=Path, default=None)
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    again.add_argument("--overwrite", action="store_true",
+                       help="delete the run already in --run-dir (everything in that directory) and start afresh")
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="run directory (default <run_root>/<name>-<time>); one holding a run needs --resume or "
+                        "--overwrite, and one run at a time may use it")
 
 
 def _add_finetune(sub) -> None:

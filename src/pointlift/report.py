@@ -21,10 +21,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
+    from pointlift.engine.rundir import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 
@@ -197,6 +199,9 @@ def write_report(run_dir: str | Path, title: str, *, summary: str = "", tables: 
         parts += ["### metrics", "", markdown_table([{"metric": k, "value": v} for k, v in metrics.items()]), ""]
     if config is not None:
         parts += ["### config", "", "```json", json.dumps(config, indent=2, default=str), "```", ""]
+    from pointlift.engine.rundir import atomic_file
+
     path = run_dir / "report.md"
-    path.write_text("\n".join(parts))
+    with atomic_file(path) as tmp:
+        tmp.write_text("\n".join(parts))
     return path

@@ -2,50 +2,59 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from pointlift.errors import PointliftConfigError
 
 T = TypeVar("T")
 
 
+@contextmanager
 def prepare_run(config_path: str | Path | dict, config_class: type[T], resume: bool = False,
-                run_dir: str | Path | None = None, *, name: str | None = None, root: str | Path | None = None,
-                check: Callable[[T], None] | None = None) -> tuple[T, Path]:
-    """(config, run directory) for `pointlift pretrain|finetune METHOD --config FILE [--resume --run-dir DIR]`.
+                run_dir: str | Path | None = None, *, overwrite: bool = False, name: str | None = None,
+                root: str | Path | None = None, check: Callable[[T], None] | None = None) -> Iterator[tuple[T, Path]]:
+    """(config, run directory) for `pointlift pretrain|finetune METHOD --config FILE [--resume|--overwrite]
+    [--run-dir DIR]`, held for the `with` block.
 
     In this order, so a bad file fails before anything is written: `config_path` (YAML file or dict) is
     loaded as `config_class` (every key checked); `resume` without `run_dir` is refused ("--resume needs
     --run-dir (the run to continue)"), since a fresh timestamped directory would have nothing to resume;
     `check(config)` raises on anything else that must fail before a directory exists (e.g. a wrong
-    pretraining checkpoint); then `run_dir` is made, or `<root>/<name>-<time>`, with `config.yaml` in it.
+    pretraining checkpoint); then `run_dir`, or `<root>/<name>-<time>`, is claimed (`claimed_run_dir`:
+    refused if it holds a run and neither `resume` nor `overwrite` is given, or if another run holds its
+    lock; removed again if the block fails before the run wrote anything), with `config.yaml` in it.
     `name` defaults to `config.name`, `root` to the config's `run_root`, else "runs".
-    Under torchrun every process gets the same directory (rank 0 makes it).
+    Under torchrun every process gets the same directory (rank 0 makes and locks it).
     """
     from pointlift.engine.config import load_config
-    from pointlift.engine.rundir import create_run_dir
+    from pointlift.engine.rundir import claimed_run_dir
 
     config = load_config(config_path, config_class)
     if resume and run_dir is None:
         raise PointliftConfigError("--resume needs --run-dir (the run to continue)")
+    if overwrite and run_dir is None:
+        raise PointliftConfigError("--overwrite needs --run-dir (the run to replace)")
     if check is not None:
         check(config)
     if name is None:
         name = config.name
     if root is None:
         root = getattr(config, "run_root", "runs")
-    return config, create_run_dir(name, root, run_dir, config=config)
+    with claimed_run_dir(name, root, run_dir, config=config, resume=resume, overwrite=overwrite) as path:
+        yield config, path
 
 
-def train_method(method, config_path: str | Path, resume: bool = False, run_dir: str | Path | None = None) -> dict:
+def train_method(method, config_path: str | Path, resume: bool = False, run_dir: str | Path | None = None, *,
+                 overwrite: bool = False) -> dict:
     """`pointlift pretrain|finetune NAME`: prepare the run, train the registry's `method`, print its summary
     line (rank 0). Returns the method's summary."""
     from pointlift.engine.distributed import is_main_process
 
-    config, run_dir = prepare_run(config_path, method.config, resume, run_dir, name=method.run_name,
-                                  check=method.check)
-    summary = method.train(config, run_dir, resume=resume)
+    with prepare_run(config_path, method.config, resume, run_dir, overwrite=overwrite, name=method.run_name,
+                     check=method.check) as (config, run_dir):
+        summary = method.train(config, run_dir, resume=resume)
     if is_main_process():
         print(method.summary_line(summary, run_dir))
     return summary

@@ -16,7 +16,7 @@ Integrity (format 2): the sidecar holds a SHA-256 of the tensors (names, dtypes,
 the tensor file's header holds a SHA-256 of the sidecar's exact text, plus the step. Loading checks
 both, so flipped tensor bytes and an edited sidecar (say its `step`) are refused, not trained on.
 A write that fails (read-only or full disk) raises PointliftDataError and leaves the previous
-checkpoint as it was.
+checkpoint, if there is one, as it was (the message says which).
 """
 
 from __future__ import annotations
@@ -189,6 +189,7 @@ def save_checkpoint(path: str | Path, model_state: dict[str, torch.Tensor], opti
     header = {"checkpoint_id": checkpoint_id, "format": FORMAT, "step": str(int(step)),
               "sidecar_sha256": hashlib.sha256(sidecar_text.encode()).hexdigest()}
     suffix = f"{_TMP_MARK}{os.getpid()}-{checkpoint_id[:8]}"
+    had_previous = _sidecar_id(sidecar_path) is not None  # what a failed write can honestly promise
     tensor_tmp = tensor_path.with_name(tensor_path.name + suffix)
     sidecar_tmp = sidecar_path.with_name(sidecar_path.name + suffix)
     try:
@@ -211,8 +212,9 @@ def save_checkpoint(path: str | Path, model_state: dict[str, torch.Tensor], opti
         _fsync_dir(tensor_path.parent)
         previous.unlink(missing_ok=True)
     except OSError as error:
-        raise PointliftDataError(tensor_path, f"cannot write the checkpoint ({error.strerror or error}); "
-                                              "the previous checkpoint is kept") from None
+        kept = "the previous checkpoint is kept" if had_previous else "there is no earlier checkpoint"
+        raise PointliftDataError(tensor_path, f"cannot write the checkpoint ({error.strerror or error}); {kept}") \
+            from None
     finally:
         for tmp in (tensor_tmp, sidecar_tmp):
             try:

@@ -11,6 +11,7 @@ import torch
 from pointlift.data.scenes import LABEL_SETS, Scene, detect_layout, label_set_of, list_scenes, read_scene
 from pointlift.engine.config import load_config
 from pointlift.engine.device import resolve_device
+from pointlift.engine.distributed import is_main_process
 from pointlift.errors import PointliftDataError
 from pointlift.metrics import confusion_matrix, segmentation_metrics
 from pointlift.tasks.segmentation.config import SegDataConfig, SegmentationConfig, SegModelConfig
@@ -79,7 +80,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path,
     scenes = [read_scene(layout, data_dir, n) for n in list_scenes(layout, data_dir)]
     class_names = LABEL_SETS[cfg["label_set"]]
     metrics, predictions = evaluate_scenes(model, scenes, data, int(cfg["num_classes"]), class_names)
-    if predictions_dir is not None:
+    if predictions_dir is not None and is_main_process():
         for scene, pred in zip(scenes, predictions):
             write_prediction_ply(Path(predictions_dir) / f"{scene.name.replace('/', '_')}.ply", scene.points, pred,
                                  scene.labels, int(cfg["num_classes"]))

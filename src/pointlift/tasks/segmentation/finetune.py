@@ -10,6 +10,7 @@ from pathlib import Path
 from pointlift.data.scenes import IGNORE, LABEL_SETS, Scene, label_set_of
 from pointlift.engine.config import config_to_dict
 from pointlift.engine.device import resolve_device
+from pointlift.engine.distributed import is_main_process
 from pointlift.engine.rundir import write_json
 from pointlift.errors import PointliftConfigError
 from pointlift.tasks.segmentation.config import SegmentationConfig
@@ -68,7 +69,8 @@ def finetune(config: SegmentationConfig, run_dir: str | Path, *, resume: bool = 
     summary["test"] = metrics
     summary["val_curve"] = curve
     summary["checkpoint"] = str(result.checkpoint_path) if result.checkpoint_path else None
-    _write_outputs(config, run_dir, scenes["test"], predictions, class_names, summary, len(train_scenes))
+    if is_main_process():  # under torchrun every process scored the same scans; one writes them
+        _write_outputs(config, run_dir, scenes["test"], predictions, class_names, summary, len(train_scenes))
     return summary
 
 
@@ -82,7 +84,8 @@ def _read_scenes(config: SegmentationConfig) -> dict[str, list[Scene]]:
 
 def _write_outputs(config: SegmentationConfig, run_dir: Path, test_scenes: list[Scene], predictions: list,
                    class_names, summary: dict, train_count: int) -> None:
-    """Prediction PLYs, the ground truth vs prediction picture, the loss curve, results.json and report.md."""
+    """Prediction PLYs, the ground truth vs prediction picture, the loss curve, results.json and report.md
+    (rank 0 only; each file written atomically)."""
     from pointlift.report import plot_curves, read_metrics_csv, write_report
 
     figures = []

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pointlift.data.scenes import IGNORE, Scene
+from pointlift.engine.rundir import atomic_file
 
 
 def palette(num_classes: int) -> np.ndarray:
@@ -22,10 +23,7 @@ def write_prediction_ply(path: str | Path, points: np.ndarray, predictions: np.n
                          labels: np.ndarray | None, num_classes: int) -> Path:
     """Binary PLY: x y z (float32), red green blue of the predicted class, `label` (predicted id) and
     `gt` (ground-truth id, -1 = ignore) per point. Written atomically (a temporary name of this process's own)."""
-    import os
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     n = len(points)
     labels = np.full(n, IGNORE) if labels is None else labels
     colours = palette(num_classes)[predictions]
@@ -39,11 +37,9 @@ def write_prediction_ply(path: str | Path, points: np.ndarray, predictions: np.n
               f"element vertex {n}\nproperty float x\nproperty float y\nproperty float z\n"
               "property uchar red\nproperty uchar green\nproperty uchar blue\nproperty int label\n"
               "property int gt\nend_header\n")
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:
         handle.write(header.encode())
         handle.write(table.tobytes())
-    os.replace(tmp, path)
     return path
 
 
@@ -57,7 +53,6 @@ def plot_prediction(scene: Scene, predictions: np.ndarray, class_names, path: st
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     colours = palette(len(class_names)) / 255.0
     rng = np.random.default_rng(0)
     idx = rng.choice(len(scene), size=min(max_points, len(scene)), replace=False)
@@ -72,6 +67,7 @@ def plot_prediction(scene: Scene, predictions: np.ndarray, class_names, path: st
     handles = [plt.Line2D([], [], marker="o", ls="", color=colours[c], label=class_names[c]) for c in present]
     fig.legend(handles=handles, loc="lower center", ncol=min(8, max(1, len(handles))), fontsize=7)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
