@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 from pointlift.errors import PointliftConfigError
 
@@ -12,7 +12,7 @@ T = TypeVar("T")
 
 def prepare_run(config_path: str | Path | dict, config_class: type[T], resume: bool = False,
                 run_dir: str | Path | None = None, *, name: str | None = None, root: str | Path | None = None,
-                check: Callable[[T], None] | None = None) -> tuple[T, Path]:
+                check: Callable[[T], None] | None = None, overrides: Sequence[str] = ()) -> tuple[T, Path]:
     """(config, run directory) for `pointlift pretrain|finetune METHOD --config FILE [--resume --run-dir DIR]`.
 
     In this order, so a bad file fails before anything is written: `config_path` (YAML file or dict) is
@@ -22,11 +22,12 @@ def prepare_run(config_path: str | Path | dict, config_class: type[T], resume: b
     pretraining checkpoint); then `run_dir` is made, or `<root>/<name>-<time>`, with `config.yaml` in it.
     `name` defaults to `config.name`, `root` to the config's `run_root`, else "runs".
     Under torchrun every process gets the same directory (rank 0 makes it).
+    `overrides`: the command line's `key=value` items, applied before the check (`load_config`).
     """
     from pointlift.engine.config import load_config
     from pointlift.engine.rundir import create_run_dir
 
-    config = load_config(config_path, config_class)
+    config = load_config(config_path, config_class, overrides)
     if resume and run_dir is None:
         raise PointliftConfigError("--resume needs --run-dir (the run to continue)")
     if check is not None:
@@ -38,13 +39,20 @@ def prepare_run(config_path: str | Path | dict, config_class: type[T], resume: b
     return config, create_run_dir(name, root, run_dir, config=config)
 
 
-def train_method(method, config_path: str | Path, resume: bool = False, run_dir: str | Path | None = None) -> dict:
-    """`pointlift pretrain|finetune NAME`: prepare the run, train the registry's `method`, print its summary
-    line (rank 0). Returns the method's summary."""
+def train_method(method, config_path: str | Path, resume: bool = False, run_dir: str | Path | None = None,
+                 overrides: Sequence[str] = ()) -> dict:
+    """`pointlift pretrain|finetune NAME [KEY=VALUE ...]`: prepare the run (relative input paths must exist),
+    train the registry's `method`, print its summary line (rank 0). Returns the method's summary."""
+    from pointlift.engine.config import check_input_paths
     from pointlift.engine.distributed import is_main_process
 
+    def check(config) -> None:
+        check_input_paths(config)
+        if method.check is not None:
+            method.check(config)
+
     config, run_dir = prepare_run(config_path, method.config, resume, run_dir, name=method.run_name,
-                                  check=method.check)
+                                  check=check, overrides=overrides)
     summary = method.train(config, run_dir, resume=resume)
     if is_main_process():
         print(method.summary_line(summary, run_dir))

@@ -1,4 +1,4 @@
-"""`pointlift finetune {image2point,i2p-mae,segmentation} --config FILE [--resume --run-dir DIR]`."""
+"""`pointlift finetune {image2point,i2p-mae,segmentation} --config FILE [--resume --run-dir DIR] [KEY=VALUE ...]`."""
 
 from __future__ import annotations
 
@@ -7,5 +7,6 @@ def run(args) -> int:
     from pointlift.commands.common import train_method
     from pointlift.registry import trainer
 
-    train_method(trainer("finetune", args.method), args.config, args.resume, args.run_dir)
+    train_method(trainer("finetune", args.method), args.config, args.resume, args.run_dir,
+                 args.overrides)
     return 0
