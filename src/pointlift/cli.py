@@ -150,7 +150,8 @@ def _override(text: str) -> str:
 
 def _add_run_options(p) -> None:
     """--config / --resume / --run-dir and KEY=VALUE overrides of every training command."""
-    p.add_argument("--config", type=_existing_file, required=True)
+    p.add_argument("--config", type=_existing_file, required=True,
+                   help="YAML config (keys: docs/CONFIG.md); its input paths are relative to its folder")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--run-dir", type=Path, default=None)
     p.add_argument("overrides", nargs="*", type=_override, metavar="KEY=VALUE",
