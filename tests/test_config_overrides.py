@@ -66,6 +66,9 @@ def test_unknown_and_misplaced_override_keys_name_the_command_line(tmp_path):
         load_config(config_file, I2PMAEExperiment, ["data.source=synthetic"])
     with pytest.raises(PointliftConfigError, match="expected KEY=VALUE"):
         load_config(config_file, I2PMAEExperiment, ["train..x=1"])
+    old_file = write_yaml(tmp_path / "old.yaml", {"data": {"source": "synthetic"}})
+    with pytest.raises(PointliftConfigError, match="old.yaml: data.source: was renamed 'format'"):
+        load_config(old_file, I2PMAEExperiment)
     # the same unknown key in the file names the file, not the command line
     bad_file = write_yaml(tmp_path / "bad.yaml", {"train": {"max_stepz": 4}})
     with pytest.raises(PointliftConfigError, match=r"bad.yaml: train.max_stepz: unknown key"):

@@ -141,7 +141,7 @@ def load_config(source: str | Path | dict, cls: type[T], overrides: Sequence[str
         data = {} if data is None else data
         base = path.resolve().parent
     given = {}
-    if overrides:
+    if overrides and isinstance(data, dict):  # a file that is not a mapping fails below, naming the file
         data, given = apply_overrides(data, overrides)
     context = _Context(base, given)
     try:
