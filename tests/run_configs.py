@@ -34,7 +34,7 @@ def i2p_mae_config(root: Path, **train) -> dict:
     return {
         "method": {"model": TINY_M2AE, "image_size": 64, "mask_ratio": 0.75},
         "teacher": {"stage": -2},
-        "data": {"source": "synthetic", "num_points": 128, "max_shapes": 8, "cache_dir": str(root / "i2p_cache")},
+        "data": {"format": "synthetic", "num_points": 128, "max_shapes": 8, "cache_dir": str(root / "i2p_cache")},
         "train": {"max_steps": 4, "batch_size": 4, "log_every": 2, "checkpoint_every": 2,
                   "optim": {"lr": 0.003, "warmup_steps": 1}, **train},
         "device": "cpu",

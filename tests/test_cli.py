@@ -99,7 +99,7 @@ def test_embed_cli_gives_one_row_per_point_set(tmp_path):
     points, _, _ = make_shapes(2, num_points=64, seed=1)
     experiment = I2PMAEExperiment(
         method=I2PMAEConfig(model=config, guided_masking=False, feature_target=False),
-        data=DataConfig(source="synthetic", cache_dir=str(tmp_path / "cache")),
+        data=DataConfig(format="synthetic", cache_dir=str(tmp_path / "cache")),
         train=TrainConfig(epochs=1, batch_size=8, checkpoint_every=0, optim=OptimConfig(lr=1e-3)),
         device="cpu")
     _, result, _ = pretrain(experiment, tmp_path / "run", progress=False, points=points)

@@ -42,7 +42,7 @@ def chain(tmp_path_factory):
         "name": "byod",
         "method": {"model": TINY_MODEL, "image_size": 64, "footprint": 3},
         "teacher": {"name": "tf_efficientnet_lite0", "stage": -2},
-        "data": {"source": "auto", "path": str(data), "num_points": 128, "cache_dir": None},
+        "data": {"format": "auto", "path": str(data), "num_points": 128, "cache_dir": None},
         "train": {"epochs": 4, "batch_size": 8, "checkpoint_every": 0, "log_every": 1,
                   "optim": {"name": "adamw", "lr": 0.001}},
         "device": "cpu",

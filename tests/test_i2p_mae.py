@@ -157,7 +157,7 @@ def test_official_recipe_trains_with_the_teacher_every_step(teacher, shapes, tmp
     points = np.concatenate([shapes[0]] * 2)  # 32 shapes
     experiment = I2PMAEExperiment(
         method=I2PMAEConfig(model=tiny_model(), image_size=IMAGE, mask_ratio=0.75),
-        data=DataConfig(source="synthetic", cache_dir=str(tmp_path / "cache")),
+        data=DataConfig(format="synthetic", cache_dir=str(tmp_path / "cache")),
         train=TrainConfig(epochs=6, batch_size=8, log_every=4, checkpoint_every=0, seed=0,
                           optim=OptimConfig(lr=3e-3, warmup_steps=1)),
         device="cpu")
@@ -198,7 +198,7 @@ def test_pointlift_recipe_trains_from_the_cache(teacher, shapes, tmp_path):
     points = np.concatenate([shapes[0]] * 2)
     experiment = I2PMAEExperiment(
         method=I2PMAEConfig(model=tiny_model(), recipe="pointlift", image_size=IMAGE, mask_ratio=0.75),
-        data=DataConfig(source="synthetic", cache_dir=str(tmp_path / "cache")),
+        data=DataConfig(format="synthetic", cache_dir=str(tmp_path / "cache")),
         train=TrainConfig(epochs=4, batch_size=8, log_every=4, checkpoint_every=0, seed=0,
                           optim=OptimConfig(lr=3e-3, warmup_steps=1)),
         device="cpu")

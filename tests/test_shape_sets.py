@@ -157,11 +157,11 @@ def test_i2p_mae_data_config_accepts_shape_sets(tmp_path):
     from pointlift.methods.i2p_mae.data import load_pretrain_points
 
     root = write_modelnet40_h5(tmp_path / "modelnet40_ply_hdf5_2048")
-    points, labels, names = load_pretrain_points(DataConfig(source="modelnet40_h5", path=str(root), num_points=64),
+    points, labels, names = load_pretrain_points(DataConfig(format="modelnet40_h5", path=str(root), num_points=64),
                                                  "test")
     _check(points, labels, names, 4, 64, 40)
-    with pytest.raises(PointliftConfigError, match="source"):
-        DataConfig(source="kitti")
+    with pytest.raises(PointliftConfigError, match="format"):
+        DataConfig(format="kitti")
 
 
 def test_scanobjectnn_variants_pick_their_files(tmp_path):

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from pointlift import __version__
-from pointlift.commands import bench, embed, evaluate, finetune, inflate, pretrain, quickstart
+from pointlift.commands import bench, config, embed, evaluate, finetune, inflate, pretrain, quickstart
 from pointlift.errors import PointliftError
 
 EXIT_USAGE = 2
@@ -23,6 +23,7 @@ EXIT_USAGE = 2
 PRETRAIN_METHODS = ("ppkt", "i2p-mae")
 FINETUNE_METHODS = ("image2point", "i2p-mae", "segmentation")
 BENCHMARK_NAMES = ("sparse", "image2point", "ppkt", "i2p-mae", "segmentation")
+CONFIG_KINDS = ("image2point", "ppkt", "i2p-mae-pretrain", "i2p-mae-finetune", "segmentation")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pointlift", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"pointlift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_quickstart, _add_bench, _add_embed, _add_inflate, _add_finetune, _add_pretrain, _add_eval):
+    for add in (_add_quickstart, _add_bench, _add_embed, _add_inflate, _add_finetune, _add_pretrain, _add_eval,
+                _add_config):
         add(sub)
     return parser
 
@@ -138,9 +140,18 @@ def _add_inflate(sub) -> None:
     p.set_defaults(func=inflate.run)
 
 
+def _override(text: str) -> str:
+    """An argparse type: a `key.sub=value` config override (the value is parsed as YAML when loading)."""
+    key, equals, _ = text.partition("=")
+    if not equals or not all(key.split(".")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. train.max_steps=4)")
+    return text
+
+
 def _add_run_options(p) -> None:
-    """--config / --resume / --overwrite / --run-dir of every training command."""
-    p.add_argument("--config", type=_existing_file, required=True)
+    """--config / --resume / --overwrite / --run-dir and KEY=VALUE overrides of every training command."""
+    p.add_argument("--config", type=_existing_file, required=True,
+                   help="YAML config (keys: docs/CONFIG.md); its input paths are relative to its folder")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     again.add_argument("--overwrite", action="store_true",
@@ -148,6 +159,9 @@ def _add_run_options(p) -> None:
     p.add_argument("--run-dir", type=Path, default=None,
                    help="run directory (default <run_root>/<name>-<time>); one holding a run needs --resume or "
                         "--overwrite, and one run at a time may use it")
+    p.add_argument("overrides", nargs="*", type=_override, metavar="KEY=VALUE",
+                   help="set a config key, typed and checked like the file: train.max_steps=4 data.path=DIR "
+                        "(paths relative to the current directory); keys: `pointlift config show`")
 
 
 def _add_finetune(sub) -> None:
@@ -162,6 +176,17 @@ def _add_pretrain(sub) -> None:
     p.add_argument("method", choices=PRETRAIN_METHODS)
     _add_run_options(p)
     p.set_defaults(func=pretrain.run)
+
+
+def _add_config(sub) -> None:
+    p = sub.add_parser("config", help="the reference of every config key: type, default and meaning")
+    actions = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    q = actions.add_parser("show", help="one training command's config keys (or, with --yaml, a default config)")
+    q.add_argument("kind", choices=CONFIG_KINDS)
+    q.add_argument("--yaml", action="store_true", help="print a full default config as YAML")
+    q.set_defaults(func=config.run)
+    q = actions.add_parser("docs", help="print docs/CONFIG.md (every kind's reference, as Markdown)")
+    q.set_defaults(func=config.run)
 
 
 def _add_eval(sub) -> None:
@@ -211,9 +236,24 @@ def _one_line(message) -> str:
     return " ".join(str(message).split())
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """parse_args, but KEY=VALUE overrides may also follow options (`--config C train.max_steps=4`):
+    argparse leaves positionals after an option unparsed, so they are taken here."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        unknown = extras if not hasattr(args, "overrides") else [e for e in extras if e.startswith("-")]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        try:
+            args.overrides = [*args.overrides, *map(_override, extras)]
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"argument KEY=VALUE: {error}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     try:
         return int(args.func(args) or 0)
     except PointliftError as error:

@@ -101,6 +101,14 @@ def trainer(verb: str, name: str) -> Method:
     raise KeyError(f"no `pointlift {verb} {name}`; known: {[m.name for m in METHODS if m.verb == verb]}")
 
 
+def config_kinds() -> dict[str, Method]:
+    """`pointlift config show KIND`: each training command's config by its method name, or `NAME-VERB` where
+    one name is trained by two commands (i2p-mae-pretrain, i2p-mae-finetune)."""
+    trained = [m for m in METHODS if m.config is not None]
+    names = [m.name for m in trained]
+    return {(m.name if names.count(m.name) == 1 else f"{m.name}-{m.verb}"): m for m in trained}
+
+
 def by_kind(kind: str) -> Method:
     """The method whose checkpoints carry `model_spec.kind == kind`."""
     for method in METHODS:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 from pointlift.errors import PointliftConfigError
 
@@ -14,9 +14,10 @@ T = TypeVar("T")
 @contextmanager
 def prepare_run(config_path: str | Path | dict, config_class: type[T], resume: bool = False,
                 run_dir: str | Path | None = None, *, overwrite: bool = False, name: str | None = None,
-                root: str | Path | None = None, check: Callable[[T], None] | None = None) -> Iterator[tuple[T, Path]]:
+                root: str | Path | None = None, check: Callable[[T], None] | None = None,
+                overrides: Sequence[str] = ()) -> Iterator[tuple[T, Path]]:
     """(config, run directory) for `pointlift pretrain|finetune METHOD --config FILE [--resume|--overwrite]
-    [--run-dir DIR]`, held for the `with` block.
+    [--run-dir DIR] [KEY=VALUE ...]`, held for the `with` block.
 
     In this order, so a bad file fails before anything is written: `config_path` (YAML file or dict) is
     loaded as `config_class` (every key checked); `resume` without `run_dir` is refused ("--resume needs
@@ -27,11 +28,12 @@ def prepare_run(config_path: str | Path | dict, config_class: type[T], resume: b
     lock; removed again if the block fails before the run wrote anything), with `config.yaml` in it.
     `name` defaults to `config.name`, `root` to the config's `run_root`, else "runs".
     Under torchrun every process gets the same directory (rank 0 makes and locks it).
+    `overrides`: the command line's `key=value` items, applied before the check (`load_config`).
     """
     from pointlift.engine.config import load_config
     from pointlift.engine.rundir import claimed_run_dir
 
-    config = load_config(config_path, config_class)
+    config = load_config(config_path, config_class, overrides)
     if resume and run_dir is None:
         raise PointliftConfigError("--resume needs --run-dir (the run to continue)")
     if overwrite and run_dir is None:
@@ -46,14 +48,20 @@ def prepare_run(config_path: str | Path | dict, config_class: type[T], resume: b
         yield config, path
 
 
-def train_method(method, config_path: str | Path, resume: bool = False, run_dir: str | Path | None = None, *,
-                 overwrite: bool = False) -> dict:
-    """`pointlift pretrain|finetune NAME`: prepare the run, train the registry's `method`, print its summary
-    line (rank 0). Returns the method's summary."""
+def train_method(method, config_path: str | Path, resume: bool = False, run_dir: str | Path | None = None,
+                 overrides: Sequence[str] = (), *, overwrite: bool = False) -> dict:
+    """`pointlift pretrain|finetune NAME [KEY=VALUE ...]`: prepare the run (relative input paths must exist),
+    train the registry's `method`, print its summary line (rank 0). Returns the method's summary."""
+    from pointlift.engine.config import check_input_paths
     from pointlift.engine.distributed import is_main_process
 
+    def check(config) -> None:
+        check_input_paths(config)
+        if method.check is not None:
+            method.check(config)
+
     with prepare_run(config_path, method.config, resume, run_dir, overwrite=overwrite, name=method.run_name,
-                     check=method.check) as (config, run_dir):
+                     check=check, overrides=overrides) as (config, run_dir):
         summary = method.train(config, run_dir, resume=resume)
     if is_main_process():
         print(method.summary_line(summary, run_dir))

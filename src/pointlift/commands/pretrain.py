@@ -1,4 +1,4 @@
-"""`pointlift pretrain {ppkt,i2p-mae} --config FILE [--resume|--overwrite] [--run-dir DIR]`."""
+"""`pointlift pretrain {ppkt,i2p-mae} --config FILE [--resume|--overwrite] [--run-dir DIR] [KEY=VALUE ...]`."""
 
 from __future__ import annotations
 
@@ -8,5 +8,5 @@ def run(args) -> int:
     from pointlift.registry import trainer
 
     train_method(trainer("pretrain", args.method), args.config, args.resume, args.run_dir,
-                 overwrite=args.overwrite)
+                 args.overrides, overwrite=args.overwrite)
     return 0

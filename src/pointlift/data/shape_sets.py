@@ -37,7 +37,7 @@ from pointlift.data.shapes import (
     load_modelnet40_resampled,
     load_scanobjectnn_h5,
 )
-from pointlift.engine.config import require
+from pointlift.engine.config import InputPathStr, require
 from pointlift.errors import PointliftConfigError, PointliftDataError
 
 __all__ = [
@@ -64,7 +64,7 @@ class ShapeSetConfig:
     """Which shapes, and how each becomes an input of `num_points` points (the same everywhere)."""
 
     format: str = "auto"  # one of FORMATS, or "auto" (detected from `path`)
-    path: str = ""
+    path: InputPathStr = ""  # the shape set: a file or a folder
     num_points: int = 1024  # points per shape; fewer in a file are repeated, more are subsampled
     # "unit_sphere": centre on the mean of the sampled points and scale the farthest to radius 1
     # (Point-BERT/Point-MAE/I2P-MAE's pc_norm); "none": coordinates as stored.

@@ -37,7 +37,7 @@ def quickstart(run_dir, progress: bool = True) -> dict:
         name="quickstart",
         method=I2PMAEConfig(model=quickstart_model_config(), recipe="pointlift", image_size=96, temperature=0.5),
         teacher=TeacherConfig(stage=-2),
-        data=DataConfig(source="synthetic", num_points=256, max_shapes=48, cache_dir=None),
+        data=DataConfig(format="synthetic", num_points=256, max_shapes=48, cache_dir=None),
         train=TrainConfig(epochs=8, batch_size=16, log_every=3, checkpoint_every=0,
                           optim=OptimConfig(lr=1e-3, weight_decay=0.05, warmup_steps=10)),
         device="cpu")

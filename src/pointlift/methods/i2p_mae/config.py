@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from pointlift.engine.config import TrainConfig, config_to_dict, require
+from pointlift.engine.config import InputPathStr, TrainConfig, config_to_dict, require
 from pointlift.models.point_m2ae.config import PointM2AEConfig
 
 KIND = "i2p_mae"
@@ -29,20 +29,20 @@ DATA_RECIPES = {
 class I2PMAEConfig:
     """The method (stored as the checkpoint's model_spec). Options left None take the recipe's value."""
 
-    model: PointM2AEConfig = field(default_factory=PointM2AEConfig)
-    recipe: Literal["official", "pointlift"] = "official"
-    mask_ratio: float = 0.8
-    guided_masking: bool = True
-    feature_target: bool = True
-    masking: Optional[Literal["released", "standardised"]] = None
+    model: PointM2AEConfig = field(default_factory=PointM2AEConfig)  # the Point-M2AE network's sizes
+    recipe: Literal["official", "pointlift"] = "official"  # fills the options left null: released method or pointlift's
+    mask_ratio: float = 0.8  # fraction of the top scale's tokens masked
+    guided_masking: bool = True  # mask by the 2D teacher's saliency (false = random masking)
+    feature_target: bool = True  # also reconstruct the teacher's 2D features of visible tokens
+    masking: Optional[Literal["released", "standardised"]] = None  # how saliency turns into a mask (null = recipe)
     temperature: float = 0.5  # masking "standardised" only; lower = greedier
-    renderer: Optional[Literal["released", "invariant"]] = None
-    target_norm: Optional[Literal["none", "layer", "layer_batch"]] = None
-    recon_weight: Optional[float] = None
-    feature_weight: Optional[float] = None
+    renderer: Optional[Literal["released", "invariant"]] = None  # depth-map renderer (null = recipe)
+    target_norm: Optional[Literal["none", "layer", "layer_batch"]] = None  # 2D target normalisation (null = recipe)
+    recon_weight: Optional[float] = None  # weight of the point-reconstruction loss (null = recipe)
+    feature_weight: Optional[float] = None  # weight of the 2D-feature loss (null = recipe)
     released_quirks: Optional[bool] = None  # token 0 of cloud 0 visible; ungrouped tokens dropped at eval
-    image_size: int = 224
-    footprint: int = 5
+    image_size: int = 224  # side of the rendered depth maps fed to the teacher
+    footprint: int = 5  # side in pixels of each point's splat in the depth maps (odd)
     teacher_channels: int = 0  # set from the teacher when the model is built
     # True: N torchrun processes take one process's steps (to float rounding): the 3D and 2D losses are
     # means over the global batch's masked / visible tokens (counts all-reduced), drop-path is drawn from
@@ -73,10 +73,10 @@ class TeacherConfig:
     """The frozen 2D network. The paper's: `vit_base_patch16_clip_224.openai` with `project: true`
     (patch tokens after CLIP's projection, 512-d) - hub weights, needs internet the first time."""
 
-    name: str = "tf_efficientnet_lite0"
-    weights: Optional[str] = None  # None = bundled (EfficientNet-Lite) or hub; or a local file
-    stage: int = -1
-    half: bool = False
+    name: str = "tf_efficientnet_lite0"  # timm model name
+    weights: Optional[InputPathStr] = None  # None = bundled (EfficientNet-Lite) or hub; or a local file
+    stage: int = -1  # which feature stage of the teacher is the 2D target (-1 = last)
+    half: bool = False  # run the teacher in float16 (CUDA)
     project: bool = False  # ViT: apply the model's head (CLIP: visual projection) to every patch token
 
 
@@ -87,19 +87,19 @@ class DataConfig:
     pointlift = uniform scale U(0.8, 1.25) + translate 0.1, cached teacher maps."""
 
     # "synthetic", or any shape set of pointlift.data.shape_sets (format name or "auto")
-    source: str = "modelnet10_vox"
-    path: str = "../shared/data/modelnet10_vox32.npz"
+    format: str = "modelnet10_vox"
+    path: InputPathStr = "../shared/data/modelnet10_vox32.npz"  # the shape set (file or folder)
     variant: str = "PB_T50_RS"  # ScanObjectNN file variant (shape_sets)
     columns: Optional[int] = None  # values per point of raw .bin point files (shape_sets)
-    num_points: int = 1024
+    num_points: int = 1024  # points per shape
     max_shapes: Optional[int] = None  # first N training shapes only (CPU budgets)
-    augment: Optional[Literal["per_axis", "uniform"]] = None
-    scale_range: Optional[tuple[float, float]] = None
-    translate: Optional[float] = None
-    cache_teacher: Optional[bool] = None
-    cache_dir: Optional[str] = "~/.cache/pointlift/i2p_mae"
-    cache_dtype: Literal["float16", "float32"] = "float16"
-    seed: int = 0
+    augment: Optional[Literal["per_axis", "uniform"]] = None  # scaling per axis or uniform (null = recipe)
+    scale_range: Optional[tuple[float, float]] = None  # [low, high] of the random scale (null = recipe)
+    translate: Optional[float] = None  # maximum random translation (null = recipe)
+    cache_teacher: Optional[bool] = None  # compute the teacher's maps once and reuse them (null = recipe)
+    cache_dir: Optional[str] = "~/.cache/pointlift/i2p_mae"  # where cached teacher maps go (current directory)
+    cache_dtype: Literal["float16", "float32"] = "float16"  # storage type of cached teacher maps
+    seed: int = 0  # seeds each shape's resampling and the augmentation
 
     def __post_init__(self):
         require(self.num_points >= 1, "num_points", "must be >= 1")
@@ -108,8 +108,8 @@ class DataConfig:
         require(self.translate is None or self.translate >= 0, "translate", "must be >= 0")
 
         from pointlift.data.shape_sets import FORMATS
-        require(self.source in ("synthetic", "auto", *FORMATS), "source",
-                f"must be 'synthetic', 'auto' or one of {', '.join(FORMATS)}; got {self.source!r}")
+        require(self.format in ("synthetic", "auto", *FORMATS), "format",
+                f"must be 'synthetic', 'auto' or one of {', '.join(FORMATS)}; got {self.format!r}")
 
     def resolve(self, recipe: str) -> "DataConfig":
         for key, value in DATA_RECIPES[recipe].items():
@@ -122,13 +122,13 @@ class DataConfig:
 class I2PMAEExperiment:
     """One YAML file per pretraining experiment (configs/i2p_mae_*.yaml)."""
 
-    name: str = "i2p_mae"
-    method: I2PMAEConfig = field(default_factory=I2PMAEConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    device: Optional[str] = None
-    run_root: str = "runs"
+    name: str = "i2p_mae"  # run directories are <run_root>/<name>-<time>
+    method: I2PMAEConfig = field(default_factory=I2PMAEConfig)  # the method (the checkpoint's model_spec)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)  # the frozen 2D network
+    data: DataConfig = field(default_factory=DataConfig)  # pretraining shapes and augmentation
+    train: TrainConfig = field(default_factory=TrainConfig)  # the training loop
+    device: Optional[str] = None  # cpu, cuda, cuda:1 ... (null = cuda if available)
+    run_root: str = "runs"  # folder of run directories (relative to the current directory)
 
     def __post_init__(self):
         self.data.resolve(self.method.recipe)

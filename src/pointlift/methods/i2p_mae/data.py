@@ -53,8 +53,8 @@ class PretrainShapes(torch.utils.data.Dataset):
 
 
 def load_pretrain_points(data: DataConfig, split: str = "train"):
-    """(points (S, P, 3), labels (S,), class names) for the configured source."""
-    if data.source == "synthetic":
+    """(points (S, P, 3), labels (S,), class names) for the configured format."""
+    if data.format == "synthetic":
         from pointlift.data.synthetic import make_shapes
 
         count = data.max_shapes or 64
@@ -64,6 +64,6 @@ def load_pretrain_points(data: DataConfig, split: str = "train"):
         return prepare_point_sets(list(points), data.num_points, data.seed), labels, names
     from pointlift.data.shape_sets import ShapeSetConfig, load_points
 
-    return load_points(ShapeSetConfig(format=data.source, path=data.path, num_points=data.num_points,
+    return load_points(ShapeSetConfig(format=data.format, path=data.path, num_points=data.num_points,
                                       variant=data.variant, columns=data.columns, max_shapes=data.max_shapes,
                                       seed=data.seed), split)

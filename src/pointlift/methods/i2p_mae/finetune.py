@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pointlift.data.shape_sets import ShapeSetConfig, load_points
-from pointlift.engine.config import OptimConfig, TrainConfig, config_to_dict, require
+from pointlift.engine.config import InputPathStr, OptimConfig, TrainConfig, config_to_dict, require
 from pointlift.engine.device import resolve_device
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.methods.i2p_mae.embedder import build_embedder as build_pretraining_embedder
@@ -45,16 +45,18 @@ WRONG_KIND_HINTS = {
 
 @dataclass
 class HeadConfig:
-    hidden: int = 256
-    dropout: float = 0.5
+    """The classification head on the pooled tokens."""
+
+    hidden: int = 256  # width of the head's hidden layers
+    dropout: float = 0.5  # dropout between the head's layers
 
 
 @dataclass
 class AugmentConfig:
     """Training augmentation (per-axis scale, then translation), as Point-BERT-style fine-tuning does."""
 
-    scale_range: tuple[float, float] = (2.0 / 3.0, 1.5)
-    translate: float = 0.2
+    scale_range: tuple[float, float] = (2.0 / 3.0, 1.5)  # [low, high] of the random per-axis scale
+    translate: float = 0.2  # maximum random translation
 
     def __post_init__(self):
         require(0 < self.scale_range[0] <= self.scale_range[1], "scale_range", "need 0 < low <= high")
@@ -65,19 +67,19 @@ class AugmentConfig:
 class PointFinetuneConfig:
     """One YAML file per fine-tuning run (`pointlift finetune i2p-mae --config FILE`)."""
 
-    name: str = "i2p_mae_finetune"
-    checkpoint: str = ""  # the I2P-MAE pretraining checkpoint (a run directory or .../checkpoints/last)
+    name: str = "i2p_mae_finetune"  # run directories are <run_root>/<name>-<time>
+    checkpoint: InputPathStr = ""  # the I2P-MAE pretraining checkpoint (a run directory or .../checkpoints/last)
     init: Literal["pretrained", "scratch"] = "pretrained"  # scratch: same architecture, random weights
-    data: ShapeSetConfig = field(default_factory=lambda: ShapeSetConfig(num_points=2048))
+    data: ShapeSetConfig = field(default_factory=lambda: ShapeSetConfig(num_points=2048))  # the labelled shapes
     val_per_class: Optional[int] = None  # validation shapes per class, carved from train (seeded)
-    head: HeadConfig = field(default_factory=HeadConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    label_smoothing: float = 0.0
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+    head: HeadConfig = field(default_factory=HeadConfig)  # the classification head
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # training augmentation
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(  # the training loop (this recipe's defaults)
         epochs=300, batch_size=32, optim=OptimConfig(name="adamw", lr=5e-4, weight_decay=0.05, warmup_epochs=10)))
-    eval_batch_size: int = 64
-    device: Optional[str] = None
-    run_root: str = "runs"
+    eval_batch_size: int = 64  # shapes per evaluation batch
+    device: Optional[str] = None  # cpu, cuda, cuda:1 ... (null = cuda if available)
+    run_root: str = "runs"  # folder of run directories (relative to the current directory)
 
     def __post_init__(self):
         require(bool(self.checkpoint), "checkpoint", "name the I2P-MAE pretraining checkpoint to fine-tune")

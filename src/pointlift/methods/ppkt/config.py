@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from pointlift.engine.config import TrainConfig, require
+from pointlift.engine.config import InputPath, InputPathStr, TrainConfig, require
 
 
 @dataclass
@@ -24,13 +24,13 @@ class PPKTDataConfig:
     per sequence from its horizontal surfaces, `pointlift.data.gravity`, or `world_up` given), as
     scans are seen at fine-tune time."""
 
-    kind: Literal["rgbd", "kitti", "semantickitti", "nuscenes", "synthetic"] = "rgbd"
-    root: Optional[Path] = None
-    roots: list[Path] = field(default_factory=list)  # rgbd: more sequences (or folders of them) beside root
-    frame: Literal["camera", "world"] = "camera"
+    kind: Literal["rgbd", "kitti", "semantickitti", "nuscenes", "synthetic"] = "rgbd"  # the layout of `root`
+    root: Optional[InputPath] = None  # the data folder (required unless kind is synthetic); rgbd: one sequence or a folder of them
+    roots: list[InputPath] = field(default_factory=list)  # rgbd: more sequences (or folders of them) beside root
+    frame: Literal["camera", "world"] = "camera"  # points in the camera frame (released) or the gravity-aligned world frame (z up, from the poses)
     world_up: Optional[tuple[float, float, float]] = None  # frame world: the poses' up direction (None = measured)
     sequences: list[str] = field(default_factory=list)  # semantickitti: sequences to use (empty = all)
-    info_pkl: Optional[Path] = None  # nuscenes only
+    info_pkl: Optional[InputPath] = None  # nuscenes only: the info pickle
     train_below: Optional[int] = None  # rgbd: frame numbers below this train, the rest are held out
     holdout_fraction: float = 0.25  # otherwise: the last fraction of frames is held out
     frame_stride: int = 1  # use every k-th frame
@@ -44,9 +44,9 @@ class PPKTDataConfig:
     occlusion_tolerance: float = 0.25  # |depth(u, v) - z| <= tolerance * z
     zbuffer_cell: int = 4  # lidar z-buffer cell size in pixels
     max_eval_frames: int = 0  # 0 = every held-out frame
-    synthetic_frames: int = 16
-    synthetic_hw: tuple[int, int] = (96, 128)
-    synthetic_seed: int = 0
+    synthetic_frames: int = 16  # synthetic: frames of the generated scene
+    synthetic_hw: tuple[int, int] = (96, 128)  # synthetic: (H, W) of the generated frames
+    synthetic_seed: int = 0  # synthetic: seed of the generated scene
 
     def __post_init__(self):
         require(self.frame_stride >= 1, "frame_stride", "must be >= 1")
@@ -66,14 +66,16 @@ class PPKTDataConfig:
 
 @dataclass
 class PPKTModelConfig:
-    teacher: str = "tf_efficientnet_lite0"
-    teacher_weights: Optional[str] = None  # None = bundled/hub weights, a path, or "random"
-    teacher_stage: int = -1
-    embed_dim: int = 64
-    upl_mode: Literal["bilinear", "learned"] = "bilinear"
-    student: str = "spunet-v1m1"
-    in_features: Literal["rgb", "constant"] = "rgb"
-    voxel_size: float = 0.05
+    """The frozen 2D teacher and the 3D student."""
+
+    teacher: str = "tf_efficientnet_lite0"  # timm model name of the 2D teacher
+    teacher_weights: Optional[InputPathStr] = None  # None = bundled/hub weights, a path, or "random"
+    teacher_stage: int = -1  # which feature stage of the teacher (-1 = last)
+    embed_dim: int = 64  # width of the shared pixel/point embedding
+    upl_mode: Literal["bilinear", "learned"] = "bilinear"  # how teacher maps are upsampled to pixels
+    student: str = "spunet-v1m1"  # the sparse U-Net (pointlift.models.sparse_unet names)
+    in_features: Literal["rgb", "constant"] = "rgb"  # point features fed to the student
+    voxel_size: float = 0.05  # student voxel size (metres)
     up_axis: Literal["x", "y", "z"] = "y"  # camera frames: y (down); LiDAR: z
 
     def __post_init__(self):
@@ -83,8 +85,10 @@ class PPKTModelConfig:
 
 @dataclass
 class PPKTLossConfig:
-    num_pairs: int = 4096
-    temperature: float = 0.07
+    """The pixel-to-point InfoNCE loss."""
+
+    num_pairs: int = 4096  # point-pixel pairs sampled per batch
+    temperature: float = 0.07  # InfoNCE temperature
 
     def __post_init__(self):
         require(self.num_pairs >= 2, "num_pairs", "must be >= 2")
@@ -97,23 +101,25 @@ class PPKTAugmentConfig:
 
     rotate_up: bool = True  # random rotation about the up axis
     flip: bool = True  # random mirror of a horizontal axis
-    scale: tuple[float, float] = (0.9, 1.1)
+    scale: tuple[float, float] = (0.9, 1.1)  # [low, high] of the random isotropic scale
     image_flip: bool = False  # mirror image (cached map) and pixel u together, p = 0.5
 
 
 @dataclass
 class PPKTConfig:
-    data: PPKTDataConfig = field(default_factory=PPKTDataConfig)
-    model: PPKTModelConfig = field(default_factory=PPKTModelConfig)
-    loss: PPKTLossConfig = field(default_factory=PPKTLossConfig)
-    augment: PPKTAugmentConfig = field(default_factory=PPKTAugmentConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    cache: bool = True
+    """One YAML file per PPKT pretraining run (`pointlift pretrain ppkt --config FILE`)."""
+
+    data: PPKTDataConfig = field(default_factory=PPKTDataConfig)  # where pairs come from
+    model: PPKTModelConfig = field(default_factory=PPKTModelConfig)  # teacher and student
+    loss: PPKTLossConfig = field(default_factory=PPKTLossConfig)  # the contrastive loss
+    augment: PPKTAugmentConfig = field(default_factory=PPKTAugmentConfig)  # point augmentations
+    train: TrainConfig = field(default_factory=TrainConfig)  # the training loop
+    cache: bool = True  # compute the teacher's maps once and reuse them
     cache_dir: Optional[Path] = None  # default: <run_dir>/teacher_cache
     eval_points_per_frame: int = 256  # retrieval candidates per frame (chance = 1 / this)
     eval_untrained: bool = True  # also measure the untrained network (same seed) for comparison
-    device: Optional[str] = None
-    run_root: Path = Path("runs")
+    device: Optional[str] = None  # cpu, cuda, cuda:1 ... (null = cuda if available)
+    run_root: Path = Path("runs")  # folder of run directories (relative to the current directory)
 
     def __post_init__(self):
         require(self.eval_points_per_frame >= 2, "eval_points_per_frame", "must be >= 2")

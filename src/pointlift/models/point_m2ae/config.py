@@ -20,19 +20,19 @@ class PointM2AEConfig:
     points FPS never picks (released kernel: 1e-3; None = no rule).
     """
 
-    num_points: int = 2048
-    num_centers: tuple[int, ...] = (512, 256, 64)
-    group_sizes: tuple[int, ...] = (16, 8, 8)
-    encoder_dims: tuple[int, ...] = (96, 192, 384)
-    encoder_depths: tuple[int, ...] = (5, 5, 5)
-    num_heads: int = 6
-    mlp_ratio: float = 4.0
-    drop_path: float = 0.1
-    embed_hidden: int = 128
-    decoder_dims: tuple[int, ...] = (384, 192)
-    decoder_depths: tuple[int, ...] = (1, 1)
-    decoder_up_blocks: int = 1
-    fps_skip: float | None = RELEASED_FPS_SKIP
+    num_points: int = 2048  # input points per shape
+    num_centers: tuple[int, ...] = (512, 256, 64)  # token centres (FPS) per scale, finest first
+    group_sizes: tuple[int, ...] = (16, 8, 8)  # neighbours (kNN) grouped into each token, per scale
+    encoder_dims: tuple[int, ...] = (96, 192, 384)  # token width per scale
+    encoder_depths: tuple[int, ...] = (5, 5, 5)  # transformer blocks per scale
+    num_heads: int = 6  # attention heads (every width must divide by it)
+    mlp_ratio: float = 4.0  # transformer MLP width / token width
+    drop_path: float = 0.1  # stochastic depth rate
+    embed_hidden: int = 128  # width of the first token embedding (smaller = CPU-sized networks)
+    decoder_dims: tuple[int, ...] = (384, 192)  # decoder width per scale, mirroring encoder_dims from the top
+    decoder_depths: tuple[int, ...] = (1, 1)  # decoder transformer blocks per scale
+    decoder_up_blocks: int = 1  # blocks of the decoder's upsampling
+    fps_skip: float | None = RELEASED_FPS_SKIP  # FPS never picks points within this squared radius of the origin
 
     def __post_init__(self):
         for name in ("num_centers", "group_sizes", "encoder_dims", "encoder_depths", "decoder_dims", "decoder_depths"):

@@ -22,6 +22,7 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 
+from pointlift.engine.config import InputPathStr
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.geometry.voxel import average_per_voxel, voxelize
 
@@ -33,7 +34,8 @@ class ShapeDataConfig:
     # "modelnet10" (voxel npz), "modelnet40" (h5 folder), or any pointlift.data.shape_sets format / "auto"
     dataset: str = "modelnet10"
     variant: str = "PB_T50_RS"  # ScanObjectNN file variant (shape_sets)
-    path: str = "../shared/data/modelnet10_vox32.npz"  # modelnet40: the folder of ply_data_*.h5
+    # the shapes: a file or folder (modelnet40: the folder of ply_data_*.h5)
+    path: InputPathStr = "../shared/data/modelnet10_vox32.npz"
     voxel_size: float = 0.05  # on unit-sphere shapes (released ModelNet40 setting)
     # "released": Image2Point's released pipeline; "voxel_mean": pointlift's earlier one (see module doc)
     pipeline: Literal["released", "voxel_mean"] = "voxel_mean"
@@ -41,11 +43,11 @@ class ShapeDataConfig:
     # released code never normalises (its ModelNet40 h5 files come normalised by their provider); the
     # ModelNet10 voxel-grid file does not (its points fill [-0.5, 0.5]^3). None = True for modelnet10.
     normalize: Optional[bool] = None
-    augment: bool = True
+    augment: bool = True  # training augmentation of the chosen pipeline
     input_scale: float = 1.0  # multiplies the xyz features fed to the stem
     max_points: Optional[int] = None  # random subset of points per shape (None = all)
     train_per_class: Optional[int] = None  # few-shot K (or a budget subset); None = every shape
-    subset_seed: int = 0
+    subset_seed: int = 0  # seed of the train_per_class / test_per_class subsets
     test_per_class: Optional[int] = None  # evaluate on a class-balanced test subset (budget)
     # validation shapes per class carved from the *training* split (fixed seed, disjoint from the training
     # subset): settings and epochs-to-target are judged on it, never on the test split. None = no validation.

@@ -124,7 +124,7 @@ def train_classifier(model: SparseShapeClassifier, train_set: VoxelShapeDataset,
         calibration_set.augment = False
 
     def eval_fn(module, epoch):
-        last = epoch >= train_config.epochs - 1
+        last = train_config.epochs is not None and epoch >= train_config.epochs - 1  # epochs null: max_steps ends it
         logged = {}
         if precise_bn and (eval_every_epoch or last):
             recalibrate_batchnorm(module, calibration_set, eval_collate, eval_batch_size)
