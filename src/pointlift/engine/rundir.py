@@ -64,6 +64,8 @@ def write_text(path: str | Path, text: str) -> Path:
         try:
             tmp.write_text(text)
             os.replace(tmp, path)
+        except OSError as error:  # name the file the user asked for, not the temporary one
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from None
         finally:
             tmp.unlink(missing_ok=True)
     return path
