@@ -9,6 +9,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HASH="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
 VENV="${POINTLIFT_VENV:-$HOME/.cache/pointlift/venv-$HASH}"
 PY="${PYTHON:-python3}"
+# The Python pyproject.toml's requires-python promises (and CI tests); say so before building anything.
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "pointlift: needs Python >= 3.11 (pyproject.toml requires-python); '$PY' is $("$PY" --version 2>&1 || echo missing). Set PYTHON=/path/to/python3.11 or newer." >&2
+    exit 2
+fi
 mkdir -p "$(dirname "$VENV")"
 exec 9>"$VENV.lock"
 flock 9  # one builder at a time; concurrent callers wait for it
@@ -18,12 +23,19 @@ if [ ! -f "$VENV/.complete" ]; then
     "$PY" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     # Dependencies (with the test extra) straight from pyproject.toml.
-    # (scripts/requirements_from_pyproject.py runs on Python 3.10, which has no tomllib.)
     "$VENV/bin/python" "$ROOT/scripts/requirements_from_pyproject.py" "$ROOT/pyproject.toml" test \
         > "$VENV/requirements.txt"
     "$VENV/bin/python" -m pip install --quiet -r "$VENV/requirements.txt"
-    # The console script, resolved through PYTHONPATH to the calling checkout.
-    printf '#!/usr/bin/env bash\nexec "%s/bin/python" -m pointlift.cli "$@"\n' "$VENV" > "$VENV/bin/pointlift"
+    # The console script, resolved through PYTHONPATH to the calling checkout (with-env.sh or
+    # `source scripts/activate` put it there); outside them it says how to get there.
+    cat > "$VENV/bin/pointlift" <<WRAPPER
+#!/usr/bin/env bash
+if ! "$VENV/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("pointlift") is None)'; then
+    echo "pointlift: this environment holds pointlift's dependencies, shared by every checkout; in your checkout run 'source scripts/activate' (then pointlift ...) or 'bash scripts/with-env.sh pointlift ...'" >&2
+    exit 2
+fi
+exec "$VENV/bin/python" -m pointlift.cli "\$@"
+WRAPPER
     chmod +x "$VENV/bin/pointlift"
     touch "$VENV/.complete"
 fi

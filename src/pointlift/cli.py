@@ -68,6 +68,29 @@ def _int_at_least(minimum: int):
 _positive_int = _int_at_least(1)
 
 
+def _writable_out(text: str) -> Path:
+    """An argparse type for --out: a path that can be written, checked before any work is done.
+
+    The nearest existing ancestor must be a writable directory (a probe file is created and removed
+    there); an ancestor that is a regular file, or the path being a directory, is named in one line."""
+    import tempfile
+
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a directory (give a file path)")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {ancestor} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"{text}: cannot write in {ancestor} ({error.strerror or error})") from None
+    return path
+
+
 def _add_data_options(parser, normalize: bool = True) -> None:
     """How files and shape sets become network input (defaults: the checkpoint's point count)."""
     from pointlift.data.shape_sets import FORMATS, SCANOBJECTNN_CHOICES
@@ -107,7 +130,7 @@ def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark and write its figures as JSON")
     p.add_argument("name", choices=[*BENCHMARK_NAMES, "all"])
     p.add_argument("--preset", choices=PRESETS, default="smoke")
-    p.add_argument("--out", type=Path, required=True, help="output JSON file")
+    p.add_argument("--out", type=_writable_out, required=True, help="output JSON file")
     p.add_argument("--resume", action="store_true",
                    help="image2point: continue each run of an earlier call with the same --out from its last "
                         "checkpoint (finished runs are re-scored, unfinished ones continue)")
@@ -119,7 +142,7 @@ def _add_embed(sub) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.safetensors + .json) or run dir")
     p.add_argument("--points", type=_existing_path, required=True,
                    help="npz with `points` (N,P,3), a point file, a folder of point files, or a shape set")
-    p.add_argument("--out", type=Path, required=True, help="output .npy (N,F); rows named in <out>.json")
+    p.add_argument("--out", type=_writable_out, required=True, help="output .npy (N,F); rows named in <out>.json")
     p.add_argument("--split", choices=["train", "test", "all"], default="all", help="shape sets: which split")
     _add_data_options(p)
     p.add_argument("--columns", type=int, default=None, help="float32 values per point of raw .bin files")
@@ -136,7 +159,7 @@ def _add_inflate(sub) -> None:
     p.add_argument("--axis", choices=["z-axis", "y-axis", "x-axis"], default="z-axis",
                    help="released Image2Point axis option (z-axis = released default)")
     p.add_argument("--design", choices=["released", "imagenet-stem"], default="released")
-    p.add_argument("--out", type=Path, required=True, help="output checkpoint path")
+    p.add_argument("--out", type=_writable_out, required=True, help="output checkpoint path")
     p.set_defaults(func=inflate.run)
 
 
@@ -195,14 +218,14 @@ def _add_eval(sub) -> None:
     q = tasks.add_parser("ppkt", help="PPKT: point-to-pixel retrieval on held-out RGB-D frames")
     q.add_argument("--checkpoint", type=Path, required=True)
     q.add_argument("--frames", type=_existing_dir, required=True, help="RGB-D directory")
-    q.add_argument("--out", type=Path, required=True, help="output JSON")
+    q.add_argument("--out", type=_writable_out, required=True, help="output JSON")
     q.set_defaults(func=evaluate.run)
     q = tasks.add_parser("segmentation", help="scene segmentation: mIoU, per-class IoU, accuracy on held-out scans")
     q.add_argument("--checkpoint", type=Path, required=True)
     q.add_argument("--data", type=_existing_dir, required=True,
                    help="a directory of scans (ScanNet, SemanticKITTI or S3DIS layout)")
     q.add_argument("--predictions", type=Path, default=None, help="write a PLY per scan here")
-    q.add_argument("--out", type=Path, required=True, help="output JSON")
+    q.add_argument("--out", type=_writable_out, required=True, help="output JSON")
     q.set_defaults(func=evaluate.run)
     for task, text in (("svm", "linear SVM on frozen features (C by cross-validation on train)"),
                        ("fewshot", "N-way K-shot linear SVM on frozen features, mean ± std over folds")):
@@ -214,7 +237,7 @@ def _add_probe(q, task: str) -> None:
     q.add_argument("--checkpoint", type=Path, required=True, help="any method's checkpoint, or its run dir")
     q.add_argument("--data", type=_existing_path, required=True,
                    help="a shape set (path, layout detected) or a ShapeSetConfig .yaml")
-    q.add_argument("--out", type=Path, default=None, help="output JSON")
+    q.add_argument("--out", type=_writable_out, default=None, help="output JSON")
     _add_data_options(q, normalize=False)
     q.add_argument("--compare-untrained", action="store_true",
                    help="also probe the same architecture freshly initialised")
@@ -251,7 +274,15 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> arg
     return args
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one line in the project's voice, not Python's format with a source line."""
+    return f"pointlift: warning: {_one_line(message)}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = _format_warning
     parser = build_parser()
     args = parse(parser, argv)
     try:

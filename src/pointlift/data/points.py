@@ -85,7 +85,7 @@ def read_point_file(
                 result = _sample_off(path, vertices, triangles, num_samples, seed, nonfinite)
         elif name.endswith(".bin"):
             if columns is None:
-                raise PointliftConfigError(f"{path}: raw .bin point files need columns= (float32 values per point)")
+                raise PointliftConfigError(f"{path}: raw .bin point files need the number of float32 values per point (--columns N on the command line, `columns: N` in a data config)")
             result = _fields_from_matrix(path, read_raw_bin(path, columns, nonfinite="keep"))
         else:
             raise PointliftDataError(path, "unknown point file type (expected .ply, .pcd, .npy, .npz, .off or .bin)")

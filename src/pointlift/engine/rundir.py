@@ -255,6 +255,10 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:
+        if error.filename in (str(tmp), tmp):  # name the file the user asked for, not the temporary one
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -49,6 +49,17 @@ def data_config(data: str | Path, num_points: int | None = None, meta: dict | No
     return replace(config, format=resolve_format(config))
 
 
+def _data_record(config: ShapeSetConfig) -> dict:
+    """The shape set as recorded in result JSON: settings of other layouts (a ScanObjectNN variant for a
+    point folder, raw-.bin columns for an h5 set) are left out, since they played no part."""
+    record = asdict(config)
+    if config.format != "scanobjectnn_h5":
+        record.pop("variant")
+    if config.format != "point_folder":
+        record.pop("columns")
+    return record
+
+
 def _load_splits(config: ShapeSetConfig) -> tuple[dict, list[str]]:
     """Train and test point sets; a training split with fewer than two classes cannot train a probe."""
     splits, names = {}, []
@@ -87,7 +98,7 @@ def evaluate_svm(checkpoint, data, *, num_points: int | None = None, fmt: str | 
     start = time.perf_counter()
     checkpoint, meta, config, device = _setup(checkpoint, data, num_points, device, fmt, variant)
     record = {"task": "svm", "checkpoint": str(checkpoint), "kind": (meta.get("model_spec") or {}).get("kind"),
-              "data": asdict(config), "cv_folds": folds, "Cs": list(DEFAULT_CS)}
+              "data": _data_record(config), "cv_folds": folds, "Cs": list(DEFAULT_CS)}
     splits, class_names = _load_splits(config)
     for arm in (("pretrained", "untrained") if compare_untrained else ("pretrained",)):
         features = _features(checkpoint, splits, arm == "untrained", batch_size, device, seed)
@@ -116,7 +127,7 @@ def evaluate_fewshot(checkpoint, data, *, way: int = 5, shot: int = 10, folds: i
     start = time.perf_counter()
     checkpoint, meta, config, device = _setup(checkpoint, data, num_points, device, fmt, variant)
     record = {"task": "fewshot", "checkpoint": str(checkpoint), "kind": (meta.get("model_spec") or {}).get("kind"),
-              "data": asdict(config), "way": way, "shot": shot, "folds": folds, "test_per_class": test_per_class,
+              "data": _data_record(config), "way": way, "shot": shot, "folds": folds, "test_per_class": test_per_class,
               "seed": seed}
     splits, _ = _load_splits(config)
     for arm in (("pretrained", "untrained") if compare_untrained else ("pretrained",)):
