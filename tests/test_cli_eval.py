@@ -256,3 +256,86 @@ def test_image2point_finetunes_on_a_point_folder(chain, tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert (results["train_shapes"], results["test_shapes"]) == (24, 20)
     assert 0.0 <= results["overall_acc"] <= 1.0
+
+
+def _numeric_options(parser, path=()):
+    """(subcommand path, option) for every option of every subcommand whose type turns "1" into a number."""
+    import argparse
+
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _numeric_options(sub, (*path, name))
+        elif action.option_strings and callable(action.type):
+            try:
+                numeric = isinstance(action.type("1"), (int, float))
+            except Exception:  # noqa: BLE001 - a type that refuses "1" is no numeric option
+                numeric = False
+            if numeric:
+                found.append((path, action.option_strings[-1]))
+    return found
+
+
+def test_cli_fuzz_numeric_options_never_trace(chain, tmp_path, capsys):
+    """Issue 29: every numeric option of every command, at 0, -1 and 10**9: exit 0, or one line with exit 2,
+    never a traceback (huge point counts and seeds are refused before anything is allocated)."""
+    from pointlift.cli import build_parser
+
+    _, data, run = chain
+    base = {("eval", "svm"): ["eval", "svm", "--checkpoint", str(run), "--data", str(data)],
+            ("eval", "fewshot"): ["eval", "fewshot", "--checkpoint", str(run), "--data", str(data), "--shot", "2",
+                                  "--test-per-class", "2", "--way", "2", "--folds", "2"],
+            ("embed",): ["embed", "--checkpoint", str(run), "--points", str(data), "--out", str(tmp_path / "e.npy")]}
+    options = _numeric_options(build_parser())
+    assert {path for path, _ in options} <= set(base), "a command with numeric options needs a base command here"
+    assert len(options) >= 12
+    for path, option in options:
+        for value in ("0", "-1", str(10**9)):
+            argv = [*base[path], option, value]
+            try:
+                code = main(argv)
+            except SystemExit as exit_:
+                code = exit_.code
+            err = capsys.readouterr().err
+            assert "Traceback" not in err, (argv, err)
+            assert code in (0, 2), (argv, code, err)
+            if code == 2:
+                lines = [line for line in err.splitlines() if line.strip()]
+                assert len(lines) == 1 and "error" in lines[0], (argv, err)
+
+
+def test_misleading_messages_of_issue_29(chain, tmp_path, capsys):
+    """Each names what is true, in one line, exit 2, before any work."""
+    import warnings
+
+    from pointlift import cli
+
+    _, data, run = chain
+    svm = ["eval", "svm", "--checkpoint", str(run), "--data", str(data)]
+    _one_line_exit_2(capsys, [*svm, "--out", "/proc/x.json"], "--out", "/proc/x.json", "cannot write in /proc")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    _one_line_exit_2(capsys, [*svm, "--out", str(blocker / "x.json")], str(blocker), "is a file, not a directory")
+    _one_line_exit_2(capsys, [*svm, "--out", str(tmp_path)], "is a directory")
+    # another command's config: named as such, with the command that takes it
+    _one_line_exit_2(capsys, ["finetune", "segmentation", "--config", str(chain[0] / "pretrain.yaml")],
+                     "pretrain.yaml", "is a `pointlift pretrain i2p-mae` config", "pointlift pretrain i2p-mae --config")
+    # a raw .bin needs its column count, named as the option a user can give
+    raw = tmp_path / "raw" / "scan.bin"
+    raw.parent.mkdir()
+    np.zeros((64, 4), np.float32).tofile(raw)
+    _one_line_exit_2(capsys, ["embed", "--checkpoint", str(run), "--points", str(raw), "--out", str(tmp_path / "e.npy")],
+                     "scan.bin", "--columns N")
+    # warnings in the project's voice, one line, no source line
+    assert main(["config", "show", "ppkt"]) == 0
+    assert warnings.formatwarning is cli._format_warning
+    assert warnings.formatwarning("two\nlines", UserWarning, "x.py", 3, "source") == "pointlift: warning: two lines\n"
+
+
+def test_svm_record_holds_only_the_settings_of_its_layout(chain, tmp_path, capsys):
+    _, data, run = chain
+    out = tmp_path / "svm.json"
+    assert main(["eval", "svm", "--checkpoint", str(run), "--data", str(data), "--out", str(out), "--cv-folds", "2"]) == 0
+    record = json.loads(out.read_text())["data"]
+    assert record["format"] == "point_folder" and "variant" not in record and "columns" in record

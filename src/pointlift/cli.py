@@ -50,8 +50,8 @@ _existing_dir = _existing(Path.is_dir, "directory")
 _existing_path = _existing(Path.exists, "file or directory")
 
 
-def _int_at_least(minimum: int):
-    """An argparse type: an integer >= `minimum`, else one line naming the bound."""
+def _int_at_least(minimum: int, maximum: int | None = None):
+    """An argparse type: an integer >= `minimum` (and <= `maximum`), else one line naming the bound."""
 
     def check(text: str) -> int:
         try:
@@ -60,6 +60,8 @@ def _int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
         return value
 
     return check
@@ -93,10 +95,10 @@ def _writable_out(text: str) -> Path:
 
 def _add_data_options(parser, normalize: bool = True) -> None:
     """How files and shape sets become network input (defaults: the checkpoint's point count)."""
-    from pointlift.data.shape_sets import FORMATS, SCANOBJECTNN_CHOICES
+    from pointlift.data.shape_sets import FORMATS, MAX_POINTS_PER_SHAPE, SCANOBJECTNN_CHOICES
 
     parser.add_argument("--format", choices=["auto", *FORMATS], default=None, help="shape-set layout (default auto)")
-    parser.add_argument("--num-points", type=_positive_int, default=None,
+    parser.add_argument("--num-points", type=_int_at_least(1, MAX_POINTS_PER_SHAPE), default=None,
                         help="points per shape (default: what the checkpoint was trained with)")
     parser.add_argument("--variant", choices=list(SCANOBJECTNN_CHOICES), default=None, help="ScanObjectNN file")
     if normalize:
@@ -243,13 +245,13 @@ def _add_probe(q, task: str) -> None:
                    help="also probe the same architecture freshly initialised")
     q.add_argument("--batch-size", type=_positive_int, default=32)
     q.add_argument("--device", default=None)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=_int_at_least(0, 2**32 - 1), default=0)
     if task == "svm":
         q.add_argument("--cv-folds", type=_int_at_least(2), default=5, help="cross-validation folds for C on train")
     else:
         q.add_argument("--way", type=_int_at_least(2), default=5)
         q.add_argument("--shot", type=_positive_int, default=10)
-        q.add_argument("--folds", type=_positive_int, default=10)
+        q.add_argument("--folds", type=_int_at_least(1, 10_000), default=10)
         q.add_argument("--test-per-class", type=_positive_int, default=20, help="query shapes per class and fold")
     q.set_defaults(func=evaluate.run)
 

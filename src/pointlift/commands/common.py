@@ -55,6 +55,8 @@ def train_method(method, config_path: str | Path, resume: bool = False, run_dir:
     from pointlift.engine.config import check_input_paths
     from pointlift.engine.distributed import is_main_process
 
+    _refuse_another_methods_config(method, config_path)
+
     def check(config) -> None:
         check_input_paths(config)
         if method.check is not None:
@@ -66,3 +68,29 @@ def train_method(method, config_path: str | Path, resume: bool = False, run_dir:
     if is_main_process():
         print(method.summary_line(summary, run_dir))
     return summary
+
+
+def _refuse_another_methods_config(method, config_path: str | Path) -> None:
+    """A config of another command (an I2P-MAE file given to `finetune segmentation`) is named as such,
+    with the command that takes it, instead of as an unknown key of this one."""
+    import dataclasses
+
+    import yaml
+
+    from pointlift.registry import METHODS
+
+    try:
+        data = yaml.safe_load(Path(config_path).read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return  # load_config reports these with the file named
+    if not isinstance(data, dict):
+        return
+    keys = set(data)
+    if keys <= {f.name for f in dataclasses.fields(method.config)}:
+        return
+    for other in METHODS:
+        if other.verb and other is not method and keys <= {f.name for f in dataclasses.fields(other.config)}:
+            raise PointliftConfigError(
+                f"{config_path}: this is a `pointlift {other.verb} {other.name}` config, not one of "
+                f"`pointlift {method.verb} {method.name}` (keys: {', '.join(sorted(keys))}); "
+                f"run `pointlift {other.verb} {other.name} --config {config_path}`")

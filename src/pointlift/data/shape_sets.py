@@ -51,6 +51,9 @@ __all__ = [
     "prepare_point_sets",
 ]
 
+# Far above any published recipe (1k-8k points); a bound that refuses a typo before it allocates memory.
+MAX_POINTS_PER_SHAPE = 100_000
+
 FORMATS = ("modelnet10_vox", "modelnet40_h5", "modelnet40_resampled", "scanobjectnn_h5", "shapenet55",
            "point_folder")
 POINT_SUFFIXES = (".ply", ".pcd", ".npy", ".npz", ".off", ".bin")
@@ -77,7 +80,8 @@ class ShapeSetConfig:
     def __post_init__(self):
         require(self.format == "auto" or self.format in FORMATS, "format",
                 f"must be 'auto' or one of {', '.join(FORMATS)}; got {self.format!r}")
-        require(isinstance(self.num_points, int) and self.num_points >= 1, "num_points", "must be an integer >= 1")
+        require(isinstance(self.num_points, int) and 1 <= self.num_points <= MAX_POINTS_PER_SHAPE, "num_points",
+                f"must be an integer in 1..{MAX_POINTS_PER_SHAPE}, got {self.num_points!r}")
         require(self.normalize in ("unit_sphere", "none"), "normalize", "must be 'unit_sphere' or 'none'")
         require(self.variant in SCANOBJECTNN_CHOICES, "variant",
                 f"must be one of {', '.join(SCANOBJECTNN_CHOICES)}; got {self.variant!r}")
