@@ -58,6 +58,18 @@ def test_pretrain_on_a_point_folder(chain):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["num_shapes"] == 24 and summary["step"] == 12
     assert (run / "checkpoints" / "last.safetensors").is_file()
+    _assert_training_report(run, "I2P-MAE: byod", summary["step"])
+
+
+def _assert_training_report(run, title: str, steps: int) -> None:
+    """Every training command writes report.md: its curves (a PNG) and the summary's figures."""
+    report = (run / "report.md").read_text()
+    assert report.startswith(f"# {title}\n")
+    assert "![training curves](curves.png)" in report and (run / "curves.png").stat().st_size > 1000
+    assert f"| step | {steps} |" in report
+    for line in report.splitlines():  # a | inside a value (teacher identities) must not split the table
+        if line.startswith("| teacher |"):
+            assert line.count(" | ") == 1 and "\\|" in line
 
 
 def test_eval_svm_and_fewshot(chain, capsys):
@@ -99,6 +111,7 @@ def test_finetune_then_embed(chain, capsys):
     ft_run = root / "finetune"
     assert main(["finetune", "i2p-mae", "--config", str(root / "ft.yaml"), "--run-dir", str(ft_run)]) == 0
     results = json.loads((ft_run / "results.json").read_text())
+    assert (ft_run / "report.md").read_text().startswith("# I2P-MAE fine-tuned classifier: ft\n")
     assert (results["train_shapes"], results["val_shapes"], results["test_shapes"]) == (20, 4, 20)
     assert results["loss_last"] < results["loss_first"]  # it learns
     assert 0.0 <= results["overall_acc"] <= 1.0 and results["steps"] == 16
@@ -255,6 +268,7 @@ def test_image2point_finetunes_on_a_point_folder(chain, tmp_path):
     assert main(["finetune", "image2point", "--config", str(tmp_path / "i2p.yaml"), "--run-dir", str(run)]) == 0
     results = json.loads((run / "results.json").read_text())
     assert (results["train_shapes"], results["test_shapes"]) == (24, 20)
+    assert "![training curves](curves.png)" in (run / "report.md").read_text()
     assert 0.0 <= results["overall_acc"] <= 1.0
 
 

@@ -57,6 +57,7 @@ class Method:
     build_embedder: Optional[Callable[[dict], nn.Module]] = None  # model_spec config -> module with .embed
     quickstart: Optional[Callable] = None  # (run_dir, progress) -> {"figures", "plots"}
     quickstart_title: Optional[str] = None
+    writes_report: bool = False  # its `train` writes report.md itself; otherwise the command writes a generic one
 
 
 METHODS = (
@@ -79,7 +80,7 @@ METHODS = (
     Method("segmentation", "Scene segmentation", "finetune", "segmentation",
            segmentation_config.SegmentationConfig, segmentation_finetune.finetune,
            segmentation_finetune.summary_line, quickstart=quickstart_segmentation.quickstart,
-           quickstart_title="Scene segmentation: sparse U-Net fine-tuned vs untrained"),
+           quickstart_title="Scene segmentation: sparse U-Net fine-tuned vs untrained", writes_report=True),
 )
 
 # `pointlift bench NAME` -> its module: `run(preset, out_dir[, resume]) -> BenchResult` and its typed

@@ -175,7 +175,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return ""
     keys = list(rows[0])
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    fmt = lambda v: (f"{v:.4g}" if isinstance(v, float) else str(v)).replace("|", "\\|")  # noqa: E731 - | ends a cell
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
@@ -205,3 +205,28 @@ def write_report(run_dir: str | Path, title: str, *, summary: str = "", tables: 
     with atomic_file(path) as tmp:
         tmp.write_text("\n".join(parts))
     return path
+
+
+def _scalars(record: dict, prefix: str = "") -> dict[str, Any]:
+    """The numbers and short strings of a (nested) summary, as `a.b` -> value rows."""
+    rows: dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows.update(_scalars(value, f"{name}."))
+        elif isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            rows[name] = value
+    return rows
+
+
+def write_training_report(run_dir: str | Path, title: str, summary: dict, config: Any = None) -> Path:
+    """The `report.md` of a training command: every metrics.csv column against the step, then the
+    summary's figures and the config. Methods with a report of their own (segmentation) write that instead."""
+    from pointlift.engine.config import config_to_dict
+
+    run_dir = Path(run_dir)
+    curves = read_metrics_csv(run_dir / "metrics.csv")
+    figures = [("training curves", plot_curves(curves, run_dir / "curves.png", title=title))] if curves else []
+    return write_report(run_dir, title, summary=f"{len(curves)} logged metrics; final figures below.",
+                        figures=figures, metrics=_scalars(summary),
+                        config=config_to_dict(config) if config is not None else None)

@@ -66,6 +66,10 @@ def train_method(method, config_path: str | Path, resume: bool = False, run_dir:
                      check=check, overrides=overrides) as (config, run_dir):
         summary = method.train(config, run_dir, resume=resume)
     if is_main_process():
+        if not method.writes_report:
+            from pointlift.report import write_training_report
+
+            write_training_report(run_dir, f"{method.title}: {getattr(config, 'name', method.name)}", summary, config)
         print(method.summary_line(summary, run_dir))
     return summary
 
