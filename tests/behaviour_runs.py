@@ -3,6 +3,8 @@
 `python tests/behaviour_runs.py OUT.json` runs each of them through the CLI and records, per checkpoint
 tensor, its SHA-256 and its float64 sum; tests/test_behaviour_digests.py reruns them and compares with
 the recorded file (tests/behaviour_digests.json, recorded on the code before issue 24's restructuring).
+Deliberate changes re-record only the runs they change, named here: issue 29's resampling seeded by each
+shape's points (not its list position) re-recorded i2p-mae-official and i2p-mae-pointlift.
 """
 
 from __future__ import annotations

@@ -144,7 +144,8 @@ def _add_embed(sub) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.safetensors + .json) or run dir")
     p.add_argument("--points", type=_existing_path, required=True,
                    help="npz with `points` (N,P,3), a point file, a folder of point files, or a shape set")
-    p.add_argument("--out", type=_writable_out, required=True, help="output .npy (N,F); rows named in <out>.json")
+    p.add_argument("--out", type=_writable_out, required=True, help="output .npy (N,F); beside it <out>.json (e.g. feats.npy.json: each row's file, the checkpoint, "
+                        "the settings) and, for labelled sets, feats.labels.npy")
     p.add_argument("--split", choices=["train", "test", "all"], default="all", help="shape sets: which split")
     _add_data_options(p)
     p.add_argument("--columns", type=int, default=None, help="float32 values per point of raw .bin files")

@@ -14,14 +14,18 @@ Layouts (`format`), each read by the existing loaders of `pointlift.data.shapes`
 - `shapenet55`: the Point-BERT / I2P-MAE layout: `shapenet_pc/<synset>-<model>.npy` (8192, 3) and
   `train.txt`/`test.txt` (in the root or in `ShapeNet-55/`) listing those file names; the label is
   the synset, classes in sorted synset order (the order of those projects' label tables);
-- `point_folder`: your own labelled point files, `root/{train,test}/<class>/<file>` or
-  `root/<class>/{train,test}/<file>` (the raw ModelNet layout), any format `read_point_file` reads
-  (.ply .pcd .npy .npz .off .bin; raw .bin needs `columns`).
+- `point_folder`: your own point files, any format `read_point_file` reads (.ply .pcd .npy .npz .off
+  .bin; raw .bin needs `columns`): labelled as `root/{train,test}/<class>/<file>` or
+  `root/<class>/{train,test}/<file>` (the raw ModelNet layout); for self-supervised pretraining also
+  unlabelled, as `root/train/<class>/<file>` without `test/`, or a flat `root/<file>` (one class, the
+  folder's name; a train split only).
 
 `format: auto` detects the layout from the path.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,12 +104,15 @@ def _shapenet_lists(root: Path) -> Path | None:
 
 
 def _point_folder_layout(root: Path) -> str | None:
-    """"split_first" (root/train/<class>/...), "class_first" (root/<class>/train/...) or None."""
-    if all((root / split).is_dir() for split in SPLITS):
+    """"split_first" (root/train/<class>/..., test/ optional), "class_first" (root/<class>/train/...),
+    "flat" (point files directly in root: unlabelled) or None."""
+    if (root / "train").is_dir():
         return "split_first"
     classes = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
     if classes and all((d / "train").is_dir() or (d / "test").is_dir() for d in classes):
         return "class_first"
+    if list_point_files(root):
+        return "flat"
     return None
 
 
@@ -221,7 +228,15 @@ def load_point_folder(root: str | Path, split: str, columns: int | None = None, 
     layout = _point_folder_layout(root)
     if layout is None:
         raise PointliftDataError(root, "expected train/<class>/<files> and test/<class>/<files>, "
-                                       "or <class>/train/<files> and <class>/test/<files>")
+                                       "or <class>/train/<files> and <class>/test/<files>, or point files")
+    if layout == "flat":
+        if split != "train":
+            raise PointliftDataError(root, f"is a flat folder of point files (unlabelled, a train split only): "
+                                           f"no {split} split; evaluation needs train/<class>/ and test/<class>/")
+        files = list_point_files(root)
+        points = [read_point_file(f, columns, num_samples=mesh_samples, seed=seed).xyz for f in files]
+        return ShapeSet(points, np.zeros(len(files), dtype=np.int64), [root.name], split, root,
+                        names=[f.name for f in files])
 
     def class_folders(which: str) -> dict[str, Path]:
         if layout == "split_first":
@@ -239,7 +254,7 @@ def load_point_folder(root: str | Path, split: str, columns: int | None = None, 
     unknown = sorted(set(folders) - set(class_names))
     if unknown:
         raise PointliftDataError(root, f"{split} split has classes absent from train: {unknown[:5]}")
-    points, labels = [], []
+    points, labels, names = [], [], []
     for label, name in enumerate(class_names):
         files = list_point_files(folders[name]) if name in folders else []
         if split == "train" and not files:
@@ -247,9 +262,10 @@ def load_point_folder(root: str | Path, split: str, columns: int | None = None, 
         for file in files:
             points.append(read_point_file(file, columns, num_samples=mesh_samples, seed=seed).xyz)
             labels.append(label)
+            names.append(file.relative_to(root).as_posix())
     if not points:
         raise PointliftDataError(root, f"the {split} split has no point files")
-    return ShapeSet(points, np.asarray(labels, dtype=np.int64), class_names, split, root)
+    return ShapeSet(points, np.asarray(labels, dtype=np.int64), class_names, split, root, names=names)
 
 
 # ----------------------------------------------------------------------------------------- network input
@@ -258,16 +274,17 @@ def load_point_folder(root: str | Path, split: str, columns: int | None = None, 
 def prepare_point_sets(point_sets, num_points: int, seed: int = 0, normalize: str = "unit_sphere") -> np.ndarray:
     """List of (Ni, 3) arrays -> (S, num_points, 3) float32.
 
-    Each shape is resampled once with a generator seeded by (seed, index) - without replacement when
-    it has enough points, else all its points plus random repeats - then normalised. The same shape
-    therefore gives the same points in every epoch and every command (cached teacher maps stay valid,
-    and embedding sees what training saw)."""
+    Each shape is resampled once with a generator seeded by (seed, a hash of its points) - without
+    replacement when it has enough points, else all its points plus random repeats - then normalised.
+    The same shape therefore gives the same points in every epoch and every command, wherever it sits in
+    the list (a file alone, in a flat folder or in a labelled one): cached teacher maps stay valid and
+    embedding sees what training saw."""
     out = np.empty((len(point_sets), num_points, 3), dtype=np.float32)
     for index, cloud in enumerate(point_sets):
         cloud = np.asarray(cloud, dtype=np.float64)
         if cloud.ndim != 2 or cloud.shape[1] != 3 or len(cloud) == 0:
             raise PointliftDataError("<point sets>", f"shape {index} has points of shape {cloud.shape}")
-        rng = np.random.default_rng([seed, index])
+        rng = np.random.default_rng([seed, _content_key(cloud)])
         if len(cloud) >= num_points:
             chosen = rng.choice(len(cloud), num_points, replace=False)
         else:
@@ -282,6 +299,13 @@ def prepare_point_sets(point_sets, num_points: int, seed: int = 0, normalize: st
     return out
 
 
+def _content_key(cloud: np.ndarray) -> int:
+    """64 bits of a hash of a shape's points (float64, with its shape): the seed of its resampling."""
+    digest = hashlib.blake2b(repr(cloud.shape).encode(), digest_size=8)
+    digest.update(np.ascontiguousarray(cloud, dtype=np.float64).tobytes())
+    return int.from_bytes(digest.digest(), "little")
+
+
 def subset_indices(count: int, max_shapes: int | None, seed: int) -> np.ndarray:
     """All indices in order, or the first `max_shapes` of a permutation seeded by `seed`."""
     if max_shapes is None:
@@ -291,9 +315,16 @@ def subset_indices(count: int, max_shapes: int | None, seed: int) -> np.ndarray:
 
 def load_points(config: ShapeSetConfig, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(points (S, num_points, 3) float32, labels (S,) int64, class names): the network input of a split."""
+    return load_named_points(config, split)[:3]
+
+
+def load_named_points(config: ShapeSetConfig, split: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """`load_points` plus a name per shape: its file relative to the set's root where the layout has
+    files (point folders), else `<split>/<index in the split>`."""
     shapes = load_shape_set(config, split)
     order = subset_indices(len(shapes), config.max_shapes, config.seed)
     point_sets = [shapes.points[i] for i in order]
     labels = np.asarray(shapes.labels)[order].astype(np.int64)
+    names = [shapes.names[i] if shapes.names else f"{split}/{i}" for i in order]
     return prepare_point_sets(point_sets, config.num_points, config.seed, config.normalize), labels, \
-        list(shapes.class_names)
+        list(shapes.class_names), names

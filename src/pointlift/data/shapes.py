@@ -65,6 +65,7 @@ class ShapeSet:
     split: str
     source: Path
     normals: list[np.ndarray] | None = None
+    names: list[str] | None = None  # per shape, where known: its file, relative to `source`
 
     def __len__(self) -> int:
         return len(self.points)

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from pointlift.data.guard import _npy_header, read_npz
-from pointlift.data.shape_sets import (POINT_SUFFIXES, ShapeSetConfig, detect_format, list_point_files, load_points,
+from pointlift.data.shape_sets import (POINT_SUFFIXES, ShapeSetConfig, detect_format, list_point_files,
+                                       load_named_points,
                                        prepare_point_sets)
 from pointlift.engine.checkpoint import excluded_prefixes, load_checkpoint, resolve_checkpoint
 from pointlift.engine.rundir import write_json
@@ -101,7 +102,7 @@ class EmbedInput:
     kind: str  # "npz", "file", "folder" or a shape-set format
     labels: np.ndarray | None = None
     class_names: list[str] | None = None
-    names: list[str] = field(default_factory=list)  # one per row: file name or "<split>/<index>"
+    names: list[str] = field(default_factory=list)  # one per row: its file (relative to the folder) or "<split>/<index>"
     data: dict | None = None  # the shape-set config used (None for a stored npz)
 
 
@@ -149,10 +150,10 @@ def read_inputs(path: str | Path, data: ShapeSetConfig, split: str = "all") -> E
     splits = ("train", "test") if split == "all" else (split,)
     points, labels, names, class_names = [], [], [], None
     for which in splits:
-        split_points, split_labels, class_names = load_points(data, which)
+        split_points, split_labels, class_names, split_names = load_named_points(data, which)
         points.append(split_points)
         labels.append(split_labels)
-        names += [f"{which}/{i}" for i in range(len(split_points))]
+        names += split_names
     return EmbedInput(np.concatenate(points), fmt, np.concatenate(labels), class_names, names,
                       {**asdict(data), "format": fmt, "split": split})
 
@@ -160,7 +161,8 @@ def read_inputs(path: str | Path, data: ShapeSetConfig, split: str = "all") -> E
 def embed_file(checkpoint: str | Path, points_path: str | Path, out: str | Path, batch_size: int = 32,
                device: str | None = None, data: ShapeSetConfig | None = None, split: str = "all") -> np.ndarray:
     """Embed every point set of `points_path` with the network of `checkpoint`; write (N, F) .npy,
-    plus `<out>.json` naming each row (and `<out stem>.labels.npy` when the input has labels)."""
+    plus `<out>.json` (e.g. feats.npy.json: each row's file, the checkpoint, the data settings) and, when the
+    input has labels, `<out without .npy>.labels.npy` (feats.labels.npy)."""
     if batch_size < 1:
         raise PointliftDataError(points_path, f"batch size must be >= 1, got {batch_size}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
