@@ -573,3 +573,34 @@ def test_cli_config_errors_are_one_line(tmp_path, capsys, content):
     assert main(["pretrain", "ppkt", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "bad.yaml" in err, err
+
+
+def test_a_depth_png_declaring_a_huge_frame_is_refused_before_decoding(tmp_path):
+    """A damaged size in the header (valid CRC) must cost no memory: refused naming the file and size."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    from pointlift.data.rgbd import FRAME_MAX_PIXELS, read_depth_png
+    from pointlift.errors import PointliftDataError
+
+    path = tmp_path / "frame-000000.depth.png"
+    Image.fromarray(np.full((48, 64), 1000, np.uint16)).save(path)
+    data = bytearray(path.read_bytes())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", 9000, 9000)  # width, height: 8.1e7 pixels, below PIL's own bomb limit
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # the header's CRC, made valid again
+    path.write_bytes(bytes(data))
+    with pytest.raises(PointliftDataError, match=r"9000x9000") as info:
+        read_depth_png(path)
+    assert path.name in str(info.value) and str(FRAME_MAX_PIXELS) in str(info.value)
+    np.testing.assert_array_equal(read_depth_png(_good_depth(tmp_path)), np.full((48, 64), 1.0, np.float32))
+
+
+def _good_depth(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "good.depth.png"
+    Image.fromarray(np.full((48, 64), 1000, np.uint16)).save(path)
+    return path

@@ -111,6 +111,11 @@ def _read_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return values.reshape(shape)
 
 
+# An RGB-D frame larger than this (4096 x 4096; Azure Kinect's largest colour mode is 4096 x 3072) is a
+# damaged header, refused before decoding: a flipped size byte must not cost gigabytes of memory.
+FRAME_MAX_PIXELS = 4096 * 4096
+
+
 def _open_image(path: Path):
     from PIL import Image
 
@@ -118,7 +123,7 @@ def _open_image(path: Path):
         raise PointliftDataError(path, "file not found")
     try:
         image = Image.open(path)
-        limit = Image.MAX_IMAGE_PIXELS
+        limit = min(Image.MAX_IMAGE_PIXELS or FRAME_MAX_PIXELS, FRAME_MAX_PIXELS)
         if limit and image.width * image.height > limit:  # refuse before decoding, not after a warning
             raise PointliftDataError(path, f"declares a {image.width}x{image.height} image (more than {limit} pixels)")
         image.load()  # decode now so truncation is reported here, with the file name
@@ -147,7 +152,7 @@ def _depth_png(path: Path, scale: float, invalid: int) -> np.ndarray:
         raise PointliftDataError(path, f"depth image has shape {raw.shape}, expected (H, W)")
     if raw.min() < 0 or raw.max() > 65535:
         raise PointliftDataError(path, "depth values outside the 16-bit range")
-    raw = raw.astype(np.int64)
+    raw = raw.astype(np.int32, copy=False)
     depth = (raw / scale).astype(np.float32)
     depth[raw == invalid] = 0.0
     depth[raw == 0] = 0.0
