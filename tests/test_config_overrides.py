@@ -231,3 +231,18 @@ def test_docs_config_md_is_generated_and_current(capsys):
     assert "| `train.max_steps` |" in text
     code, out, _ = run_cli(capsys, "config", "docs")
     assert code == 0 and out == text
+
+
+def test_a_list_of_input_paths_resolves_item_by_item(tmp_path, monkeypatch):
+    """PPKT's data.roots: each item against the file's folder, or the current directory for an override;
+    an empty list stays empty (it once became one path named '[]')."""
+    from pointlift.methods.ppkt.config import PPKTConfig
+
+    config_file = write_yaml(tmp_path / "configs" / "p.yaml", {"data": {"root": "../a", "roots": ["../b", "/abs/c"]}})
+    monkeypatch.chdir(tmp_path)
+    config = load_config(config_file, PPKTConfig)
+    assert config.data.roots == [tmp_path / "b", Path("/abs/c")]
+    assert load_config(config_file, PPKTConfig, ["data.roots=[d]"]).data.roots == [tmp_path / "d"]
+    empty = load_config(write_yaml(tmp_path / "configs" / "e.yaml", {"data": {"kind": "synthetic", "roots": []}}),
+                        PPKTConfig)
+    assert empty.data.roots == []

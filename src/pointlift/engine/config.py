@@ -199,11 +199,13 @@ class _Context:
     def override_for(self, key: str) -> Optional[str]:
         """The command-line item that set `key` (or a mapping above it, or a key below it), if any."""
         for given, item in self.given.items():
-            if key == given or key.startswith(given + ".") or given.startswith(key + "."):
+            if key == given or key.startswith((given + ".", given + "[")) or given.startswith(key + "."):
                 return item
         return None
 
     def resolve(self, key: str, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):  # a list of input paths: each resolved the same way
+            return type(value)(self.resolve(f"{key}[{index}]", item) for index, item in enumerate(value))
         if value is None or str(value) in ("", *PATH_WORDS):
             return value
         expanded = Path(str(value)).expanduser()
