@@ -294,6 +294,15 @@ def test_cli_finetune_resume_and_eval_segmentation(tmp_path, shared, main):
     assert record["scans"] == ["scene0010_00"] and 0 <= record["miou"] <= 1
     assert record["miou"] == pytest.approx(first["test"]["miou"], abs=1e-9)  # the same network, the same scan
     assert (tmp_path / "pred" / "scene0010_00.ply").is_file()
+    assert record["training_scans_scored"] == []
+    # the run directory is accepted, and a training scan scored again is named in one warning line
+    train_scan = first["train_scans"][0]
+    for suffix in ("vert", "sem_label"):
+        (held / f"{train_scan}_{suffix}.npy").symlink_to(root / f"{train_scan}_{suffix}.npy")
+    with pytest.warns(UserWarning, match=f"1 of 2 scans are training scans of this checkpoint \\({train_scan}\\)"):
+        done = main("eval", "segmentation", "--checkpoint", str(run), "--data", str(held), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(out.read_text())["training_scans_scored"] == [train_scan]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -68,7 +68,13 @@ def load_segmentation_checkpoint(checkpoint: str | Path, device: str | torch.dev
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path,
                         predictions_dir: str | Path | None = None) -> dict:
     """`pointlift eval segmentation`: every scan of `data_dir` (any supported layout with the checkpoint's
-    label set), every point scored; per-scan prediction PLYs into `predictions_dir` if given."""
+    label set), every point scored; per-scan prediction PLYs into `predictions_dir` if given. `checkpoint`
+    may be a run directory. Scans the checkpoint trained on are scored too, with a warning naming them."""
+    import warnings
+
+    from pointlift.engine.checkpoint import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(checkpoint)
     device = resolve_device(None)
     model, cfg = load_segmentation_checkpoint(checkpoint, device)
     layout = detect_layout(data_dir)
@@ -77,7 +83,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path,
                                  f"predicts {cfg['label_set']}")
     data = load_config({**cfg["data"], "layout": layout, "root": str(data_dir), "train": [], "test": [], "val": []},
                        SegDataConfig)
-    scenes = [read_scene(layout, data_dir, n) for n in list_scenes(layout, data_dir)]
+    names = list_scenes(layout, data_dir)
+    seen = _training_scans(cfg, layout, names)
+    if seen:
+        warnings.warn(f"{data_dir}: {len(seen)} of {len(names)} scans are training scans of this checkpoint "
+                      f"({', '.join(seen[:4])}{', ...' if len(seen) > 4 else ''}); their scores are not held-out "
+                      f"figures (list only test scans with --data)")
+    scenes = [read_scene(layout, data_dir, n) for n in names]
     class_names = LABEL_SETS[cfg["label_set"]]
     metrics, predictions = evaluate_scenes(model, scenes, data, int(cfg["num_classes"]), class_names)
     if predictions_dir is not None and is_main_process():
@@ -85,5 +97,18 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path,
             write_prediction_ply(Path(predictions_dir) / f"{scene.name.replace('/', '_')}.ply", scene.points, pred,
                                  scene.labels, int(cfg["num_classes"]))
     record = {"checkpoint": str(checkpoint), "data": str(data_dir), "layout": layout,
-              "scans": [s.name for s in scenes], **metrics}
+              "scans": [s.name for s in scenes], "training_scans_scored": seen, **metrics}
     return record
+
+
+def _training_scans(cfg: dict, layout: str, names: list[str]) -> list[str]:
+    """The scans in `names` the checkpoint trained on: recorded in its spec, or (older checkpoints) those
+    of its training split units when the layout is the one it trained on."""
+    from pointlift.data.scenes import select_scenes
+
+    if "train_scans" in cfg:
+        trained = set(cfg["train_scans"])
+        return [n for n in names if n in trained]
+    if cfg["data"].get("layout") != layout:
+        return []
+    return select_scenes(names, list(cfg["data"].get("train") or []))

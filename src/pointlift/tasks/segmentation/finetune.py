@@ -20,10 +20,13 @@ from pointlift.tasks.segmentation.model import build_model
 from pointlift.tasks.segmentation.outputs import plot_prediction, write_prediction_ply
 
 
-def model_spec(config: SegmentationConfig, num_classes: int, label_set: str) -> dict:
+def model_spec(config: SegmentationConfig, num_classes: int, label_set: str, train_scans: list[str]) -> dict:
+    """What `eval segmentation` needs to rebuild the network, and the scans it trained on (to warn when
+    they are scored again)."""
     return {"kind": "segmentation", "config": {"model": config_to_dict(config.model),
                                                "data": config_to_dict(config.data),
-                                               "num_classes": num_classes, "label_set": label_set}}
+                                               "num_classes": num_classes, "label_set": label_set,
+                                               "train_scans": list(train_scans)}}
 
 
 def finetune(config: SegmentationConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
@@ -60,7 +63,7 @@ def finetune(config: SegmentationConfig, run_dir: str | Path, *, resume: bool = 
     result = train(model, SceneDataset(train_scenes, data, config.augment), config.train, run_dir,
                    collate_fn=SceneCollate(data.voxel_size), resume=resume, device=device, progress=progress,
                    eval_fn=eval_fn if scenes["val"] else None, config_for_checkpoint=config_to_dict(config),
-                   model_spec=model_spec(config, num_classes, label_set))
+                   model_spec=model_spec(config, num_classes, label_set, summary["train_scans"]))
     summary["train_seconds"] = time.perf_counter() - start
     summary["steps"] = result.step
     losses = [row["loss"] for row in result.history if "loss" in row]
