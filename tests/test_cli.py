@@ -122,3 +122,44 @@ def test_bench_resume_is_refused_where_runs_keep_no_checkpoints(tmp_path, capsys
     code = main(["bench", "sparse", "--preset", "smoke", "--out", str(tmp_path / "s.json"), "--resume"])
     assert code == 2
     assert "--resume is only for image2point" in capsys.readouterr().err
+
+
+def test_no_progress_on_every_command_and_no_bars_in_logs(tmp_path):
+    """Issue 29: `--no-progress` is accepted by every command; with stderr not a terminal (a log) there are
+    no carriage-return frames even without it, while a forced terminal gets a bar."""
+    import subprocess
+    import sys
+
+    from pointlift import progress
+    from pointlift.cli import _add_no_progress, build_parser  # noqa: F401 - the parser is what is checked
+
+    def leaves(parser, path=()):
+        import argparse
+
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield path, parser
+        for action in subs:
+            for name, child in action.choices.items():
+                yield from leaves(child, (*path, name))
+
+    commands = list(leaves(build_parser()))
+    assert len(commands) >= 12
+    for path, parser in commands:
+        assert "--no-progress" in parser._option_string_actions, path
+    import run_configs
+
+    config = run_configs.write(run_configs.ppkt_config(tmp_path), tmp_path / "ppkt.yaml")  # cache, train, retrieval
+    out = subprocess.run([sys.executable, "-m", "pointlift.cli", "pretrain", "ppkt", "--config", str(config)],
+                         capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
+                                                                           "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ppkt" in out.stdout and "\r" not in out.stderr and "it/s" not in out.stderr
+    progress.set_enabled(True)
+    try:
+        shown = progress.bar(range(3), desc="x")
+        assert not shown.disable
+        progress.set_enabled(False)
+        assert progress.bar(range(3), desc="x").disable
+    finally:
+        progress.set_enabled(None)

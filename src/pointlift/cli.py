@@ -116,13 +116,25 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_quickstart, _add_bench, _add_embed, _add_inflate, _add_finetune, _add_pretrain, _add_eval,
                 _add_config):
         add(sub)
+    _add_no_progress(parser)
     return parser
+
+
+def _add_no_progress(parser) -> None:
+    """`--no-progress` on every command (bars are also off whenever stderr is not a terminal)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                _add_no_progress(command)
+            return
+    if "--no-progress" not in parser._option_string_actions:
+        parser.add_argument("--no-progress", action="store_true",
+                            help="no progress bars (also off whenever stderr is not a terminal)")
 
 
 def _add_quickstart(sub) -> None:
     p = sub.add_parser("quickstart", help="run all three methods and a segmentation demo briefly on embedded synthetic data")
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/quickstart-<time>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=quickstart.run)
 
 
@@ -288,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _format_warning
     parser = build_parser()
     args = parse(parser, argv)
+    from pointlift import progress
+
+    progress.set_enabled(False if getattr(args, "no_progress", False) else None)
     try:
         return int(args.func(args) or 0)
     except PointliftError as error:

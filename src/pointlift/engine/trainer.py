@@ -390,11 +390,10 @@ class Trainer:
             self.save(s.step)
 
     def run(self) -> TrainResult:
-        from tqdm.auto import tqdm
+        from pointlift.progress import bar
 
         s = self.state
-        self.bar = tqdm(total=self.total_steps, initial=s.step, disable=not (self.progress and self.is_main),
-                        dynamic_ncols=True, desc="train")
+        self.bar = bar(total=self.total_steps, initial=s.step, wanted=self.progress and self.is_main, desc="train")
         self.window_start = time.perf_counter()
         self.model.train()
         try:

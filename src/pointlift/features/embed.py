@@ -83,9 +83,11 @@ def checkpoint_num_points(meta: dict) -> int:
 @torch.no_grad()
 def embed_points(model: torch.nn.Module, points: np.ndarray, batch_size: int = 32,
                  device: str | torch.device = "cpu") -> np.ndarray:
+    from pointlift.progress import bar
+
     model.eval().to(device)
     rows = []
-    for start in range(0, len(points), batch_size):
+    for start in bar(range(0, len(points), batch_size), desc="embed", unit="batch"):
         batch = torch.from_numpy(np.ascontiguousarray(points[start:start + batch_size])).to(device)
         rows.append(model.embed(batch).float().cpu().numpy())
     return np.concatenate(rows, 0)

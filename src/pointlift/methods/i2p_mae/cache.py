@@ -119,12 +119,9 @@ def build_teacher_cache(teacher, points: np.ndarray, image_size: int = 224, foot
         tmp = entry.with_name(f"{key}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    starts = range(0, len(points), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
+    from pointlift.progress import bar
 
-        starts = tqdm(starts, desc="teacher cache", unit="batch")
-    for start in starts:
+    for start in bar(range(0, len(points), batch_size), desc="teacher cache", unit="batch", wanted=progress):
         chunk = torch.from_numpy(points[start:start + batch_size]).to(device)
         feats, sal = teacher_maps(teacher, chunk, image_size, footprint)
         if features is None:

@@ -87,13 +87,13 @@ def open_teacher_cache(directory: str | Path, teacher, image_hw: tuple[int, int]
     if not view_names:
         raise PointliftDataError(directory, "teacher cache: no views to compute")
 
-    from tqdm.auto import tqdm
+    from pointlift.progress import bar as progress_bar
 
     start = time.perf_counter()
     tmp_path = directory / (FEATURES_FILE + f".tmp-{os.getpid()}")
     features = None
     teacher = teacher.to(device)
-    bar = tqdm(total=len(view_names), desc="teacher cache", disable=not progress)
+    bar = progress_bar(total=len(view_names), desc="teacher cache", wanted=progress)
     try:
         for first in range(0, len(view_names), batch_size):
             indices = range(first, min(first + batch_size, len(view_names)))

@@ -22,11 +22,13 @@ def retrieval_accuracy(model: PPKTModel, dataset: PPKTDataset, points_per_frame:
     """Held-out pixel <-> point retrieval: each sampled point's 3D feature against the UPL features of the
     frame's sampled pixels; top-1/top-5 accuracy over `candidates` = min(points_per_frame, pairs) pixels
     (distinct pixels; chance = 1 / candidates)."""
+    from pointlift.progress import bar
+
     model.eval().to(device)
     generator = torch.Generator().manual_seed(seed)
     hits1 = hits5 = total = 0
     chance = []
-    for index in range(len(dataset)):
+    for index in bar(range(len(dataset)), desc="retrieval", unit="frame", leave=False):
         sample = collate_ppkt([dataset[index]])
         sample = {k: v.to(device) for k, v in sample.items()}
         width = dataset.image_size[1]

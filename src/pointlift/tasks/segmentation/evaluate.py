@@ -39,7 +39,9 @@ def evaluate_scenes(model: SegmentationModel, scenes: list[Scene], data: SegData
     model.eval()
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     predictions = []
-    for scene in scenes:
+    from pointlift.progress import bar
+
+    for scene in bar(scenes, desc="segment", unit="scan", leave=False):
         pred = predict_scene(model, scene, data)
         confusion += confusion_matrix(pred, scene.labels, num_classes)
         predictions.append(pred)
