@@ -11,7 +11,8 @@ VENV="${POINTLIFT_VENV:-$HOME/.cache/pointlift/venv-$HASH}"
 PY="${PYTHON:-python3}"
 # The Python pyproject.toml's requires-python promises (and CI tests); say so before building anything.
 if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-    echo "pointlift: needs Python >= 3.11 (pyproject.toml requires-python); '$PY' is $("$PY" --version 2>&1 || echo missing). Set PYTHON=/path/to/python3.11 or newer." >&2
+    found="$( (command -v "$PY" >/dev/null && "$PY" --version 2>&1) || echo 'not found')"
+    echo "pointlift: needs Python >= 3.11 (pyproject.toml requires-python); '$PY' is $found. Set PYTHON=/path/to/python3.11 or newer." >&2
     exit 2
 fi
 mkdir -p "$(dirname "$VENV")"
