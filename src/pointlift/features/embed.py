@@ -8,7 +8,6 @@ normalisation (`prepare_point_sets`), the same as at training and evaluation.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,16 +173,21 @@ def embed_file(checkpoint: str | Path, points_path: str | Path, out: str | Path,
     inputs = read_inputs(points_path, data, split)
     features = embed_points(model, inputs.points, batch_size, device)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npy")
-    np.save(tmp, features)
-    os.replace(tmp, out)
+    _save_npy(out, features)
     stem = out.with_suffix("")
     if inputs.labels is not None:
-        np.save(stem.with_name(stem.name + ".labels.npy"), inputs.labels)
+        _save_npy(stem.with_name(stem.name + ".labels.npy"), inputs.labels)
     record = {"checkpoint": str(checkpoint), "kind": (meta.get("model_spec") or {}).get("kind"),
               "input": str(points_path), "input_kind": inputs.kind, "data": inputs.data,
               "rows": inputs.names, "class_names": inputs.class_names, "feature_dim": int(features.shape[1])}
     sidecar = out.with_name(out.name + ".json")
     write_json(sidecar, record, indent=1)
     return features
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """`array` as .npy at `path`, atomically (the engine's `atomic_file`: a temporary of this process's own)."""
+    from pointlift.engine.rundir import atomic_file
+
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
