@@ -87,9 +87,7 @@ class _Claim:
         if self.made is not None:
             shutil.rmtree(self.made, ignore_errors=True)
             return
-        for entry in self.path.iterdir():
-            if entry.name not in self.before and entry.name != runlock.LOCK_NAME:
-                _remove(entry)
+        _remove_entries(self.path, keep=self.before)
 
 
 RUN_MARKERS = {"checkpoints", "metrics.csv"}  # what a started run leaves in its directory
@@ -106,7 +104,7 @@ def holds_run(path: str | Path, progress_only: bool = False) -> bool:
         rows = metrics.read_text().count("\n") - 1 if metrics.is_file() else 0
     except OSError:
         rows = 1  # unreadable: keep it
-    return last_checkpoint(path).with_suffix(".json").is_file() or rows > 0
+    return _has_checkpoint(path) or rows > 0
 
 
 def describe_run(path: str | Path) -> str:
@@ -123,11 +121,19 @@ def describe_run(path: str | Path) -> str:
     return "no checkpoint yet, metrics.csv" if (Path(path) / "metrics.csv").exists() else "a checkpoints/ folder"
 
 
-def _remove(entry: Path) -> None:
-    if entry.is_dir() and not entry.is_symlink():
-        shutil.rmtree(entry)
-    else:
-        entry.unlink()
+def _remove_entries(path: Path, keep: set[str]) -> None:
+    """Delete everything in `path` but the names in `keep` and the lock."""
+    for entry in path.iterdir():
+        if entry.name in keep or entry.name == runlock.LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _has_checkpoint(path: str | Path) -> bool:
+    return last_checkpoint(path).with_suffix(".json").is_file()
 
 
 def _make_given_dir(path: Path) -> Path | None:
@@ -166,7 +172,7 @@ def _claim(name: str, root: str | Path, run_dir: str | Path | None, config: Any,
         claim = _Claim(path, made=path)
     else:
         path = Path(run_dir)
-        if resume and not last_checkpoint(path).with_suffix(".json").is_file():
+        if resume and not _has_checkpoint(path):
             found = " (it holds a run: --overwrite replaces it)" if holds_run(path) else ""
             raise PointliftConfigError(f"--resume: {path} has no checkpoint to continue "
                                        f"({last_checkpoint(path).name}.json in {path / 'checkpoints'}){found}")
@@ -179,9 +185,7 @@ def _claim(name: str, root: str | Path, run_dir: str | Path | None, config: Any,
                 raise PointliftConfigError(f"--run-dir {path} already holds a run ({describe_run(path)}): --resume "
                                            "continues it, --overwrite deletes it and starts a new one")
             print(f"pointlift: --overwrite: deleting the run in {path} ({describe_run(path)})", file=sys.stderr)
-            for entry in path.iterdir():
-                if entry.name != runlock.LOCK_NAME:
-                    _remove(entry)
+            _remove_entries(path, keep=set())
             claim.before = set()
         if config is not None:
             save_config(config, path / "config.yaml")
