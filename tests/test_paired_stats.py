@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -92,3 +93,32 @@ def test_bench_ppkt_pretraining_options_reach_the_config(tmp_path, monkeypatch):
     assert world.data.frame == "world" and world.model.up_axis == "z" and world.data.train_below is None
     assert world.data.root.name == "data" and world.model.teacher == "vit_small_patch14_dinov2"
     assert world.model.teacher_weights.endswith("weights/dinov2.safetensors")
+
+
+def test_bench_runs_a_tiny_label_budget_plan_in_two_workers(tmp_path, shared):
+    """The bench's worker pool end to end on real scans: PPKT pretraining, then both arms of each seed at
+    each budget (every run lands, paired by seed whatever order the workers finish in), the gain interval
+    and the mIoU-vs-labels plot; no SemanticKITTI pretraining when no KITTI arm is asked for."""
+    import dataclasses
+
+    from pointlift.bench import segmentation as bench
+
+    smoke = bench.PRESETS["smoke"]
+    tiny = dataclasses.replace(smoke, seeds=[0, 1], fractions=[], points_per_scene=(20, 50),
+                               kitti_points_per_scene=(), kitti_full_labels=False, workers=2,
+                               scannet={**smoke.scannet, "steps": 2})
+    result = bench.run(tiny, tmp_path)
+    runs = json.loads((tmp_path / "runs.json").read_text())
+    assert sorted(runs) == sorted(f"scannet_miou_{arm}_{b}pts" for arm in ("scratch", "ppkt") for b in (20, 50))
+    for key, seeds in runs.items():
+        assert [r["seed"] for r in seeds] == [0, 1]
+        assert [r["name"] for r in seeds] == [f"scannet-{key.split('_')[2]}-{key.split('_')[3]}-seed{s}"
+                                              for s in (0, 1)]
+    metrics = result.metrics
+    for budget in (20, 50):
+        differences = [p - s for p, s in zip(result.config["miou_per_seed"][f"scannet_miou_ppkt_{budget}pts"],
+                                             result.config["miou_per_seed"][f"scannet_miou_scratch_{budget}pts"])]
+        assert metrics[f"scannet_ppkt_{budget}pts_gain"] == pytest.approx(np.mean(differences))
+        assert metrics[f"scannet_ppkt_{budget}pts_gain_low"] <= metrics[f"scannet_ppkt_{budget}pts_gain_high"]
+    assert "kitti_ppkt_pretrain_s" not in metrics and not (tmp_path / "ppkt_kitti").exists()
+    assert (tmp_path / "scannet_miou_vs_labels.png").stat().st_size > 10_000

@@ -2,7 +2,8 @@
 
 Each benchmark lives in its own module `pointlift.bench.<name>` with a function
 `run(preset: str, out_dir: pathlib.Path) -> BenchResult`; `pointlift.registry.BENCHMARKS` lists them. Presets: `smoke` (seconds, CI-sized),
-`cpu` (a real measurement on 2 CPU cores), `cpu-full` (image2point only: full ModelNet10 on CPU),
+`cpu` (a real measurement on 2 CPU cores, <= 60 min), `cpu-long` (segmentation: the label-scarce protocols,
+<= 2 h on 2 cores), `cpu-full` (image2point only: full ModelNet10 on CPU),
 `gpu` (paper-sized, on one GPU).
 
 Naming rule for presets: `PRESETS` here is the tuple of every preset name (the CLI's choices); in a
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 
 from pointlift.errors import PointliftConfigError
 
-PRESETS = ("smoke", "cpu", "cpu-full", "cpu-full-long", "gpu")
+PRESETS = ("smoke", "cpu", "cpu-long", "cpu-full", "cpu-full-long", "gpu")
 
 
 def shared_path(relative: str) -> Path:

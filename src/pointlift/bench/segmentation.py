@@ -52,6 +52,8 @@ class SegmentationPreset(Preset):
     ppkt_kitti: dict  # PPKT pretraining on the SemanticKITTI training scans
     points_per_scene: tuple = ()  # ScanNet limited annotations: labelled points per training scan (every scan)
     kitti_points_per_scene: tuple = ()  # SemanticKITTI: labelled points per training scan
+    kitti_full_labels: bool = True  # the SemanticKITTI full-label arms (scratch, PPKT, inflated, Image2Point)
+    workers: int = 1  # fine-tunes (and the two pretrainings) in this many processes of one torch thread each
 
 
 PRESETS = SegmentationPreset.table({
@@ -75,6 +77,25 @@ PRESETS = SegmentationPreset.table({
         "ppkt_7scenes": {"frame_stride": 2, "pixel_stride": 8, "image_size": [120, 160], "steps": 100,
                          "teacher_stage": 3, "num_pairs": 2048},
         "ppkt_kitti": {"image_size": [94, 310], "steps": 60, "teacher_stage": 3, "num_pairs": 2048},
+    },
+    # The label-scarce protocols on 2 CPU cores (<= 2 h, two worker processes of one torch thread): ScanNet
+    # with 20 / 50 / 200 labelled points per training scan and 10 % of the scans, SemanticKITTI with 20
+    # labelled points per scan; 8 seeds, budgets in epochs over the labelled scans. PPKT pretrains on every
+    # RGB-D sequence of ../shared/data in the gravity-aligned world frame (z up, as ScanNet scans), 2,000
+    # steps: on the validation room (scene0007, trained on rooms 0000-0006; test rooms never scored while
+    # choosing) 1,000 steps gave retrieval top-1 0.177 vs 0.049 at 150 steps, and 20-point fine-tunes
+    # ahead of scratch where 150 steps were level (bench/results/segmentation-cpu-long-validation.json).
+    "cpu-long": {
+        "seeds": [0, 1, 2, 3, 4, 5, 6, 7], "fractions": [0.1],
+        "scannet": {"unet": "spunet-tiny", "voxel_size": 0.1, "max_points": 20000, "test": SCANNET_TEST,
+                    "epochs": 20, "batch_size": 2, "lr": 0.01},
+        "kitti": {"unet": "spunet-tiny", "voxel_size": 0.3, "crop_radius": 20.0, "test": KITTI_TEST,
+                  "epochs": 15, "batch_size": 2, "lr": 0.01, "inflated_lr": 0.005},
+        "ppkt_7scenes": {"root": "data", "frame": "world", "frame_stride": 2, "pixel_stride": 8,
+                         "image_size": [120, 160], "steps": 2000, "teacher_stage": 3, "num_pairs": 2048},
+        "ppkt_kitti": {"image_size": [94, 310], "steps": 60, "teacher_stage": 3, "num_pairs": 2048},
+        "points_per_scene": (20, 50, 200), "kitti_points_per_scene": (20,), "kitti_full_labels": False,
+        "workers": 2,
     },
     "gpu": {
         "seeds": [0, 1, 2], "fractions": [0.2, 1.0],
@@ -159,18 +180,54 @@ def pretrain_ppkt_kitti(spec: SegmentationPreset, unet: str, voxel_size: float, 
     return Path(results["checkpoint"]), results
 
 
-def _finetune(name: str, data: dict, model: dict, train: dict, scenes: dict, out_dir: Path) -> dict:
+_SCENES: dict = {}  # per process: the loaded train/test scans of each dataset
+
+
+def _scenes(dataset: str, data: dict) -> dict:
+    """The dataset's train and test scans, loaded once per process."""
+    from pointlift.tasks.segmentation.config import SegDataConfig
+    from pointlift.tasks.segmentation.data import load_split
+
+    if dataset not in _SCENES:
+        config = load_config(data, SegDataConfig)
+        _SCENES[dataset] = {"train": load_split(config, data["train"]), "test": load_split(config, data["test"]),
+                            "val": []}
+    return _SCENES[dataset]
+
+
+def _finetune(job: dict) -> tuple[str, dict]:
+    """One fine-tune of the plan (in this process or a worker process of one torch thread)."""
+    import torch
+
     from pointlift.tasks.segmentation.config import SegmentationConfig
     from pointlift.tasks.segmentation.finetune import finetune
 
-    config = load_config({"name": name, "data": data, "model": model, "train": train,
+    torch.set_num_threads(job["threads"])  # a worker runs as its parent would: same results
+    name, train, out_dir = job["name"], job["train"], Path(job["out_dir"])
+    config = load_config({"name": name, "data": job["data"], "model": job["model"], "train": train,
                           "write_predictions": train["seed"] == 0, "eval_untrained": train["seed"] == 0,
                           "run_root": str(out_dir)}, SegmentationConfig)
-    summary = finetune(config, out_dir / name, progress=False, scenes=scenes)
-    return {"miou": summary["test"]["miou"], "overall_acc": summary["test"]["overall_acc"],
-            "untrained_miou": summary["untrained"]["miou"] if "untrained" in summary else None, "loss_first": summary["loss_first"],
-            "loss_last": summary["loss_last"], "train_seconds": summary["train_seconds"],
-            "train_scans": len(summary["train_scans"]), "per_class_iou": summary["test"]["per_class_iou"]}
+    summary = finetune(config, out_dir / name, progress=False, scenes=_scenes(job["dataset"], job["scene_data"]))
+    return job["key"], {
+        "name": name, "seed": train["seed"], "miou": summary["test"]["miou"],
+        "overall_acc": summary["test"]["overall_acc"],
+        "untrained_miou": summary["untrained"]["miou"] if "untrained" in summary else None,
+        "loss_first": summary["loss_first"], "loss_last": summary["loss_last"],
+        "train_seconds": summary["train_seconds"], "train_scans": len(summary["train_scans"]),
+        "per_class_iou": summary["test"]["per_class_iou"]}
+
+
+def _pretrain(job: tuple) -> tuple[str, str, dict, float]:
+    """One PPKT pretraining (in this process or a worker process): (dataset, checkpoint, results, seconds)."""
+    import torch
+
+    dataset, spec, out_dir, threads = job
+    torch.set_num_threads(threads)
+    pretrain = pretrain_ppkt_7scenes if dataset == "scannet" else pretrain_ppkt_kitti
+    settings = spec.scannet if dataset == "scannet" else spec.kitti
+    start = time.perf_counter()
+    checkpoint, results = pretrain(spec, settings["unet"], settings["voxel_size"], Path(out_dir))
+    return dataset, str(checkpoint), results, time.perf_counter() - start
 
 
 def _aggregate(metrics: dict, key: str, runs: list[dict]) -> None:
@@ -193,102 +250,133 @@ def _compare(metrics: dict, paired: dict, key: str, treated: list[dict], baselin
         [r["per_class_iou"] for r in treated], [r["per_class_iou"] for r in baseline])}
 
 
-def _scenes_and_ppkt(prefix: str, data: dict, metrics: dict, pretrain) -> tuple[dict, Path]:
-    """The dataset's train/test scenes, then its PPKT pretraining (timed, retrieval recorded)."""
-    from pointlift.tasks.segmentation.config import SegDataConfig
-    from pointlift.tasks.segmentation.data import load_split
-
-    config = load_config(data, SegDataConfig)
-    scenes = {"train": load_split(config, data["train"]), "test": load_split(config, data["test"]), "val": []}
-    start = time.perf_counter()
-    checkpoint, results = pretrain()
-    metrics[f"{prefix}_ppkt_pretrain_s"] = time.perf_counter() - start
-    metrics[f"{prefix}_ppkt_retrieval_top1"] = results["retrieval_pretrained"]["top1"]
-    metrics[f"{prefix}_ppkt_retrieval_chance"] = results["retrieval_chance"]
-    return scenes, checkpoint
+def _datasets(spec: SegmentationPreset) -> dict[str, dict]:
+    """The two datasets' segmentation data settings (before any label budget)."""
+    s, k = spec.scannet, spec.kitti
+    return {
+        "scannet": {"layout": "scannet-votenet", "root": str(shared_path("data/scannet-votenet")),
+                    "train": SCANNET_TRAIN, "test": s["test"], "features": "rgb", "voxel_size": s["voxel_size"],
+                    "max_points": s["max_points"]},
+        "kitti": {"layout": "semantickitti", "root": str(shared_path("data/semantickitti-mini")),
+                  "train": KITTI_TRAIN, "test": k["test"], "features": "constant", "voxel_size": k["voxel_size"],
+                  "crop_radius": k["crop_radius"]}}
 
 
-def run(preset: str, out_dir: Path) -> BenchResult:
-    spec = PRESETS[preset]
+def _plan(spec: SegmentationPreset, checkpoints: dict[str, str]) -> list[tuple]:
+    """Every comparison of the preset as (comparison, arm, data, model, settings) before seeds: ScanNet
+    fractions of scans and labelled points per scan, SemanticKITTI full labels (four arms) and labelled points
+    per scan. The pretrained arm of each comparison starts from that dataset's PPKT network."""
+    datasets = _datasets(spec)
+    s, k = spec.scannet, spec.kitti
+    ppkt = {name: {"init": "ppkt", "checkpoint": checkpoints[name]} for name in checkpoints}
+    plan = []
+    for fraction in spec.fractions:
+        pct = int(round(100 * fraction))
+        for arm, init in (("scratch", {}), ("ppkt", ppkt["scannet"])):
+            plan.append(("scannet", f"{pct}pct", arm, {**datasets["scannet"], "scene_fraction": fraction},
+                         {"unet": s["unet"], **init}, {**s}))
+    for budget in spec.points_per_scene:
+        for arm, init in (("scratch", {}), ("ppkt", ppkt["scannet"])):
+            plan.append(("scannet", f"{budget}pts", arm, {**datasets["scannet"], "points_per_scene": budget},
+                         {"unet": s["unet"], **init}, {**s}))
+    if spec.kitti_full_labels:
+        for arm, model, lr in (("scratch", {"unet": k["unet"]}, k["lr"]),
+                               ("ppkt", {"unet": k["unet"], **ppkt["kitti"]}, k["lr"]),
+                               ("inflated_scratch", {"arch": "inflated"}, k["inflated_lr"]),
+                               ("image2point", {"arch": "inflated", "init": "image2point"}, k["inflated_lr"])):
+            plan.append(("kitti", "", arm, dict(datasets["kitti"]), model, {**k, "lr": lr}))
+    for budget in spec.kitti_points_per_scene:
+        for arm, init in (("scratch", {}), ("ppkt", ppkt["kitti"])):
+            plan.append(("kitti", f"{budget}pts", arm, {**datasets["kitti"], "points_per_scene": budget},
+                         {"unet": k["unet"], **init}, {**k}))
+    return plan
+
+
+def _run_key(dataset: str, budget: str, arm: str) -> str:
+    return f"{dataset}_miou_{arm}" + (f"_{budget}" if budget else "")
+
+
+def _jobs(spec: SegmentationPreset, plan: list, out_dir: Path, gpu: bool) -> list[dict]:
+    """One fine-tune per (comparison, arm, seed); labelled subsets drawn with `subset_seed` = seed, so both
+    arms of a seed see the same labels in the same order."""
+    datasets = _datasets(spec)
+    jobs = []
+    for seed in spec.seeds:
+        for dataset, budget, arm, data, model, settings in plan:
+            name = f"{dataset}-{arm}" + (f"-{budget}" if budget else "") + f"-seed{seed}"
+            jobs.append({"key": _run_key(dataset, budget, arm), "name": name, "dataset": dataset,
+                         "scene_data": datasets[dataset], "data": {**data, "subset_seed": seed}, "model": model,
+                         "train": _finetune_train(settings, settings["lr"], seed, gpu), "out_dir": str(out_dir),
+                         "threads": _threads()})
+    return jobs
+
+
+def run(preset: str | SegmentationPreset, out_dir: Path) -> BenchResult:
+    """PPKT pretraining on each dataset, then every fine-tune of the plan (in `workers` processes of one torch
+    thread each where the preset says so; finished runs listed in `<out>/progress.json`), then the paired
+    comparisons and the plots."""
+    import multiprocessing
+
+    spec = PRESETS[preset] if isinstance(preset, str) else preset
+    preset = preset if isinstance(preset, str) else "custom"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
-    runs: dict[str, list[dict]] = {}
-    paired: dict[str, dict] = {}
     start = time.perf_counter()
+    pool = multiprocessing.get_context("spawn").Pool(spec.workers) if spec.workers > 1 else None
+    imap = pool.imap_unordered if pool else map
+    try:
+        checkpoints = {}
+        compared = {"scannet": bool(spec.fractions or spec.points_per_scene),
+                    "kitti": spec.kitti_full_labels or bool(spec.kitti_points_per_scene)}
+        pretrainings = [(dataset, spec, str(out_dir), _threads()) for dataset in compared if compared[dataset]]
+        for dataset, checkpoint, results, seconds in imap(_pretrain, pretrainings):
+            checkpoints[dataset] = checkpoint
+            metrics[f"{dataset}_ppkt_pretrain_s"] = seconds
+            metrics[f"{dataset}_ppkt_retrieval_top1"] = results["retrieval_pretrained"]["top1"]
+            metrics[f"{dataset}_ppkt_retrieval_chance"] = results["retrieval_chance"]
+            print(f"[bench segmentation] PPKT {dataset}: retrieval top-1 "
+                  f"{metrics[f'{dataset}_ppkt_retrieval_top1']:.4f} ({seconds:.0f} s)", flush=True)
+        plan = _plan(spec, checkpoints)
+        runs: dict[str, list[dict]] = {_run_key(d, b, a): [] for d, b, a, *_ in plan}
+        for key, result in imap(_finetune, _jobs(spec, plan, out_dir, preset == "gpu")):
+            runs[key].append(result)
+            write_json(out_dir / "progress.json", runs, indent=1)
+            print(f"[bench segmentation] {result['name']}: test mIoU {result['miou']:.4f} "
+                  f"({result['train_seconds']:.0f} s)", flush=True)
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
 
-    # ------------------------------------------------------------------------------- ScanNet
-    s = spec.scannet
-    root = shared_path("data/scannet-votenet")
-    sdata = {"layout": "scannet-votenet", "root": str(root), "train": SCANNET_TRAIN, "test": s["test"],
-             "features": "rgb", "voxel_size": s["voxel_size"], "max_points": s["max_points"]}
-    scenes, ppkt_ckpt = _scenes_and_ppkt(
-        "scannet", sdata, metrics, lambda: pretrain_ppkt_7scenes(spec, s["unet"], s["voxel_size"], out_dir))
-    for fraction in spec.fractions:
-        pct = int(round(100 * fraction))
-        for arm, model in (("scratch", {"unet": s["unet"]}),
-                           ("ppkt", {"unet": s["unet"], "init": "ppkt", "checkpoint": str(ppkt_ckpt)})):
-            key = f"scannet_miou_{arm}_{pct}pct"
-            runs[key] = []
-            for seed in spec.seeds:
-                data = {**sdata, "scene_fraction": fraction, "subset_seed": seed}
-                train = _finetune_train(s, s["lr"], seed, preset == "gpu")
-                runs[key].append(_finetune(f"scannet-{arm}-{pct}pct-seed{seed}", data, model, train, scenes, out_dir))
-            _aggregate(metrics, key, runs[key])
-        _compare(metrics, paired, f"scannet_ppkt_{pct}pct", runs[f"scannet_miou_ppkt_{pct}pct"],
-                 runs[f"scannet_miou_scratch_{pct}pct"])
-    _label_budgets(metrics, runs, paired, "scannet", sdata, spec.points_per_scene, s,
-                   {"unet": s["unet"]}, str(ppkt_ckpt), scenes, out_dir, spec, preset == "gpu")
-
-    # ------------------------------------------------------------------------- SemanticKITTI
-    k = spec.kitti
-    root = shared_path("data/semantickitti-mini")
-    kdata = {"layout": "semantickitti", "root": str(root), "train": KITTI_TRAIN, "test": k["test"],
-             "features": "constant", "voxel_size": k["voxel_size"], "crop_radius": k["crop_radius"]}
-    scenes, kitti_ckpt = _scenes_and_ppkt(
-        "kitti", kdata, metrics, lambda: pretrain_ppkt_kitti(spec, k["unet"], k["voxel_size"], out_dir))
-    arms = (("scratch", {"unet": k["unet"]}, k["lr"]),
-            ("ppkt", {"unet": k["unet"], "init": "ppkt", "checkpoint": str(kitti_ckpt)}, k["lr"]),
-            ("inflated_scratch", {"arch": "inflated"}, k["inflated_lr"]),
-            ("image2point", {"arch": "inflated", "init": "image2point"}, k["inflated_lr"]))
-    for arm, model, lr in arms:
-        key = f"kitti_miou_{arm}"
-        runs[key] = []
-        for seed in spec.seeds:
-            train = _finetune_train(k, lr, seed, preset == "gpu")
-            runs[key].append(_finetune(f"kitti-{arm}-seed{seed}", kdata, model, train, scenes, out_dir))
+    paired: dict[str, dict] = {}
+    for key in runs:
+        runs[key].sort(key=lambda r: r["seed"])  # workers finish in any order; pairs are by seed
         _aggregate(metrics, key, runs[key])
-    _compare(metrics, paired, "kitti_ppkt", runs["kitti_miou_ppkt"], runs["kitti_miou_scratch"])
-    _compare(metrics, paired, "kitti_image2point", runs["kitti_miou_image2point"], runs["kitti_miou_inflated_scratch"])
-    _label_budgets(metrics, runs, paired, "kitti", kdata, spec.kitti_points_per_scene, k,
-                   {"unet": k["unet"]}, str(kitti_ckpt), scenes, out_dir, spec, preset == "gpu")
+    for dataset, budget, arm, *_ in plan:
+        if arm == "scratch":
+            _compare(metrics, paired, f"{dataset}_ppkt" + (f"_{budget}" if budget else ""),
+                     runs[_run_key(dataset, budget, "ppkt")], runs[_run_key(dataset, budget, "scratch")])
+    if spec.kitti_full_labels:
+        _compare(metrics, paired, "kitti_image2point", runs["kitti_miou_image2point"],
+                 runs["kitti_miou_inflated_scratch"])
 
     metrics["seconds"] = time.perf_counter() - start
     write_json(out_dir / "runs.json", runs, indent=1)
     _plot(metrics, spec, out_dir)
+    if len(spec.seeds) > 1 and spec.points_per_scene:
+        _plot_label_curve(runs, spec, out_dir)
     return BenchResult(metrics, {"preset": preset, **asdict(spec), "paired": paired,
                                  "miou_per_seed": {key: [r["miou"] for r in values] for key, values in runs.items()},
                                  "scannet_split": {"train": SCANNET_TRAIN, "test": spec.scannet["test"]},
-                                 "kitti_split": {"train": KITTI_TRAIN, "test": spec.kitti["test"]}})
+                                 "kitti_split": {"train": KITTI_TRAIN, "test": spec.kitti["test"]},
+                                 "cpu_threads": _threads()})
 
 
-def _label_budgets(metrics: dict, runs: dict, paired: dict, prefix: str, data: dict, budgets, settings: dict,
-                   scratch: dict, checkpoint: str, scenes: dict, out_dir: Path, spec: SegmentationPreset,
-                   gpu: bool) -> None:
-    """Limited annotations: every training scan with N labelled points (drawn per seed, the same for both
-    arms), scratch vs PPKT for each N of `budgets`, paired by seed."""
-    for budget in budgets:
-        for arm, model in (("scratch", scratch), ("ppkt", {**scratch, "init": "ppkt", "checkpoint": checkpoint})):
-            key = f"{prefix}_miou_{arm}_{budget}pts"
-            runs[key] = []
-            for seed in spec.seeds:
-                train = _finetune_train(settings, settings["lr"], seed, gpu)
-                runs[key].append(_finetune(f"{prefix}-{arm}-{budget}pts-seed{seed}",
-                                           {**data, "points_per_scene": budget, "subset_seed": seed}, model, train,
-                                           scenes, out_dir))
-            _aggregate(metrics, key, runs[key])
-        _compare(metrics, paired, f"{prefix}_ppkt_{budget}pts", runs[f"{prefix}_miou_ppkt_{budget}pts"],
-                 runs[f"{prefix}_miou_scratch_{budget}pts"])
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _plot(metrics: dict, spec: SegmentationPreset, out_dir: Path) -> None:
@@ -300,8 +388,47 @@ def _plot(metrics: dict, spec: SegmentationPreset, out_dir: Path) -> None:
         groups[f"ScanNet {pct}%"] = {arm: metrics[f"scannet_miou_{arm}_{pct}pct"] for arm in ("scratch", "ppkt")}
     for budget in spec.points_per_scene:
         groups[f"ScanNet {budget} pts"] = {arm: metrics[f"scannet_miou_{arm}_{budget}pts"] for arm in ("scratch", "ppkt")}
-    groups["SemanticKITTI"] = {arm: metrics[f"kitti_miou_{arm}"]
-                               for arm in ("scratch", "ppkt", "inflated_scratch", "image2point")}
+    if spec.kitti_full_labels:
+        groups["SemanticKITTI"] = {arm: metrics[f"kitti_miou_{arm}"]
+                                   for arm in ("scratch", "ppkt", "inflated_scratch", "image2point")}
     for budget in spec.kitti_points_per_scene:
         groups[f"KITTI {budget} pts"] = {arm: metrics[f"kitti_miou_{arm}_{budget}pts"] for arm in ("scratch", "ppkt")}
     plot_bars(groups, out_dir / "segmentation_miou.png", title="test mIoU (mean over seeds)", ylabel="mIoU")
+
+
+def _plot_label_curve(runs: dict, spec: SegmentationPreset, out_dir: Path) -> Path:
+    """ScanNet mIoU vs labelled points per scan: each arm's mean over seeds with its 95 % t band (left), and
+    PPKT minus scratch paired by seed with its 95 % interval (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import t
+
+    budgets = sorted(spec.points_per_scene)
+    n = len(spec.seeds)
+    half = float(t.ppf(0.975, n - 1)) / np.sqrt(n)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for arm, colour in (("scratch", "tab:gray"), ("ppkt", "tab:blue")):
+        values = np.array([[r["miou"] for r in runs[f"scannet_miou_{arm}_{b}pts"]] for b in budgets])
+        mean, band = values.mean(1), half * values.std(1, ddof=1)
+        left.plot(budgets, mean, "o-", color=colour, label=arm)
+        left.fill_between(budgets, mean - band, mean + band, color=colour, alpha=0.2)
+    left.set(xscale="log", xlabel="labelled points per training scan", ylabel="test mIoU",
+             title=f"ScanNet, mean of {n} seeds, 95 % band")
+    left.set_xticks(budgets, [str(b) for b in budgets])
+    left.legend()
+    gains = [paired_difference([r["miou"] for r in runs[f"scannet_miou_ppkt_{b}pts"]],
+                               [r["miou"] for r in runs[f"scannet_miou_scratch_{b}pts"]]) for b in budgets]
+    right.errorbar(budgets, [g["mean"] for g in gains], yerr=[[g["mean"] - g["low"] for g in gains],
+                                                              [g["high"] - g["mean"] for g in gains]],
+                   fmt="o-", capsize=4, color="tab:blue")
+    right.axhline(0, color="black", lw=0.8)
+    right.set(xscale="log", xlabel="labelled points per training scan", ylabel="mIoU difference",
+              title="PPKT - scratch, paired by seed, 95 % interval")
+    right.set_xticks(budgets, [str(b) for b in budgets])
+    fig.tight_layout()
+    path = out_dir / "scannet_miou_vs_labels.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
