@@ -124,6 +124,22 @@ def test_bench_resume_is_refused_where_runs_keep_no_checkpoints(tmp_path, capsys
     assert "--resume is only for image2point" in capsys.readouterr().err
 
 
+def test_bench_preset_a_benchmark_lacks(tmp_path, capsys):
+    """A named benchmark without the preset is refused in one line (exit 2); `all` runs those that have it."""
+    import argparse
+
+    from pointlift.commands.bench import _check_arguments
+    from pointlift.registry import BENCHMARKS
+
+    code = main(["bench", "image2point-fewshot", "--preset", "cpu", "--out", str(tmp_path / "s.json")])
+    assert code == 2 and "bench image2point-fewshot: no preset 'cpu'; it has smoke, cpu-long" in capsys.readouterr().err
+    args = argparse.Namespace(name="all", preset="cpu-long", resume=False)
+    assert _check_arguments(args, list(BENCHMARKS)) == ["image2point-fewshot", "segmentation"]
+    assert "i2p-mae, image2point, ppkt, sparse: no preset 'cpu-long', not run" in capsys.readouterr().err
+    assert _check_arguments(argparse.Namespace(name="all", preset="smoke", resume=False),
+                            list(BENCHMARKS)) == list(BENCHMARKS)
+
+
 def test_no_progress_on_every_command_and_no_bars_in_logs(tmp_path, capsys):
     """Issue 29: `--no-progress` is accepted by every command; with stderr not a terminal (a log) there are
     no carriage-return frames even without it, while a forced terminal gets a bar."""

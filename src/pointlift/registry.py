@@ -19,6 +19,7 @@ from torch import nn
 
 from pointlift.bench import i2p_mae as bench_i2p_mae
 from pointlift.bench import image2point as bench_image2point
+from pointlift.bench import image2point_fewshot as bench_image2point_fewshot
 from pointlift.bench import ppkt as bench_ppkt
 from pointlift.bench import segmentation as bench_segmentation
 from pointlift.bench import sparse as bench_sparse
@@ -88,6 +89,7 @@ METHODS = (
 BENCHMARKS = {
     "sparse": bench_sparse,
     "image2point": bench_image2point,
+    "image2point-fewshot": bench_image2point_fewshot,
     "ppkt": bench_ppkt,
     "i2p-mae": bench_i2p_mae,
     "segmentation": bench_segmentation,

@@ -70,3 +70,28 @@ class BenchResult:
 
     metrics: dict[str, float]
     config: dict[str, Any] = field(default_factory=dict)
+
+
+def worker_pool(workers: int):
+    """An executor for a benchmark's runs: `workers` spawned processes (one torch thread each, as
+    OMP_NUM_THREADS is inherited) when `workers` > 1, otherwise each job run in this process when submitted."""
+    from concurrent.futures import Future, ProcessPoolExecutor
+
+    if workers > 1:
+        import multiprocessing
+
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+    class InProcess:
+        def submit(self, function, *args):
+            future = Future()
+            future.set_result(function(*args))
+            return future
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    return InProcess()

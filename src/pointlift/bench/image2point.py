@@ -134,9 +134,12 @@ PRESETS = Image2PointPreset.table({
 })
 
 
-def _config(preset: Image2PointPreset, weights: str | None, fip: str, epochs: int, batch: int, train_per_class,
-            seed: int, eval_every_epoch: bool, data_path: Path, lr: float, mode: str = "copy",
-            design: str = "released"):
+def finetune_config(preset, weights: str | None, fip: str, epochs: int, batch: int, train_per_class,
+                    seed: int, eval_every_epoch: bool, data_path: Path, lr: float, mode: str = "copy",
+                    design: str = "released"):
+    """One fine-tune of the bench: `preset` gives voxel_size, val/test_per_class, max_points, warmup_epochs and
+    precise_bn (an `Image2PointPreset`, or the few-shot bench's preset); `seed` draws the training subset and
+    the data order."""
     from pointlift.methods.image2point.config import Image2PointConfig, Image2PointDataConfig, InflationConfig
 
     return Image2PointConfig(
@@ -196,9 +199,9 @@ def _run_job(args: tuple) -> tuple[str, dict]:
         probe = ShapeDataConfig(path=str(data_path))
         _SPLITS.update(train=load_shape_split(probe, "train"), test=load_shape_split(probe, "test"))
     weights = str(shared_path(MOBILENET_WEIGHTS)) if job["label"] == "inflated" else "random"
-    config = _config(settings, weights, job["fip"], job["epochs"], job["batch"], job["per_class"], job["seed"],
-                     eval_every_epoch=job["eval_every_epoch"], data_path=data_path, lr=job["lr"],
-                     design=job["design"])
+    config = finetune_config(settings, weights, job["fip"], job["epochs"], job["batch"], job["per_class"],
+                             job["seed"], eval_every_epoch=job["eval_every_epoch"], data_path=data_path,
+                             lr=job["lr"], design=job["design"])
     summary = finetune(config, run_dir, resume=resume, progress=False, train_split=_SPLITS["train"],
                        test_split=_SPLITS["test"])
     return job["run_name"], summary

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pointlift.bench import BenchResult, Preset, shared_path
+from pointlift.bench import BenchResult, Preset, shared_path, worker_pool
 from pointlift.bench.stats import paired_difference, per_class_differences
 from pointlift.engine.config import load_config
 from pointlift.engine.rundir import write_json
@@ -262,33 +262,34 @@ def _datasets(spec: SegmentationPreset) -> dict[str, dict]:
                   "crop_radius": k["crop_radius"]}}
 
 
-def _plan(spec: SegmentationPreset, checkpoints: dict[str, str]) -> list[tuple]:
-    """Every comparison of the preset as (comparison, arm, data, model, settings) before seeds: ScanNet
-    fractions of scans and labelled points per scan, SemanticKITTI full labels (four arms) and labelled points
-    per scan. The pretrained arm of each comparison starts from that dataset's PPKT network."""
-    datasets = _datasets(spec)
-    s, k = spec.scannet, spec.kitti
-    ppkt = {name: {"init": "ppkt", "checkpoint": checkpoints[name]} for name in checkpoints}
+def _plan(spec: SegmentationPreset, dataset: str, checkpoint: str) -> list[tuple]:
+    """The dataset's comparisons as (dataset, budget, arm, data, model, settings) before seeds - ScanNet:
+    fractions of scans and labelled points per scan; SemanticKITTI: full labels (four arms) and labelled points
+    per scan. The pretrained arm starts from the dataset's PPKT network (`checkpoint`)."""
+    ppkt = {"init": "ppkt", "checkpoint": checkpoint}
+    data = _datasets(spec)[dataset]
     plan = []
-    for fraction in spec.fractions:
-        pct = int(round(100 * fraction))
-        for arm, init in (("scratch", {}), ("ppkt", ppkt["scannet"])):
-            plan.append(("scannet", f"{pct}pct", arm, {**datasets["scannet"], "scene_fraction": fraction},
-                         {"unet": s["unet"], **init}, {**s}))
-    for budget in spec.points_per_scene:
-        for arm, init in (("scratch", {}), ("ppkt", ppkt["scannet"])):
-            plan.append(("scannet", f"{budget}pts", arm, {**datasets["scannet"], "points_per_scene": budget},
-                         {"unet": s["unet"], **init}, {**s}))
-    if spec.kitti_full_labels:
-        for arm, model, lr in (("scratch", {"unet": k["unet"]}, k["lr"]),
-                               ("ppkt", {"unet": k["unet"], **ppkt["kitti"]}, k["lr"]),
-                               ("inflated_scratch", {"arch": "inflated"}, k["inflated_lr"]),
-                               ("image2point", {"arch": "inflated", "init": "image2point"}, k["inflated_lr"])):
-            plan.append(("kitti", "", arm, dict(datasets["kitti"]), model, {**k, "lr": lr}))
-    for budget in spec.kitti_points_per_scene:
-        for arm, init in (("scratch", {}), ("ppkt", ppkt["kitti"])):
-            plan.append(("kitti", f"{budget}pts", arm, {**datasets["kitti"], "points_per_scene": budget},
-                         {"unet": k["unet"], **init}, {**k}))
+    if dataset == "scannet":
+        s = spec.scannet
+        for fraction in spec.fractions:
+            for arm, init in (("scratch", {}), ("ppkt", ppkt)):
+                plan.append(("scannet", f"{int(round(100 * fraction))}pct", arm, {**data, "scene_fraction": fraction},
+                             {"unet": s["unet"], **init}, {**s}))
+        budgets = spec.points_per_scene
+    else:
+        k = spec.kitti
+        if spec.kitti_full_labels:
+            for arm, model, lr in (("scratch", {"unet": k["unet"]}, k["lr"]),
+                                   ("ppkt", {"unet": k["unet"], **ppkt}, k["lr"]),
+                                   ("inflated_scratch", {"arch": "inflated"}, k["inflated_lr"]),
+                                   ("image2point", {"arch": "inflated", "init": "image2point"}, k["inflated_lr"])):
+                plan.append(("kitti", "", arm, dict(data), model, {**k, "lr": lr}))
+        budgets = spec.kitti_points_per_scene
+    settings = spec.scannet if dataset == "scannet" else spec.kitti
+    for budget in budgets:
+        for arm, init in (("scratch", {}), ("ppkt", ppkt)):
+            plan.append((dataset, f"{budget}pts", arm, {**data, "points_per_scene": budget},
+                         {"unet": settings["unet"], **init}, {**settings}))
     return plan
 
 
@@ -315,7 +316,7 @@ def run(preset: str | SegmentationPreset, out_dir: Path) -> BenchResult:
     """PPKT pretraining on each dataset, then every fine-tune of the plan (in `workers` processes of one torch
     thread each where the preset says so; finished runs listed in `<out>/progress.json`), then the paired
     comparisons and the plots."""
-    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, wait
 
     spec = PRESETS[preset] if isinstance(preset, str) else preset
     preset = preset if isinstance(preset, str) else "custom"
@@ -323,31 +324,33 @@ def run(preset: str | SegmentationPreset, out_dir: Path) -> BenchResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
     start = time.perf_counter()
-    pool = multiprocessing.get_context("spawn").Pool(spec.workers) if spec.workers > 1 else None
-    imap = pool.imap_unordered if pool else map
-    try:
-        checkpoints = {}
-        compared = {"scannet": bool(spec.fractions or spec.points_per_scene),
-                    "kitti": spec.kitti_full_labels or bool(spec.kitti_points_per_scene)}
-        pretrainings = [(dataset, spec, str(out_dir), _threads()) for dataset in compared if compared[dataset]]
-        for dataset, checkpoint, results, seconds in imap(_pretrain, pretrainings):
-            checkpoints[dataset] = checkpoint
-            metrics[f"{dataset}_ppkt_pretrain_s"] = seconds
-            metrics[f"{dataset}_ppkt_retrieval_top1"] = results["retrieval_pretrained"]["top1"]
-            metrics[f"{dataset}_ppkt_retrieval_chance"] = results["retrieval_chance"]
-            print(f"[bench segmentation] PPKT {dataset}: retrieval top-1 "
-                  f"{metrics[f'{dataset}_ppkt_retrieval_top1']:.4f} ({seconds:.0f} s)", flush=True)
-        plan = _plan(spec, checkpoints)
-        runs: dict[str, list[dict]] = {_run_key(d, b, a): [] for d, b, a, *_ in plan}
-        for key, result in imap(_finetune, _jobs(spec, plan, out_dir, preset == "gpu")):
-            runs[key].append(result)
-            write_json(out_dir / "progress.json", runs, indent=1)
-            print(f"[bench segmentation] {result['name']}: test mIoU {result['miou']:.4f} "
-                  f"({result['train_seconds']:.0f} s)", flush=True)
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
+    compared = {"scannet": bool(spec.fractions or spec.points_per_scene),
+                "kitti": spec.kitti_full_labels or bool(spec.kitti_points_per_scene)}
+    plan, runs = [], {}
+    with worker_pool(spec.workers) as executor:
+        # a dataset's fine-tunes are queued as soon as its own pretraining ends, so no worker waits for the other
+        pending = {executor.submit(_pretrain, (dataset, spec, str(out_dir), _threads())): "pretrain"
+                   for dataset in compared if compared[dataset]}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                if pending.pop(future) == "pretrain":
+                    dataset, checkpoint, results, seconds = future.result()
+                    metrics[f"{dataset}_ppkt_pretrain_s"] = seconds
+                    metrics[f"{dataset}_ppkt_retrieval_top1"] = results["retrieval_pretrained"]["top1"]
+                    metrics[f"{dataset}_ppkt_retrieval_chance"] = results["retrieval_chance"]
+                    print(f"[bench segmentation] PPKT {dataset}: retrieval top-1 "
+                          f"{metrics[f'{dataset}_ppkt_retrieval_top1']:.4f} ({seconds:.0f} s)", flush=True)
+                    dataset_plan = _plan(spec, dataset, checkpoint)
+                    plan += dataset_plan
+                    for job in _jobs(spec, dataset_plan, out_dir, preset == "gpu"):
+                        pending[executor.submit(_finetune, job)] = "finetune"
+                else:
+                    key, result = future.result()
+                    runs.setdefault(key, []).append(result)
+                    write_json(out_dir / "progress.json", runs, indent=1)
+                    print(f"[bench segmentation] {result['name']}: test mIoU {result['miou']:.4f} "
+                          f"({result['train_seconds']:.0f} s)", flush=True)
 
     paired: dict[str, dict] = {}
     for key in runs:

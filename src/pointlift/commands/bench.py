@@ -78,26 +78,38 @@ def _run_one(name: str, preset: str, out_dir: Path, resume: bool = False) -> dic
     }
 
 
-def _check_arguments(args, names: list[str]) -> None:
-    """--resume and a preset some benchmark lacks (cpu-full is image2point's) are usage errors, not KeyErrors."""
+def _has_preset(name: str, preset: str) -> bool:
+    from pointlift.registry import BENCHMARKS
+
+    presets = getattr(BENCHMARKS[name], "PRESETS", None)  # the benchmark's table: preset name -> settings
+    return presets is None or preset in presets
+
+
+def _check_arguments(args, names: list[str]) -> list[str]:
+    """The benchmarks to run. --resume and a preset the named benchmark lacks (cpu-full is image2point's) are
+    usage errors, not KeyErrors; `all` runs every benchmark that has the preset and names the others."""
     from pointlift.registry import BENCHMARKS
 
     if args.resume and names != ["image2point"]:
         raise PointliftError(f"bench {args.name}: --resume is only for image2point (its long presets keep a "
                              "checkpoint per run)")
-    for name in names:
-        presets = getattr(BENCHMARKS[name], "PRESETS", None)  # the benchmark's table: preset name -> settings
-        if presets is not None and args.preset not in presets:
-            raise PointliftError(f"bench {name}: no preset {args.preset!r}; it has {', '.join(presets)}")
+    runnable = [name for name in names if _has_preset(name, args.preset)]
+    if args.name != "all" and not runnable:
+        presets = BENCHMARKS[args.name].PRESETS
+        raise PointliftError(f"bench {args.name}: no preset {args.preset!r}; it has {', '.join(presets)}")
+    if not runnable:
+        raise PointliftError(f"bench all: no benchmark has a preset {args.preset!r}")
+    skipped = sorted(set(names) - set(runnable))
+    if skipped:
+        print(f"[bench] {', '.join(skipped)}: no preset {args.preset!r}, not run", file=sys.stderr)
+    return runnable
 
 
-def _run_all(preset: str, out_dir: Path) -> dict:
-    """Every benchmark in turn; one record whose metrics are named `<benchmark>.<metric>`."""
-    from pointlift.registry import BENCHMARKS
-
+def _run_all(names: list[str], preset: str, out_dir: Path) -> dict:
+    """The named benchmarks in turn; one record whose metrics are named `<benchmark>.<metric>`."""
     start = time.perf_counter()
     metrics, config = {}, {}
-    for name in BENCHMARKS:
+    for name in names:
         part = _run_one(name, preset, out_dir / name)
         metrics.update({f"{name}.{key}": value for key, value in part["metrics"].items()})
         config[name] = part["config"]
@@ -116,13 +128,12 @@ def run(args) -> int:
     from pointlift.engine.rundir import write_json
     from pointlift.registry import BENCHMARKS
 
-    names = list(BENCHMARKS) if args.name == "all" else [args.name]
-    _check_arguments(args, names)
+    names = _check_arguments(args, list(BENCHMARKS) if args.name == "all" else [args.name])
     out = Path(args.out)
     out_dir = out.with_suffix("")  # artefacts (plots, run directories) beside the JSON
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.name == "all":
-        record = _run_all(args.preset, out_dir)
+        record = _run_all(names, args.preset, out_dir)
     else:
         record = _run_one(args.name, args.preset, out_dir, resume=args.resume)
     write_json(out, record, indent=2, default=str, allow_nan=False)  # atomic strict JSON (NaN refused)

@@ -11,20 +11,20 @@ from pathlib import Path
 # What each method's budget here can and cannot show (measured; see BENCHMARKS.md for real data).
 NOTES = {
     "Image2Point": ("32 test shapes make +-0.1 noise, and at 8 steps the inflated-vs-random difference is "
-                    "not reliable: this configuration measured 0.53 vs 0.38 on 2026-11-21 and 0.44 vs 0.44 "
-                    "(and 0.44 vs 0.47) on 2026-11-27, after the seeding and sparse-engine changes. It shows "
-                    "the pipeline, not the gain. On real ModelNet10 shapes (BENCHMARKS.md, `pointlift bench "
-                    "image2point --preset cpu`, released design) inflated beat scratch in 10-shot accuracy "
-                    "(0.597 vs 0.513, 3 seeds) and reached the target accuracy in 4 vs 7 epochs."),
+                    "not reliable (the two arms have measured level and either ahead in earlier runs): this demo "
+                    "shows the pipeline, not the gain. On real ModelNet10 shapes (BENCHMARKS.md, `image2point`, "
+                    "released design, cpu preset, 3 seeds) the inflated network beat the same network from "
+                    "scratch in FIP `all` accuracy (0.757 +- 0.005 vs 0.650 +- 0.022) and reached the target "
+                    "accuracy in 3 vs 6 epochs; its 10-shot lead (0.570 vs 0.520) is inside the seeds' spread."),
     "I2P-MAE": ("24 pretraining steps with pointlift's recipe (cached teacher) are too few to show the paper's "
-                "linear-probe gain reliably. On other synthetic data (8 classes, data seeds 5/7/9, 32 steps; "
-                "validation, not this run's test shapes) the pretrained-minus-untrained SVM accuracy was +7.8, "
-                "-9.4 and -1.6 points (3D-only MAE: +12.5, -1.6, -9.4): the spread between data seeds is larger "
-                "than any effect at this budget, so the figure here may fall either side of its untrained twin "
-                "(on 2026-11-27 it was 0.854 vs 0.708). What this run does show is that the losses fall. On "
-                "real ModelNet10 data with 600 pretraining steps, pointlift's recipe beat both its untrained "
-                "encoder and 3D-only pretraining in every seed (BENCHMARKS.md, 2026-11-21); check your own data "
-                "with `pointlift eval svm --compare-untrained`."),
+                "linear-probe gain reliably: between data seeds of generated shapes the pretrained-minus-"
+                "untrained SVM accuracy has measured on both sides of zero, so the figure here may fall either "
+                "side of its untrained twin. "
+                "What this run does show is that the losses fall. On real ModelNet10 data with 600 pretraining "
+                "steps (BENCHMARKS.md, `i2p-mae`, 3 seeds) the official recipe is ahead of the untrained "
+                "encoder (linear-SVM 0.739 +- 0.025 vs 0.693 +- 0.011), while pointlift's cached recipe, the "
+                "one this demo runs, is behind it (0.595 +- 0.016); check your own data with `pointlift eval "
+                "svm --compare-untrained`."),
     "Scene segmentation": ("Generated rooms (floor, walls, cabinets, tables, cylinders) labelled with 5 of "
                            "ScanNet-20's classes; the test rooms are other seeds than the training rooms. The "
                            "network is trained from scratch here (no pretraining): the demo shows the "
