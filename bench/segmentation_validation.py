@@ -3,15 +3,17 @@ points per scan, trained on ScanNet rooms scene0000-0006 and scored on room scen
 (scene0008-0010), which the preset alone scores.
 
     OMP_NUM_THREADS=1 POINTLIFT_SHARED=../shared bash scripts/with-env.sh \
-        python bench/segmentation_validation.py OUT_DIR PPKT_STEPS EPOCHS POINTS_PER_SCENE
+        python bench/segmentation_validation.py OUT_DIR PPKT_STEPS EPOCHS POINTS_PER_SCENE [--teacher NAME
+        --teacher-weights PATH_UNDER_SHARED --teacher-stage S --image-size H W]
 
-Figures: bench/results/segmentation-cpu-long-validation.json (PPKT 150 and 1,000 steps, 20 epochs, 20 points).
+Figures: bench/results/segmentation-cpu-long-validation.json (PPKT 150 and 1,000 steps, 20 epochs, 20 points;
+the DINOv2 ViT-S/14 teacher beside EfficientNet-Lite0).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
@@ -20,9 +22,11 @@ from pointlift.bench import segmentation as bench
 VALIDATION_ROOM = "scene0007"
 
 
-def main(out_dir: Path, ppkt_steps: int, epochs: int, points_per_scene: int, seeds=(0, 1, 2)) -> None:
+def main(out_dir: Path, ppkt_steps: int, epochs: int, points_per_scene: int, seeds=(0, 1, 2), **teacher) -> None:
+    """`teacher`: keys of the preset's ppkt_7scenes to change (teacher, teacher_weights, teacher_stage,
+    image_size)."""
     cpu_long = bench.PRESETS["cpu-long"]
-    spec = dataclasses.replace(cpu_long, ppkt_7scenes={**cpu_long.ppkt_7scenes, "steps": ppkt_steps})
+    spec = dataclasses.replace(cpu_long, ppkt_7scenes={**cpu_long.ppkt_7scenes, "steps": ppkt_steps, **teacher})
     settings = {**spec.scannet, "epochs": epochs}
     data = {**bench._datasets(spec)["scannet"], "test": [VALIDATION_ROOM],
             "train": [room for room in bench.SCANNET_TRAIN if room != VALIDATION_ROOM]}
@@ -42,4 +46,17 @@ def main(out_dir: Path, ppkt_steps: int, epochs: int, points_per_scene: int, see
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("ppkt_steps", type=int)
+    parser.add_argument("epochs", type=int)
+    parser.add_argument("points_per_scene", type=int)
+    parser.add_argument("--teacher")
+    parser.add_argument("--teacher-weights", help="a path under the shared folder")
+    parser.add_argument("--teacher-stage", type=int)
+    parser.add_argument("--image-size", type=int, nargs=2)
+    args = parser.parse_args()
+    teacher = {key: value for key, value in (("teacher", args.teacher), ("teacher_weights", args.teacher_weights),
+                                             ("teacher_stage", args.teacher_stage), ("image_size", args.image_size))
+               if value is not None}
+    main(args.out_dir, args.ppkt_steps, args.epochs, args.points_per_scene, **teacher)

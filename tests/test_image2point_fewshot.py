@@ -4,6 +4,7 @@ validation shapes only."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -54,7 +55,7 @@ def test_rates_are_chosen_on_validation_never_on_test(tmp_path, monkeypatch):
         seen.append((job["phase"], job["draw"], job["arm"], job["lr"]))
         val = {0.01: 0.6, 0.03: 0.5, 0.1: 0.4}[job["lr"]]
         test = {0.01: 0.3, 0.03: 0.5, 0.1: 0.9}[job["lr"]] + (0.05 if job["arm"] == "inflated" else 0.0)
-        return job, {"val_overall_acc": val, "overall_acc": test + 0.01 * job["draw"]}
+        return job, {"val_overall_acc": val, "overall_acc": test + 0.01 * job["draw"], "seconds": 1.0}
 
     monkeypatch.setattr(bench, "_run", fake_run)
     spec = dataclasses.replace(bench.PRESETS["cpu-long"], draws=(0, 1, 2), workers=1, extra_fips=("io",))
@@ -67,6 +68,7 @@ def test_rates_are_chosen_on_validation_never_on_test(tmp_path, monkeypatch):
         assert result.metrics[f"gain_{key}"] == pytest.approx(0.05)
     assert "5shot_io" not in result.config["comparisons"]  # extra modes at the smallest K only
     assert (tmp_path / "fewshot_accuracy_vs_shots.png").is_file()
+    assert len(json.loads((tmp_path / "progress.json").read_text())) == len(seen)
 
 
 def test_preset_refuses_measured_draws_among_the_selection_draws():

@@ -35,6 +35,7 @@ import numpy as np
 from pointlift.bench import BenchResult, Preset, shared_path, worker_pool
 from pointlift.bench.image2point import MOBILENET_WEIGHTS, finetune_config
 from pointlift.bench.stats import paired_difference
+from pointlift.engine.rundir import write_json
 from pointlift.errors import PointliftConfigError
 
 ARMS = ("inflated", "random")
@@ -150,7 +151,15 @@ def run(preset: str | FewShotPreset, out_dir: Path) -> BenchResult:
     jobs = [{**base, "phase": "selection", "shots": k, "epochs": epochs, "fip": fip, "arm": arm, "lr": lr,
              "draw": draw, "name": _name("select", k, fip, arm, lr, draw)}
             for k, epochs, fip in comparisons for arm in ARMS for lr in spec.lrs for draw in spec.selection_draws]
+    finished: dict[str, dict] = {}  # every run so far, in <out>/progress.json: a stopped run keeps its figures
+
+    def record_run(job: dict, summary: dict) -> None:
+        finished[job["name"]] = {"validation": summary["val_overall_acc"], "test": summary["overall_acc"],
+                                 "seconds": summary["seconds"]}
+        write_json(out_dir / "progress.json", finished, indent=1)
+
     for job, summary in _map(_run, jobs, spec.workers):
+        record_run(job, summary)
         validation.setdefault((job["shots"], job["fip"], job["arm"], job["lr"]), []).append(summary["val_overall_acc"])
         print(f"[bench image2point-fewshot] {job['name']}: validation {summary['val_overall_acc']:.3f}", flush=True)
     chosen = {}
@@ -166,6 +175,7 @@ def run(preset: str | FewShotPreset, out_dir: Path) -> BenchResult:
              "name": _name("measure", k, fip, arm, chosen[(k, fip, arm)], draw)}
             for draw in spec.draws for k, epochs, fip in comparisons for arm in ARMS]
     for job, summary in _map(_run, jobs, spec.workers):
+        record_run(job, summary)
         test.setdefault((job["shots"], job["fip"], job["arm"]), {})[job["draw"]] = summary["overall_acc"]
         print(f"[bench image2point-fewshot] {job['name']}: test {summary['overall_acc']:.3f}", flush=True)
 

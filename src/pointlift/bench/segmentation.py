@@ -1,24 +1,28 @@
-"""`pointlift bench segmentation --preset {smoke,cpu,gpu}`: scene segmentation, the downstream task PPKT
-and Image2Point are judged by, on the real scans of ../shared/data.
+"""`pointlift bench segmentation --preset {smoke,cpu,cpu-long,gpu}`: scene segmentation, the downstream task
+PPKT and Image2Point are judged by, on the real scans of ../shared/data.
 
 - ScanNet (VoteNet export, ScanNet-20), split by room: rooms scene0000-0007 train (17 scans), rooms
-  scene0008-0010 test (6 scans); no room on both sides. PPKT (pretrained on 7-Scenes redkitchen RGB-D,
-  RGB input) vs the same sparse U-Net from scratch, fine-tuned on 20 % and 100 % of the training scans.
+  scene0008-0010 test (6 scans); no room on both sides. PPKT (RGB input; pretrained on 7-Scenes redkitchen
+  in the camera frame, or with `ppkt_7scenes.root: data` and `frame: world` on every RGB-D sequence in the
+  gravity-aligned frame) vs the same sparse U-Net from scratch, fine-tuned on fractions of the training scans
+  (`fractions`) and with N labelled points per scan (`points_per_scene`).
 - SemanticKITTI (19 classes), split by sequence: 00-07 train (16 scans), 09 and 10 test (4 scans).
   PPKT from LiDAR + camera (image_2, P2 @ Tr; pretrained on the training scans, labels unused, constant
-  input) vs scratch; and the Image2Point inflated-encoder U-Net (ImageNet EfficientNet-Lite0, `copy`
-  inflation along z) vs the same architecture from scratch.
-Each fine-tune: 3 seeds (smoke: 1); figures are the mean and std over seeds of the last step's test
-mIoU on every point of the test scans (no validation-based selection, no early stopping). Each PPKT
-network is pretrained once (seed 0) and shared by the seeds. The seed-0 network's mIoU before training
-(`*_untrained`) is measured too. Fractions of scans are drawn per seed (`subset_seed` = seed).
+  input) vs scratch, with all labels (`kitti_full_labels`, where the Image2Point inflated-encoder U-Net -
+  ImageNet EfficientNet-Lite0, `copy` inflation along z - is compared with the same architecture from
+  scratch too) and with N labelled points per scan (`kitti_points_per_scene`).
+Figures are the last step's test mIoU on every point of the test scans (no validation-based selection, no
+early stopping), mean and std over the preset's seeds. Each PPKT network is pretrained once (seed 0) and
+shared by the seeds. The seed-0 network's mIoU before training (`*_untrained`) is measured too.
 
-Limited annotations (`points_per_scene`, `kitti_points_per_scene`: the ScanNet data-efficient protocol):
-every training scan, N labelled points each, drawn once per seed (`subset_seed` = seed) and shared by both
-arms of that seed. Every pretrained-vs-scratch comparison is paired by seed (same labels, same data order):
-`*_gain` is the mean per-seed mIoU difference with its 95 % paired-t interval (`*_gain_low`/`*_gain_high`,
-absent with one seed); the config record's `paired` holds the per-seed differences and per-class IoU
-differences, `miou_per_seed` each arm's per-seed figures.
+Label-scarce protocols (ScanNet data-efficient benchmark): limited scenes draw a fraction of the training
+scans per seed; limited annotations keep N labelled points in every training scan, drawn once per seed.
+Both use `subset_seed` = seed, so both arms of a seed see the same labels in the same order. `*_gain` is the
+mean per-seed PPKT-minus-scratch mIoU difference with its 95 % paired-t interval (`*_gain_low`/`*_gain_high`,
+absent with one seed); the config record's `paired` holds the per-seed and per-class IoU differences,
+`miou_per_seed` each arm's per-seed figures. Budgets are epochs over the labelled scans where the preset
+says `epochs` (cpu-long), fixed steps otherwise. With `workers` > 1 the runs go to that many processes of
+one torch thread each; a dataset's fine-tunes start as soon as its own pretraining ends.
 """
 
 from __future__ import annotations
@@ -82,9 +86,12 @@ PRESETS = SegmentationPreset.table({
     # with 20 / 50 / 200 labelled points per training scan and 10 % of the scans, SemanticKITTI with 20
     # labelled points per scan; 8 seeds, budgets in epochs over the labelled scans. PPKT pretrains on every
     # RGB-D sequence of ../shared/data in the gravity-aligned world frame (z up, as ScanNet scans), 2,000
-    # steps: on the validation room (scene0007, trained on rooms 0000-0006; test rooms never scored while
-    # choosing) 1,000 steps gave retrieval top-1 0.177 vs 0.049 at 150 steps, and 20-point fine-tunes
-    # ahead of scratch where 150 steps were level (bench/results/segmentation-cpu-long-validation.json).
+    # steps, with the DINOv2 ViT-S/14 teacher at 126 x 168 (a multiple of its 14-pixel patch). Both choices
+    # were made on a validation room (scene0007, fine-tuned on rooms 0000-0006 with 20 points per scan, 3
+    # seeds; the test rooms never scored while choosing; bench/results/segmentation-cpu-long-validation.json):
+    # EfficientNet-Lite0 stage 3 at 150 / 1,000 steps gave PPKT - scratch +2.6 / +6.7 mIoU points; DINOv2 at
+    # 1,000 steps +9.7. With EfficientNet-Lite0 at 2,000 steps this preset measured +2.6 [+1.0, +4.1] on the
+    # test rooms at 20 points (bench/results/segmentation-cpu-long-efficientnet.json).
     "cpu-long": {
         "seeds": [0, 1, 2, 3, 4, 5, 6, 7], "fractions": [0.1],
         "scannet": {"unet": "spunet-tiny", "voxel_size": 0.1, "max_points": 20000, "test": SCANNET_TEST,
@@ -92,7 +99,9 @@ PRESETS = SegmentationPreset.table({
         "kitti": {"unet": "spunet-tiny", "voxel_size": 0.3, "crop_radius": 20.0, "test": KITTI_TEST,
                   "epochs": 15, "batch_size": 2, "lr": 0.01, "inflated_lr": 0.005},
         "ppkt_7scenes": {"root": "data", "frame": "world", "frame_stride": 2, "pixel_stride": 8,
-                         "image_size": [120, 160], "steps": 2000, "teacher_stage": 3, "num_pairs": 2048},
+                         "image_size": [126, 168], "steps": 2000, "teacher": "vit_small_patch14_dinov2",
+                         "teacher_weights": "weights/vit_small_patch14_dinov2.imgfocus.fp16.safetensors",
+                         "teacher_stage": -1, "num_pairs": 2048},
         "ppkt_kitti": {"image_size": [94, 310], "steps": 60, "teacher_stage": 3, "num_pairs": 2048},
         "points_per_scene": (20, 50, 200), "kitti_points_per_scene": (20,), "kitti_full_labels": False,
         "workers": 2,
