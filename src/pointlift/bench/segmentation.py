@@ -429,6 +429,7 @@ def _plot_label_curve(runs: dict, spec: SegmentationPreset, out_dir: Path) -> Pa
     left.set(xscale="log", xlabel="labelled points per training scan", ylabel="test mIoU",
              title=f"ScanNet, mean of {n} seeds, 95 % band")
     left.set_xticks(budgets, [str(b) for b in budgets])
+    left.minorticks_off()
     left.legend()
     gains = [paired_difference([r["miou"] for r in runs[f"scannet_miou_ppkt_{b}pts"]],
                                [r["miou"] for r in runs[f"scannet_miou_scratch_{b}pts"]]) for b in budgets]
@@ -439,6 +440,7 @@ def _plot_label_curve(runs: dict, spec: SegmentationPreset, out_dir: Path) -> Pa
     right.set(xscale="log", xlabel="labelled points per training scan", ylabel="mIoU difference",
               title="PPKT - scratch, paired by seed, 95 % interval")
     right.set_xticks(budgets, [str(b) for b in budgets])
+    right.minorticks_off()
     fig.tight_layout()
     path = out_dir / "scannet_miou_vs_labels.png"
     fig.savefig(path, dpi=110)
