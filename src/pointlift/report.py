@@ -89,6 +89,38 @@ def plot_overlaid(curves: dict[str, Sequence[tuple[float, float]]], path: Path, 
     return _save(fig, path)
 
 
+def plot_paired_arms(x: Sequence[float], arms: dict[str, tuple[np.ndarray, str]], gains: list[dict], path: Path,
+                     xlabel: str, ylabel: str, title: str, gain_title: str, log_x: bool = False) -> Path:
+    """Two arms over a budget axis: left, each arm's mean over seeds/draws (values[i] = the figures at x[i])
+    with its 95 % t band; right, the paired difference at each x with its interval (`bench.stats`'s
+    `paired_difference` records)."""
+    from scipy.stats import t
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, (values, colour) in arms.items():
+        values = np.asarray(values, dtype=float)
+        n = values.shape[1]
+        mean, band = values.mean(1), float(t.ppf(0.975, n - 1)) / np.sqrt(n) * values.std(1, ddof=1)
+        left.plot(x, mean, "o-", color=colour, label=name)
+        left.fill_between(x, mean - band, mean + band, color=colour, alpha=0.2)
+    left.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    left.legend()
+    right.errorbar(x, [g["mean"] for g in gains], yerr=[[g["mean"] - g["low"] for g in gains],
+                                                        [g["high"] - g["mean"] for g in gains]],
+                   fmt="o-", capsize=4, color=list(arms.values())[-1][1])
+    right.axhline(0, color="black", lw=0.8)
+    right.set(xlabel=xlabel, ylabel=f"{ylabel} difference", title=gain_title)
+    for ax in (left, right):
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xticks(list(x), [f"{v:g}" for v in x])
+        ax.minorticks_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_bars(groups: dict[str, dict[str, float]], path: Path, title: str, ylabel: str = "accuracy",
               errors: dict[str, dict[str, float]] | None = None) -> Path:
     """Grouped bars: groups[group][series] = value (e.g. {'1 %': {'ppkt': .4, 'scratch': .3}})."""

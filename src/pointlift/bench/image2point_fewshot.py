@@ -206,39 +206,17 @@ def run(preset: str | FewShotPreset, out_dir: Path) -> BenchResult:
 
 
 def _plot(record: dict, spec: FewShotPreset, out_dir: Path) -> Path:
-    """Test accuracy vs K (FIP `all`): each arm's mean over draws with its 95 % t band, and the paired gain."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from scipy.stats import t
+    """Test accuracy vs K (FIP `all`): each arm's mean over draws with its 95 % band, and the paired gain."""
+    from pointlift.report import plot_paired_arms
 
     shots = list(spec.shots)
-    n = len(spec.draws)
-    half = float(t.ppf(0.975, n - 1)) / np.sqrt(n)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for arm, colour in (("random", "tab:gray"), ("inflated", "tab:orange")):
-        values = np.array([record[f"{k}shot_all"]["test_per_draw"][arm] for k in shots])
-        mean, band = values.mean(1), half * values.std(1, ddof=1)
-        left.plot(shots, mean, "o-", color=colour, label="inflated ImageNet" if arm == "inflated" else "scratch")
-        left.fill_between(shots, mean - band, mean + band, color=colour, alpha=0.2)
-    left.set(xlabel="training shapes per class (K)", ylabel="test accuracy",
-             title=f"ModelNet10 K-shot, FIP all, {n} draws, 95 % band")
-    left.set_xticks(shots)
-    left.legend()
-    gains = [record[f"{k}shot_all"]["difference"] for k in shots]
-    right.errorbar(shots, [g["mean"] for g in gains], yerr=[[g["mean"] - g["low"] for g in gains],
-                                                            [g["high"] - g["mean"] for g in gains]],
-                   fmt="o-", capsize=4, color="tab:orange")
-    right.axhline(0, color="black", lw=0.8)
-    right.set(xlabel="training shapes per class (K)", ylabel="accuracy difference",
-              title="inflated - scratch, paired by draw, 95 % interval")
-    right.set_xticks(shots)
-    fig.tight_layout()
-    path = out_dir / "fewshot_accuracy_vs_shots.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    values = {arm: [record[f"{k}shot_all"]["test_per_draw"][arm] for k in shots] for arm in ARMS}
+    return plot_paired_arms(shots, {"scratch": (values["random"], "tab:gray"),
+                                    "inflated ImageNet": (values["inflated"], "tab:orange")},
+                            [record[f"{k}shot_all"]["difference"] for k in shots],
+                            out_dir / "fewshot_accuracy_vs_shots.png", "training shapes per class (K)",
+                            "test accuracy", f"ModelNet10 K-shot, FIP all, {len(spec.draws)} draws, 95 % band",
+                            "inflated - scratch, paired by draw, 95 % interval")
 
 
 def _threads() -> int:

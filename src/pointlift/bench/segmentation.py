@@ -409,6 +409,43 @@ def _plot(metrics: dict, spec: SegmentationPreset, out_dir: Path) -> None:
 
 
 def _plot_label_curve(runs: dict, spec: SegmentationPreset, out_dir: Path) -> Path:
+    """ScanNet mIoU vs labelled points per scan: each arm's mean over seeds with its 95 % band, and PPKT minus
+    scratch paired by seed with its 95 % interval."""
+    from pointlift.report import plot_paired_arms
+
+    budgets = sorted(spec.points_per_scene)
+    values = {arm: [[r["miou"] for r in runs[f"scannet_miou_{arm}_{b}pts"]] for b in budgets] for arm in ("scratch", "ppkt")}
+    gains = [paired_difference(ppkt, scratch) for ppkt, scratch in zip(values["ppkt"], values["scratch"])]
+    return plot_paired_arms(budgets, {"scratch": (values["scratch"], "tab:gray"), "ppkt": (values["ppkt"], "tab:blue")},
+                            gains, out_dir / "scannet_miou_vs_labels.png", "labelled points per training scan",
+                            "test mIoU", f"ScanNet, mean of {len(spec.seeds)} seeds, 95 % band",
+                            "PPKT - scratch, paired by seed, 95 % interval", log_x=True)
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _plot(metrics: dict, spec: SegmentationPreset, out_dir: Path) -> None:
+    from pointlift.report import plot_bars
+
+    groups = {}
+    for fraction in spec.fractions:
+        pct = int(round(100 * fraction))
+        groups[f"ScanNet {pct}%"] = {arm: metrics[f"scannet_miou_{arm}_{pct}pct"] for arm in ("scratch", "ppkt")}
+    for budget in spec.points_per_scene:
+        groups[f"ScanNet {budget} pts"] = {arm: metrics[f"scannet_miou_{arm}_{budget}pts"] for arm in ("scratch", "ppkt")}
+    if spec.kitti_full_labels:
+        groups["SemanticKITTI"] = {arm: metrics[f"kitti_miou_{arm}"]
+                                   for arm in ("scratch", "ppkt", "inflated_scratch", "image2point")}
+    for budget in spec.kitti_points_per_scene:
+        groups[f"KITTI {budget} pts"] = {arm: metrics[f"kitti_miou_{arm}_{budget}pts"] for arm in ("scratch", "ppkt")}
+    plot_bars(groups, out_dir / "segmentation_miou.png", title="test mIoU (mean over seeds)", ylabel="mIoU")
+
+
+def _plot_label_curve(runs: dict, spec: SegmentationPreset, out_dir: Path) -> Path:
     """ScanNet mIoU vs labelled points per scan: each arm's mean over seeds with its 95 % t band (left), and
     PPKT minus scratch paired by seed with its 95 % interval (right)."""
     import matplotlib
