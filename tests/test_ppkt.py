@@ -234,6 +234,16 @@ def test_pretrain_loss_falls_cache_matches_images_and_checkpoint_loads(tmp_path)
     uncached = collate_ppkt([setup.train_set[0]])
     assert "teacher_features" in cached and "images" in uncached
     assert torch.allclose(model.pixel_maps(cached), model.pixel_maps(uncached), atol=2e-2)
+    # the pair features read only the chosen pairs; they equal reading whole point and pixel maps
+    from pointlift.methods.ppkt.model import student_point_features
+    pairs = torch.arange(0, cached["pair_point"].shape[0], 7)
+    f3d, f2d = model.pair_features(cached, pairs)
+    every_point = student_point_features(model.student, model.model_config, cached["points"], cached["batch_index"],
+                                         cached["colors"])
+    pixel = cached["pair_pixel"][pairs]
+    torch.testing.assert_close(f3d, every_point[cached["pair_point"][pairs]])
+    torch.testing.assert_close(f2d, model.pixel_maps(cached)[cached["pair_view"][pairs], :, pixel[:, 1], pixel[:, 0]],
+                               atol=1e-6, rtol=1e-5)
 
     # a short run from the CLI entry point: loss falls, checkpoint excludes the teacher
     config_path = tmp_path / "ppkt.yaml"

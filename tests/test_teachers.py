@@ -240,6 +240,26 @@ def test_bilinear_upl_equals_upsample_then_project_reference():
     torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["bilinear", "learned"])
+def test_upl_sample_reads_the_full_maps_at_the_pixels(mode):
+    """`sample` must equal indexing the full-resolution output (odd sizes, the clamped borders, gradients)."""
+    torch.manual_seed(0)
+    upl = UpsamplingProjection(6, out_dim=5, mode=mode)
+    if mode == "learned":  # a non-zero residual, so its own upsampling is exercised too
+        torch.nn.init.normal_(upl.refinements[-1].weight)
+    feature_map = torch.randn(3, 6, 5, 7, requires_grad=True)
+    out_hw = (37, 61)
+    full = upl(feature_map, out_hw)
+    views = torch.tensor([0, 1, 2, 2, 0, 1, 2])
+    pixels = torch.tensor([[0, 0], [60, 36], [30, 18], [59, 1], [1, 35], [17, 0], [0, 36]])
+    sampled = upl.sample(feature_map, out_hw, views, pixels)
+    torch.testing.assert_close(sampled, full[views, :, pixels[:, 1], pixels[:, 0]], atol=1e-6, rtol=1e-5)
+    weights = torch.randn_like(sampled)
+    grad_full, = torch.autograd.grad((full[views, :, pixels[:, 1], pixels[:, 0]] * weights).sum(), feature_map)
+    grad_sampled, = torch.autograd.grad((sampled * weights).sum(), feature_map)
+    torch.testing.assert_close(grad_sampled, grad_full, atol=1e-5, rtol=1e-4)
+
+
 def test_learned_upl_starts_as_bilinear_and_learns():
     torch.manual_seed(0)
     bilinear = UpsamplingProjection(8, out_dim=4)

@@ -44,13 +44,52 @@ class UpsamplingProjection(nn.Module):
             nn.init.zeros_(self.refinements[-1].weight)
             nn.init.zeros_(self.refinements[-1].bias)
 
-    def forward(self, feature_map: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
-        """(B, in_channels, h, w) -> (B, out_dim, H, W) with unit L2 norm at every pixel."""
+    def _low_maps(self, feature_map: torch.Tensor) -> list[torch.Tensor]:
+        """The maps the layer upsamples and adds: the projection, then (learned mode) the residual."""
         projected = self.projection(feature_map.to(self.projection.weight.dtype))
-        x = F.interpolate(projected, size=tuple(out_hw), mode="bilinear", align_corners=False)
+        maps = [projected]
         if self.refinements:
             residual = projected
             for index, step in enumerate(self.refinements):
                 residual = step(residual if index == 0 else F.gelu(residual))
-            x = x + F.interpolate(residual, size=tuple(out_hw), mode="bilinear", align_corners=False)
+            maps.append(residual)
+        return maps
+
+    def forward(self, feature_map: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+        """(B, in_channels, h, w) -> (B, out_dim, H, W) with unit L2 norm at every pixel."""
+        maps = self._low_maps(feature_map)
+        x = sum(F.interpolate(m, size=tuple(out_hw), mode="bilinear", align_corners=False) for m in maps)
         return F.normalize(x, dim=1)
+
+    def sample(self, feature_map: torch.Tensor, out_hw: tuple[int, int], views: torch.Tensor,
+               pixels: torch.Tensor) -> torch.Tensor:
+        """`forward(feature_map, out_hw)[views, :, v, u]` for pixels (P, 2) long (u, v), as (P, out_dim),
+        without making the full-resolution maps: a training step reads a few thousand pixels of maps
+        with hundreds of thousands (same bilinear weights as `F.interpolate`; equal to float rounding)."""
+        x = sum(bilinear_at(m, out_hw, views, pixels) for m in self._low_maps(feature_map))
+        return F.normalize(x, dim=1)
+
+
+def _source_taps(dst: torch.Tensor, in_size: int, out_size: int):
+    """Per output index: the two source indices and their weights of `F.interpolate(mode="bilinear",
+    align_corners=False)` along one axis (source = (dst + 0.5) * in/out - 0.5, clamped at 0)."""
+    src = ((dst.float() + 0.5) * (in_size / out_size) - 0.5).clamp_(min=0)
+    low = src.long().clamp_(max=in_size - 1)
+    high = (low + 1).clamp_(max=in_size - 1)
+    weight_high = src - low.float()
+    return low, high, 1 - weight_high, weight_high
+
+
+def bilinear_at(maps: torch.Tensor, out_hw: tuple[int, int], views: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """Bilinear upsampling of maps (B, C, h, w) to out_hw, read only at (views, pixels): (P, C)."""
+    height, width = maps.shape[-2:]
+    x0, x1, wx0, wx1 = _source_taps(pixels[:, 0], width, int(out_hw[1]))
+    y0, y1, wy0, wy1 = _source_taps(pixels[:, 1], height, int(out_hw[0]))
+    flat = maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])  # (B*h*w, C)
+    base = views * (height * width)
+
+    def at(y, x):
+        return flat[base + y * width + x]
+
+    return (wy0[:, None] * (wx0[:, None] * at(y0, x0) + wx1[:, None] * at(y0, x1))
+            + wy1[:, None] * (wx0[:, None] * at(y1, x0) + wx1[:, None] * at(y1, x1)))

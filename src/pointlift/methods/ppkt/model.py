@@ -46,9 +46,9 @@ def build_student(model: PPKTModelConfig) -> nn.Module:
     return sparse_unet(model.student, _student_in_channels(model), model.embed_dim)
 
 
-def student_point_features(student: nn.Module, model: PPKTModelConfig, points: torch.Tensor,
-                           batch_index: torch.Tensor, colors: torch.Tensor | None) -> torch.Tensor:
-    """Voxelise, run the sparse U-Net, read each point's voxel feature back: (N, D) L2-normalised."""
+def student_voxel_features(student: nn.Module, model: PPKTModelConfig, points: torch.Tensor,
+                           batch_index: torch.Tensor, colors: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Voxelise and run the sparse U-Net: (voxel features (M, D), not normalised; each point's voxel (N,))."""
     from pointlift.sparse import SparseTensor
 
     voxels = voxelize(points, model.voxel_size, batch_index)
@@ -60,7 +60,14 @@ def student_point_features(student: nn.Module, model: PPKTModelConfig, points: t
         inputs = torch.ones(voxels.num_voxels, 1, dtype=points.dtype, device=points.device)
     batch_size = int(batch_index.max()) + 1 if batch_index.numel() else 1
     out = student(SparseTensor(inputs, voxels.coords, batch_size=batch_size))
-    return F.normalize(out.features[voxels.inverse], dim=1)
+    return out.features, voxels.inverse
+
+
+def student_point_features(student: nn.Module, model: PPKTModelConfig, points: torch.Tensor,
+                           batch_index: torch.Tensor, colors: torch.Tensor | None) -> torch.Tensor:
+    """Each point's voxel feature, (N, D) L2-normalised."""
+    features, inverse = student_voxel_features(student, model, points, batch_index, colors)
+    return F.normalize(features[inverse], dim=1)
 
 
 # ----------------------------------------------------------------------------------- the two branches
@@ -84,25 +91,26 @@ class PPKTModel(nn.Module):
         self.student = build_student(model)
         assert isinstance(self.teacher, Teacher)
 
-    def pixel_maps(self, batch: dict) -> torch.Tensor:
-        """(V, D, H, W) per-pixel embeddings from cached teacher maps or from images."""
+    def teacher_maps(self, batch: dict) -> torch.Tensor:
+        """(V, C, h, w) low-resolution teacher maps, cached or computed from the images."""
         if "teacher_features" in batch:
-            low = batch["teacher_features"].float()
-        else:
-            low = self.teacher.features(self.teacher.normalize(batch["images"].float()))
-        return self.upl(low, self.image_size)
+            return batch["teacher_features"].float()
+        return self.teacher.features(self.teacher.normalize(batch["images"].float()))
 
-    def point_features(self, batch: dict) -> torch.Tensor:
-        return student_point_features(self.student, self.model_config, batch["points"], batch["batch_index"],
-                                      batch.get("colors"))
+    def pixel_maps(self, batch: dict) -> torch.Tensor:
+        """(V, D, H, W) per-pixel embeddings of every view."""
+        return self.upl(self.teacher_maps(batch), self.image_size)
 
     def pair_features(self, batch: dict, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(f3d, f2d), each (P, D), for the pair rows `pairs`."""
-        points = self.point_features(batch)
-        maps = self.pixel_maps(batch)
-        pixel = batch["pair_pixel"][pairs]
-        f2d = maps[batch["pair_view"][pairs], :, pixel[:, 1], pixel[:, 0]]
-        return points[batch["pair_point"][pairs]], f2d
+        """(f3d, f2d), each (P, D) L2-normalised, for the pair rows `pairs`. Only the chosen pairs' points and
+        pixels are read out: the same values as normalising every point and upsampling whole maps, which
+        on a LiDAR sweep (~250k points, 2k pairs) cost more than the U-Net's layers."""
+        voxel_features, inverse = student_voxel_features(self.student, self.model_config, batch["points"],
+                                                         batch["batch_index"], batch.get("colors"))
+        f3d = F.normalize(voxel_features[inverse[batch["pair_point"][pairs]]], dim=1)
+        f2d = self.upl.sample(self.teacher_maps(batch), self.image_size, batch["pair_view"][pairs],
+                              batch["pair_pixel"][pairs])
+        return f3d, f2d
 
     def forward(self, batch: dict) -> dict:
         if "pair_key" in batch:
