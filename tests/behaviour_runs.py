@@ -4,7 +4,10 @@
 tensor, its SHA-256 and its float64 sum; tests/test_behaviour_digests.py reruns them and compares with
 the recorded file (tests/behaviour_digests.json, recorded on the code before issue 24's restructuring).
 Deliberate changes re-record only the runs they change, named here: issue 29's resampling seeded by each
-shape's points (not its list position) re-recorded i2p-mae-official and i2p-mae-pointlift.
+shape's points (not its list position) re-recorded i2p-mae-official and i2p-mae-pointlift; issue 27's
+speed-ups (PPKT reads out only the sampled pairs; a CNN teacher on the CPU runs BatchNorm-folded and channels-last)
+change float rounding only - the same weights give the same losses to ~1e-6 - and re-recorded ppkt-rgbd,
+ppkt-lidar, i2p-mae-official and i2p-mae-pointlift.
 """
 
 from __future__ import annotations

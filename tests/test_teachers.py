@@ -299,3 +299,57 @@ def same_code_on_cuda_with_float16():
 
 if torch.cuda.is_available():  # the CUDA half-precision check exists where a GPU does
     test_same_code_on_cuda_with_float16 = same_code_on_cuda_with_float16
+
+
+# --- the folded CPU copy of a CNN teacher ------------------------------------------------------------
+
+def test_folded_cpu_copy_matches_the_eager_teacher_and_keeps_the_fingerprint():
+    """BatchNorm folded into the convolutions, channels-last: the same features to float rounding; the
+    teacher's own weights (cache keys hash them) are untouched."""
+    from pointlift.teachers.teacher import weights_fingerprint
+
+    model = teacher("tf_efficientnet_lite0")
+    before = weights_fingerprint(model)
+    images = torch.randn(4, 3, 64, 96)
+    model.fold_cpu = False
+    eager = model.features(images)
+    model.fold_cpu = True
+    folded = model.features(images)
+    assert model._folded[0] is not None
+    from pointlift.teachers.folding import conv_batchnorm_pairs
+    probe = images[:2].contiguous(memory_format=torch.channels_last)
+    assert len(conv_batchnorm_pairs(model.model, model._stage_of, images[:2])) > 10
+    assert conv_batchnorm_pairs(model._folded[0], model._stage_of, probe) == []  # every BatchNorm that runs is gone
+    torch.testing.assert_close(folded, eager, atol=1e-4 * float(eager.abs().max()), rtol=0)
+    assert folded.is_contiguous() and weights_fingerprint(model) == before
+    assert len(list(model.parameters())) == len(list(model.model.parameters()))  # the copy is no submodule
+
+
+def test_fold_is_refused_when_a_convolution_output_is_also_read_elsewhere():
+    """A skip that reads the convolution's output before its BatchNorm would change if the BatchNorm were
+    folded into the convolution: the probe comparison must catch it and keep the eager model."""
+    from pointlift.teachers.folding import conv_batchnorm_pairs, folded_inference_copy
+
+    class Skip(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+            self.norm = torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.norm(y) + y
+
+    torch.manual_seed(0)
+    model = Skip().eval()
+    model.norm.running_mean.uniform_(-1, 1)
+    model.norm.running_var.uniform_(0.5, 2)
+    probe = torch.randn(2, 3, 8, 8)
+    run = lambda module, x: module(x)  # noqa: E731
+    assert conv_batchnorm_pairs(model, run, probe) == [("conv", "norm")]
+    assert folded_inference_copy(model, run, probe) is None
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU()).eval()
+    plain[1].running_mean.uniform_(-1, 1)
+    fast = folded_inference_copy(plain, run, probe)
+    assert isinstance(fast[1], torch.nn.Identity)
+    torch.testing.assert_close(fast(probe), plain(probe), atol=1e-5, rtol=1e-5)

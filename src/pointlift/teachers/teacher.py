@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pointlift.errors import PointliftConfigError
+from pointlift.teachers.folding import folded_inference_copy
 from pointlift.teachers.weights import (bundled_weights_path, create_pretrained_timm, file_fingerprint,
                                         load_weights_file)
 
@@ -107,6 +108,8 @@ class Teacher(nn.Module):
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.train(False)
+        self.fold_cpu = True  # CNNs on the CPU run a BatchNorm-folded channels-last copy (same values to rounding)
+        self._folded: list | None = None
 
     # --- frozen module -----------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Teacher":
@@ -154,8 +157,7 @@ class Teacher(nn.Module):
         x = self._prepare(images)
         with torch.no_grad():
             if not self.is_vit:
-                feats = self.model.forward_intermediates(x, indices=[self.stage], stop_early=True,
-                                                         intermediates_only=True)[0].float()
+                feats = self._cnn_stage(x).float().contiguous()
                 return feats, (feats.norm(dim=1) if with_saliency else None)
             captured = {}
             hook = self.model.blocks[-1].register_forward_pre_hook(
@@ -174,6 +176,21 @@ class Teacher(nn.Module):
             prefix = self.model.num_prefix_tokens
             cls_to_patch = attention[:, :, 0, prefix:].mean(dim=1)
             return feats, cls_to_patch.reshape(feats.shape[0], feats.shape[2], feats.shape[3])
+
+    def _stage_of(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        return model.forward_intermediates(images, indices=[self.stage], stop_early=True, intermediates_only=True)[0]
+
+    def _cnn_stage(self, images: torch.Tensor) -> torch.Tensor:
+        """The CNN's stage map; in float32 on the CPU through the folded channels-last copy
+        (`pointlift.teachers.folding`, built on the first batch) unless `fold_cpu` is off."""
+        if not (self.fold_cpu and images.device.type == "cpu" and images.dtype == torch.float32):
+            return self._stage_of(self.model, images)
+        if self._folded is None:
+            built = folded_inference_copy(self.model, self._stage_of, images[:2])
+            self._folded = [built]  # a plain list: not a submodule (no state_dict, fingerprint or .to())
+        if self._folded[0] is None:
+            return self._stage_of(self.model, images)
+        return self._stage_of(self._folded[0], images.contiguous(memory_format=torch.channels_last))
 
     def last_block_attention(self, tokens: torch.Tensor) -> torch.Tensor:
         """Attention probabilities (B, heads, N, N) of the last ViT block for its input tokens.
