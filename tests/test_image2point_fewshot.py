@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pointlift.bench import image2point_fewshot as bench
-from pointlift.errors import PointliftConfigError
+from pointlift.errors import PointliftConfigError, PointliftDataError
 
 
 def _job(arm: str, draw: int, phase: str = "measure", shots: int = 1) -> dict:
@@ -68,7 +68,22 @@ def test_rates_are_chosen_on_validation_never_on_test(tmp_path, monkeypatch):
         assert result.metrics[f"gain_{key}"] == pytest.approx(0.05)
     assert "5shot_io" not in result.config["comparisons"]  # extra modes at the smallest K only
     assert (tmp_path / "fewshot_accuracy_vs_shots.png").is_file()
-    assert len(json.loads((tmp_path / "progress.json").read_text())) == len(seen)
+    stored = json.loads((tmp_path / "progress.json").read_text())
+    assert len(stored) == len(seen) + 1 and "_settings" in stored
+
+    # the same command again continues from progress.json: nothing reruns, the same figures come out
+    seen.clear()
+    again = bench.run(spec, tmp_path)
+    assert seen == [] and again.metrics["gain_1shot_all"] == result.metrics["gain_1shot_all"]
+    # a stopped run (its last measured run lost) reruns only that one
+    name = next(key for key in stored if key.startswith("measure-"))
+    del stored[name]
+    (tmp_path / "progress.json").write_text(json.dumps(stored))
+    bench.run(spec, tmp_path)
+    assert seen == [("measure", 0, "inflated", 0.01)] and name == "measure-1shot-all-inflated-lr0.01-draw0"
+    # other settings never mix with these runs
+    with pytest.raises(PointliftDataError, match="other settings"):
+        bench.run(dataclasses.replace(spec, draws=(0, 1)), tmp_path)
 
 
 def test_preset_refuses_measured_draws_among_the_selection_draws():

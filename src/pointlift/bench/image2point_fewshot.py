@@ -26,6 +26,7 @@ data.train_per_class=K data.subset_seed=DRAW data.val_per_class=10`.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,7 +37,7 @@ from pointlift.bench import BenchResult, Preset, shared_path, worker_pool
 from pointlift.bench.image2point import MOBILENET_WEIGHTS, finetune_config
 from pointlift.bench.stats import paired_difference
 from pointlift.engine.rundir import write_json
-from pointlift.errors import PointliftConfigError
+from pointlift.errors import PointliftConfigError, PointliftDataError
 
 ARMS = ("inflated", "random")
 NUM_CLASSES = 10  # ModelNet10: a K-shot support set holds 10 K shapes
@@ -136,6 +137,38 @@ def _map(function, jobs: list[dict], workers: int):
         yield from (future.result() for future in as_completed([pool.submit(function, job) for job in jobs]))
 
 
+class _Runs:
+    """Every run so far, kept in <out>/progress.json after each one: a stopped bench keeps its figures, and the
+    same command started again continues where it stopped (runs of other settings are refused, not mixed in)."""
+
+    def __init__(self, path: Path, spec: FewShotPreset):
+        self.path = path
+        self.settings = json.loads(json.dumps(asdict(spec)))
+        self.finished: dict[str, dict] = {}
+        if path.is_file():
+            try:
+                stored = json.loads(path.read_text())
+            except ValueError:
+                raise PointliftDataError(path, "progress file is not valid JSON; delete it to start afresh") from None
+            if stored.pop("_settings", self.settings) != self.settings:
+                raise PointliftDataError(path, "holds runs of other settings; use another --out or delete the "
+                                               "folder to start afresh")
+            self.finished = stored
+            print(f"[bench image2point-fewshot] continuing: {len(stored)} runs already in {path}", flush=True)
+
+    def results(self, jobs: list[dict], workers: int | None = None):
+        """(job, {"validation", "test", "seconds"}) for every job: stored ones first, then the rest as they end."""
+        workers = self.settings["workers"] if workers is None else workers
+        for job in jobs:
+            if job["name"] in self.finished:
+                yield job, self.finished[job["name"]]
+        for job, summary in _map(_run, [j for j in jobs if j["name"] not in self.finished], workers):
+            self.finished[job["name"]] = {"validation": summary["val_overall_acc"], "test": summary["overall_acc"],
+                                          "seconds": summary["seconds"]}
+            write_json(self.path, {"_settings": self.settings, **self.finished}, indent=1)
+            yield job, self.finished[job["name"]]
+
+
 def run(preset: str | FewShotPreset, out_dir: Path) -> BenchResult:
     """Selection on validation, then the measured draws at the chosen rates; per-draw figures, paired
     differences and the accuracy-vs-shots plot."""
@@ -151,17 +184,10 @@ def run(preset: str | FewShotPreset, out_dir: Path) -> BenchResult:
     jobs = [{**base, "phase": "selection", "shots": k, "epochs": epochs, "fip": fip, "arm": arm, "lr": lr,
              "draw": draw, "name": _name("select", k, fip, arm, lr, draw)}
             for k, epochs, fip in comparisons for arm in ARMS for lr in spec.lrs for draw in spec.selection_draws]
-    finished: dict[str, dict] = {}  # every run so far, in <out>/progress.json: a stopped run keeps its figures
-
-    def record_run(job: dict, summary: dict) -> None:
-        finished[job["name"]] = {"validation": summary["val_overall_acc"], "test": summary["overall_acc"],
-                                 "seconds": summary["seconds"]}
-        write_json(out_dir / "progress.json", finished, indent=1)
-
-    for job, summary in _map(_run, jobs, spec.workers):
-        record_run(job, summary)
-        validation.setdefault((job["shots"], job["fip"], job["arm"], job["lr"]), []).append(summary["val_overall_acc"])
-        print(f"[bench image2point-fewshot] {job['name']}: validation {summary['val_overall_acc']:.3f}", flush=True)
+    runs = _Runs(out_dir / "progress.json", spec)
+    for job, result in runs.results(jobs):
+        validation.setdefault((job["shots"], job["fip"], job["arm"], job["lr"]), []).append(result["validation"])
+        print(f"[bench image2point-fewshot] {job['name']}: validation {result['validation']:.3f}", flush=True)
     chosen = {}
     for k, _, fip in comparisons:
         for arm in ARMS:
@@ -174,10 +200,9 @@ def run(preset: str | FewShotPreset, out_dir: Path) -> BenchResult:
              "lr": chosen[(k, fip, arm)], "draw": draw,
              "name": _name("measure", k, fip, arm, chosen[(k, fip, arm)], draw)}
             for draw in spec.draws for k, epochs, fip in comparisons for arm in ARMS]
-    for job, summary in _map(_run, jobs, spec.workers):
-        record_run(job, summary)
-        test.setdefault((job["shots"], job["fip"], job["arm"]), {})[job["draw"]] = summary["overall_acc"]
-        print(f"[bench image2point-fewshot] {job['name']}: test {summary['overall_acc']:.3f}", flush=True)
+    for job, result in runs.results(jobs):
+        test.setdefault((job["shots"], job["fip"], job["arm"]), {})[job["draw"]] = result["test"]
+        print(f"[bench image2point-fewshot] {job['name']}: test {result['test']:.3f}", flush=True)
 
     metrics: dict[str, float] = {}
     record: dict[str, dict] = {}
