@@ -194,6 +194,40 @@ def test_official_recipe_trains_with_the_teacher_every_step(teacher, shapes, tmp
     assert embedder.embed(probe).shape == (3, tiny_model().encoder_dims[-1])
 
 
+def test_teacher_in_loader_gives_the_official_steps_and_any_worker_count_the_same_run(teacher, shapes, tmp_path):
+    """`data.teacher_in_loader`: each sample's own released views go through the teacher in the data pipeline.
+    The maps equal the in-step teacher's to rounding, so the losses do; 0 and 2 DataLoader workers give the
+    same run bit for bit (each sample's augmentation comes from its own stream)."""
+    points = np.concatenate([shapes[0]] * 2)
+
+    def run(name: str, in_loader: bool, workers: int):
+        experiment = I2PMAEExperiment(
+            method=I2PMAEConfig(model=tiny_model(), image_size=IMAGE, mask_ratio=0.75),
+            data=DataConfig(format="synthetic", cache_dir=str(tmp_path / "cache"), teacher_in_loader=in_loader),
+            train=TrainConfig(max_steps=3, batch_size=8, log_every=1, checkpoint_every=0, seed=0, num_workers=workers,
+                              optim=OptimConfig(lr=3e-3, warmup_steps=1)),
+            device="cpu")
+        torch.manual_seed(0)
+        model, result, _ = pretrain(experiment, tmp_path / name, progress=False, points=points, teacher=teacher)
+        return [row["loss"] for row in result.history if "loss" in row], model.state_dict()
+
+    in_step, _ = run("in-step", False, 0)
+    loader0, state0 = run("loader0", True, 0)
+    loader2, state2 = run("loader2", True, 2)
+    assert loader0[0] == pytest.approx(in_step[0], rel=1e-5)  # the same weights and batch: maps equal to rounding
+    assert loader0 == pytest.approx(in_step, rel=1e-3)
+    assert loader2 == loader0 and all(torch.equal(state0[k], state2[k]) for k in state0)
+
+    dataset = PretrainShapes(points, view_teacher=teacher, image_size=IMAGE, footprint=5)
+    item = dataset[3]
+    model = I2PMAE(I2PMAEConfig(model=tiny_model(), image_size=IMAGE), teacher)
+    features, saliency = model.teacher_outputs(item["points"][None], {})[1:]
+    torch.testing.assert_close(item["teacher_features"], features[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(item["teacher_saliency"], saliency[0], rtol=1e-4, atol=1e-4)
+    with pytest.raises(PointliftConfigError, match="teacher_in_loader"):
+        I2PMAEExperiment(data=DataConfig(teacher_in_loader=True, cache_teacher=True))
+
+
 def test_pointlift_recipe_trains_from_the_cache(teacher, shapes, tmp_path):
     points = np.concatenate([shapes[0]] * 2)
     experiment = I2PMAEExperiment(

@@ -323,6 +323,16 @@ def test_folded_cpu_copy_matches_the_eager_teacher_and_keeps_the_fingerprint():
     torch.testing.assert_close(folded, eager, atol=1e-4 * float(eager.abs().max()), rtol=0)
     assert folded.is_contiguous() and weights_fingerprint(model) == before
     assert len(list(model.parameters())) == len(list(model.model.parameters()))  # the copy is no submodule
+    # changed weights (in place, or a copy of the teacher that is then changed) never reuse a stale copy
+    import copy
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.5)
+    model.fold_cpu = False
+    changed = model.features(images)
+    model.fold_cpu = True
+    torch.testing.assert_close(model.features(images), changed, atol=1e-4 * float(changed.abs().max()), rtol=0)
+    torch.testing.assert_close(other.features(images), eager, atol=1e-4 * float(eager.abs().max()), rtol=0)
 
 
 def test_fold_is_refused_when_a_convolution_output_is_also_read_elsewhere():

@@ -185,9 +185,11 @@ class Teacher(nn.Module):
         (`pointlift.teachers.folding`, built on the first batch) unless `fold_cpu` is off."""
         if not (self.fold_cpu and images.device.type == "cpu" and images.dtype == torch.float32):
             return self._stage_of(self.model, images)
-        if self._folded is None:
-            built = folded_inference_copy(self.model, self._stage_of, images[:2])
-            self._folded = [built]  # a plain list: not a submodule (no state_dict, fingerprint or .to())
+        # the copy is rebuilt when a weight was replaced or changed in place (a copied or reloaded teacher)
+        weights = tuple((t.data_ptr(), t._version) for t in (*self.model.parameters(), *self.model.buffers()))
+        if self._folded is None or self._folded[1] != weights:
+            # a plain list: not a submodule (no state_dict, fingerprint or .to())
+            self._folded = [folded_inference_copy(self.model, self._stage_of, images[:2]), weights]
         if self._folded[0] is None:
             return self._stage_of(self.model, images)
         return self._stage_of(self._folded[0], images.contiguous(memory_format=torch.channels_last))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from pointlift.errors import PointliftConfigError, PointliftDataError
-from pointlift.geometry.render import render_depth_views, views_to_teacher_input
+from pointlift.geometry.render import released_teacher_input, render_depth_views, views_to_teacher_input
 from pointlift.teachers.teacher import weights_fingerprint
 
 CACHE_FORMAT = 1
@@ -46,6 +46,18 @@ def teacher_maps(teacher, points: torch.Tensor, image_size: int = 224, footprint
     images = views_to_teacher_input(views.images.float(), teacher.mean, teacher.std)
     features, saliency = teacher.features_and_saliency(images, with_saliency=with_saliency)
     batch = points.shape[0]
+    features = features.float().reshape(batch, 3, *features.shape[1:])
+    if saliency is not None:
+        saliency = saliency.float().reshape(batch, 3, *saliency.shape[1:])
+    return features, saliency
+
+
+@torch.no_grad()
+def released_view_maps(teacher, images: torch.Tensor, with_saliency: bool = True):
+    """The official recipe's teacher pass on raw released views (B, 3, H, W): features (B, 3, C, h, w) and
+    saliency (B, 3, h, w) (None unless asked), float32."""
+    features, saliency = teacher.features_and_saliency(released_teacher_input(images), with_saliency=with_saliency)
+    batch = images.shape[0]
     features = features.float().reshape(batch, 3, *features.shape[1:])
     if saliency is not None:
         saliency = saliency.float().reshape(batch, 3, *saliency.shape[1:])

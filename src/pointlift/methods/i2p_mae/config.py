@@ -99,6 +99,9 @@ class DataConfig:
     cache_teacher: Optional[bool] = None  # compute the teacher's maps once and reuse them (null = recipe)
     cache_dir: Optional[str] = "~/.cache/pointlift/i2p_mae"  # where cached teacher maps go (current directory)
     cache_dtype: Literal["float16", "float32"] = "float16"  # storage type of cached teacher maps
+    # pointlift's option for the official recipe on the CPU: render and run the teacher per sample in the data
+    # pipeline, so DataLoader workers (train.num_workers > 0) do it beside the training step (same maps to rounding)
+    teacher_in_loader: bool = False
     seed: int = 0  # seeds each shape's resampling and the augmentation
 
     def __post_init__(self):
@@ -132,6 +135,14 @@ class I2PMAEExperiment:
 
     def __post_init__(self):
         self.data.resolve(self.method.recipe)
+        if self.data.teacher_in_loader:
+            require(not self.data.cache_teacher, "data.teacher_in_loader", "is for the teacher run every step; "
+                    "data.cache_teacher already computes the maps once")
+            require(self.method.renderer == "released", "data.teacher_in_loader", "needs method.renderer: released")
+            require(self.method.guided_masking or self.method.feature_target, "data.teacher_in_loader",
+                    "this run uses no teacher (guided_masking and feature_target are both off)")
+            require(self.device is None or self.device == "cpu", "data.teacher_in_loader",
+                    f"runs the teacher in DataLoader workers on the CPU; device is {self.device!r}")
         if self.data.cache_teacher and (self.method.guided_masking or self.method.feature_target):
             require(self.method.renderer == "invariant", "data.cache_teacher",
                     "a cached teacher needs method.renderer: invariant (released views change with the augmentation)")

@@ -40,8 +40,7 @@ import torch.nn.functional as F
 from pointlift.engine.distributed import get_rank, get_world_size, global_count
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.geometry.readback import point_pixels, read_back
-from pointlift.geometry.render import released_teacher_input
-from pointlift.methods.i2p_mae.cache import teacher_maps
+from pointlift.methods.i2p_mae.cache import released_view_maps, teacher_maps
 from pointlift.methods.i2p_mae.config import I2PMAEConfig
 from pointlift.methods.i2p_mae.masking import guided_top_mask, released_top_mask
 from pointlift.models.point_m2ae.blocks import DropPath, pointwise
@@ -116,14 +115,7 @@ class I2PMAE(PointM2AE):
         """Teacher features (B, 3, C, h, w) and saliency (B, 3, h, w) of raw released views (B, 3, H, W)."""
         if self.teacher is None:
             raise PointliftConfigError("i2p_mae: this model has no teacher; pass teacher maps in the batch")
-        with torch.no_grad():
-            features, saliency = self.teacher.features_and_saliency(released_teacher_input(images),
-                                                                    with_saliency=self.method.guided_masking)
-        batch = images.shape[0]
-        features = features.float().reshape(batch, 3, *features.shape[1:])
-        if saliency is not None:
-            saliency = saliency.float().reshape(batch, 3, *saliency.shape[1:])
-        return features, saliency
+        return released_view_maps(self.teacher, images, with_saliency=self.method.guided_masking)
 
     def teacher_outputs(self, points: torch.Tensor, batch: dict):
         """What the 2D teacher sees (item 1 above): every point's pixel (B, 3, P, 2) in each view, and the

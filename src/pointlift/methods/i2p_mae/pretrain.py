@@ -12,6 +12,7 @@ import torch
 from pointlift.engine.config import config_to_dict
 from pointlift.engine.device import resolve_device
 from pointlift.engine.seed import seed_everything
+from pointlift.errors import PointliftConfigError
 from pointlift.engine.trainer import train
 from pointlift.methods.i2p_mae.cache import TeacherMaps, build_teacher_cache
 from pointlift.methods.i2p_mae.config import I2PMAEExperiment, TeacherConfig, model_spec
@@ -55,6 +56,9 @@ def pretrain(experiment: I2PMAEExperiment, run_dir: str | Path, resume: bool = F
     seed_everything(experiment.train.seed)  # before anything random is built: runs repeat exactly
     method, data = experiment.method, experiment.data
     device = resolve_device(experiment.device)
+    if data.teacher_in_loader and device.type != "cpu":
+        raise PointliftConfigError(f"data.teacher_in_loader runs the teacher in DataLoader workers on the CPU; "
+                                   f"this run is on {device} (set device: cpu, or leave the option off)")
     if points is None:
         points, _, _ = load_pretrain_points(data, "train")
     info = {"num_shapes": int(len(points)), "recipe": method.recipe}
@@ -65,7 +69,10 @@ def pretrain(experiment: I2PMAEExperiment, run_dir: str | Path, resume: bool = F
     model = I2PMAE(method, teacher if needs_teacher else None)
     dataset = PretrainShapes(points, maps, data.scale_range, data.translate, data.augment,
                              mask_tokens=method.model.num_centers[-1],
-                             drop_layers=len(model.drop_path_layers()) if method.ddp_equivalent else 0)
+                             drop_layers=len(model.drop_path_layers()) if method.ddp_equivalent else 0,
+                             view_teacher=teacher if data.teacher_in_loader else None,
+                             image_size=method.image_size, footprint=method.footprint,
+                             with_saliency=method.guided_masking)
     start = time.perf_counter()
     result = train(model, dataset, experiment.train, run_dir, resume=resume, device=device, progress=progress,
                    config_for_checkpoint=config_to_dict(experiment), model_spec=model_spec(method))
