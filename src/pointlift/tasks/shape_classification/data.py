@@ -171,8 +171,13 @@ def released_voxelize(points: np.ndarray, voxel_size: float) -> tuple[np.ndarray
     xyz = np.asarray(points, dtype=np.float32)
     grid = np.round(xyz / np.float32(voxel_size))
     grid -= grid.min(0, keepdims=True)
-    coords, index = np.unique(grid.astype(np.int64), axis=0, return_index=True)
-    return coords, xyz[index], index
+    grid = grid.astype(np.int64)
+    # one int64 key per voxel in (x, y, z) order: np.unique over it (stable, first occurrence) is
+    # np.unique(grid, axis=0) without the row-wise sort, which dominated the collate
+    extent = grid.max(0) + 1 if len(grid) else np.ones(3, dtype=np.int64)
+    keys = (grid[:, 0] * extent[1] + grid[:, 1]) * extent[2] + grid[:, 2]
+    _, index = np.unique(keys, return_index=True)
+    return grid[index], xyz[index], index
 
 
 class ReleasedCollate:

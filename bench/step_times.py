@@ -1,0 +1,186 @@
+"""Training-step throughput of each method, two source trees side by side (issue 27's before -> after).
+
+    python bench/step_times.py --tree before=/tmp/before --tree after=. --threads 1 \
+        --out bench/results/step-times-cpu.json
+    python bench/step_times.py --tree main=. --threads 1,2 --processes 1,2 --out bench/results/step-scaling-cpu.json
+
+Each method runs its real command (`pointlift pretrain ...` / `pointlift finetune ...`) from each tree's own
+`scripts/with-env.sh`, on the setting of the benchmark that uses it (the `cpu` / `cpu-long` presets), for a
+few steps logged one by one. The figure is the median samples/s of the steps after the first (the trainer's
+own `samples_per_s`: wall time between steps, data loading included). Trees alternate within every repeat
+(the order reversed every other repeat), so both see the same machine load; ratios are after / before of the
+medians over repeats. A method whose config a tree does not know (an option added later) is skipped there.
+With several thread or process counts (torchrun, gloo; samples/s of the global batch) each combination is an
+arm of its own, as long as threads x processes does not exceed the cores: what more cores buy.
+
+Methods (configs below): PPKT from SemanticKITTI LiDAR + camera and from RGB-D frames, official I2P-MAE
+(teacher every step; also with `data.teacher_in_loader` and one DataLoader worker), Image2Point fine-tuning,
+ScanNet segmentation fine-tuning; `*-loader-worker`: the same with data preparation in one DataLoader worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+SHARED = Path(os.environ.get("POINTLIFT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+KITTI_TRAIN = ["00", "01", "02", "03", "04", "05", "06", "07"]
+I2P_MODEL = {"num_points": 256, "num_centers": [64, 32, 16], "group_sizes": [8, 8, 4], "encoder_dims": [48, 96, 192],
+             "encoder_depths": [1, 1, 1], "num_heads": 4, "embed_hidden": 16, "decoder_dims": [192, 96],
+             "decoder_depths": [1, 1], "drop_path": 0.1}  # bench i2p-mae, preset cpu
+
+
+def _train(steps: int, batch: int, lr: float, **extra) -> dict:
+    return {"max_steps": steps, "batch_size": batch, "log_every": 1, "checkpoint_every": 0,
+            "optim": {"name": "adamw", "lr": lr, "weight_decay": 0.0001}, **extra}
+
+
+def method_configs(steps: int, cache: Path) -> dict[str, tuple[list[str], dict]]:
+    """name -> (CLI words, config) of every timed step."""
+    i2p = {"method": {"model": I2P_MODEL, "image_size": 96}, "teacher": {"stage": -2},
+           "data": {"format": "modelnet10_vox", "path": str(SHARED / "data/modelnet10_vox32.npz"), "num_points": 256,
+                    "max_shapes": 320},
+           "train": _train(steps, 32, 0.001), "device": "cpu"}
+    i2p_loader = json.loads(json.dumps(i2p))
+    i2p_loader["data"]["teacher_in_loader"] = True
+    i2p_loader["train"]["num_workers"] = 1
+    configs = {
+        "ppkt-lidar": (["pretrain", "ppkt"], {  # bench segmentation cpu-long, ppkt_kitti
+            "data": {"kind": "semantickitti", "root": str(SHARED / "data/semantickitti-mini"), "sequences": KITTI_TRAIN,
+                     "image_size": [94, 310], "holdout_fraction": 0.2},
+            "model": {"student": "spunet-tiny", "voxel_size": 0.3, "teacher_stage": 3, "in_features": "constant",
+                      "up_axis": "z"},
+            "loss": {"num_pairs": 2048}, "eval_untrained": False, "eval_points_per_frame": 8,
+            "train": _train(steps, 2, 0.003), "cache_dir": str(cache / "ppkt-lidar")}),
+        "ppkt-rgbd": (["pretrain", "ppkt"], {  # bench segmentation cpu-long, ppkt_7scenes (one sequence, EfficientNet)
+            "data": {"kind": "rgbd", "root": str(SHARED / "data/7scenes-redkitchen"), "train_below": 560,
+                     "frame": "world", "frame_stride": 2, "pixel_stride": 8, "image_size": [120, 160],
+                     "max_eval_frames": 2},
+            "model": {"student": "spunet-tiny", "voxel_size": 0.1, "teacher_stage": 3, "in_features": "rgb",
+                      "up_axis": "z"},
+            "loss": {"num_pairs": 2048}, "eval_untrained": False, "eval_points_per_frame": 8,
+            "train": _train(steps, 2, 0.003), "cache_dir": str(cache / "ppkt-rgbd")}),
+        "i2p-mae-official": (["pretrain", "i2p-mae"], i2p),
+        "i2p-mae-official-teacher-in-loader": (["pretrain", "i2p-mae"], i2p_loader),
+        "image2point": (["finetune", "image2point"], {  # bench image2point, preset cpu (FIP all)
+            "inflation": {"teacher": "mobilenetv2_100", "axis": "z-axis",
+                          "weights": str(SHARED / "weights/mobilenet_v2.torchvision_in1k.safetensors")},
+            "fip": "all",
+            "data": {"dataset": "modelnet10", "path": str(SHARED / "data/modelnet10_vox32.npz"), "voxel_size": 0.125,
+                     "augment": True, "train_per_class": 20, "test_per_class": 1, "pipeline": "released"},
+            "train": {**_train(steps, 25, 0.03), "optim": {"name": "sgd", "lr": 0.03, "momentum": 0.9,
+                                                         "weight_decay": 0.0001}},
+            "eval_every_epoch": False, "device": "cpu"}),
+        "segmentation": (["finetune", "segmentation"], {  # bench segmentation cpu-long, scannet
+            "name": "steps",
+            "data": {"layout": "scannet-votenet", "root": str(SHARED / "data/scannet-votenet"),
+                     "train": ["scene0000", "scene0001", "scene0002", "scene0003"], "test": ["scene0010_00"],
+                     "voxel_size": 0.1, "max_points": 20000},
+            "model": {"unet": "spunet-tiny"}, "train": _train(steps, 2, 0.01), "eval_untrained": False}),
+    }
+    for name in ("ppkt-lidar", "ppkt-rgbd", "image2point", "segmentation"):  # data preparation in one worker
+        words, config = configs[name]
+        config = json.loads(json.dumps(config))
+        config["train"]["num_workers"] = 1
+        configs[f"{name}-loader-worker"] = (words, config)
+    return configs
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def time_one(tree: Path, words: list[str], config: dict, threads: int, work: Path, processes: int = 1) -> dict:
+    """One run of `words` from `tree` (under torchrun with `processes` > 1, each with `threads` torch threads):
+    per-step samples/s of the whole batch after the first step, or why it did not run."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    run_dir = work / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "POINTLIFT_SHARED": str(SHARED)}
+    launch = ["pointlift"] if processes == 1 else [
+        "python", "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_addr", "127.0.0.1",
+        "--master_port", str(_free_port()), "-m", "pointlift.cli"]
+    start = time.perf_counter()
+    done = subprocess.run(["bash", str(tree / "scripts/with-env.sh"), *launch, *words, "--config",
+                           str(work / "config.yaml"), "--run-dir", str(run_dir)], env=env, capture_output=True,
+                          text=True, cwd=work)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1], "wall_s": wall}
+    with open(run_dir / "metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("samples_per_s")]
+    rates = [float(row["samples_per_s"]) for row in rows[1:]]
+    return {"samples_per_s": statistics.median(rates), "per_step": rates, "wall_s": wall}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tree", action="append", required=True, help="NAME=PATH of a source tree (two or more)")
+    parser.add_argument("--methods", default=None, help="comma-separated subset of the methods")
+    parser.add_argument("--threads", default="1", help="torch threads per process, comma-separated (e.g. 1,2)")
+    parser.add_argument("--processes", default="1", help="DDP processes (torchrun, gloo), comma-separated")
+    parser.add_argument("--steps", type=int, default=6, help="steps per run (the first is not timed)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    trees = {name: Path(path).resolve() for name, path in (item.split("=", 1) for item in args.tree)}
+    # an arm: a tree at a thread count and a process count (no more threads in all than cores)
+    arms = {(f"{tree}" + (f"-t{t}" if "," in args.threads else "") + (f"-p{p}" if "," in args.processes else "")):
+            (tree, t, p) for tree in trees for p in map(int, args.processes.split(","))
+            for t in map(int, args.threads.split(",")) if t * p <= (os.cpu_count() or 1)}
+    with tempfile.TemporaryDirectory() as tmp:
+        configs = method_configs(args.steps + 1, Path(tmp) / "cache")
+        names = args.methods.split(",") if args.methods else list(configs)
+        results: dict = {name: {arm: [] for arm in arms} for name in names}
+        for repeat in range(args.repeats):
+            for name in names:
+                order = list(arms) if repeat % 2 == 0 else list(arms)[::-1]
+                for arm in order:
+                    tree, threads, processes = arms[arm]
+                    words, config = configs[name]
+                    got = time_one(trees[tree], words, config, threads, Path(tmp) / f"{name}-{arm}-{repeat}", processes)
+                    results[name][arm].append(got)
+                    print(f"[step_times] {name} {arm} repeat {repeat}: "
+                          f"{got.get('samples_per_s', got.get('error'))}", flush=True)
+    summary = {}
+    first = list(arms)[0]
+    for name, by_arm in results.items():
+        row = {}
+        for arm, runs in by_arm.items():
+            rates = [run["samples_per_s"] for run in runs if "samples_per_s" in run]
+            row[arm] = statistics.median(rates) if rates else None
+        for arm in list(arms)[1:]:
+            if row[first] and row[arm]:
+                row[f"ratio_{arm}_vs_{first}"] = row[arm] / row[first]
+        summary[name] = row
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"summary": summary, "runs": results, "trees": {k: str(v) for k, v in trees.items()},
+                                    "arms": {arm: {"tree": tree, "threads": t, "processes": p}
+                                             for arm, (tree, t, p) in arms.items()},
+                                    "steps": args.steps, "repeats": args.repeats,
+                                    "env": {"cpu_model": cpu, "python": platform.python_version(),
+                                            "cores": os.cpu_count()}}, indent=1))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
