@@ -65,8 +65,9 @@ METHOD_PARTS = {"ppkt-lidar": "ppkt", "ppkt-rgbd": "ppkt", "i2p-mae-official": "
                 "image2point": "image2point", "segmentation": "segmentation"}
 
 
-def _patch(path: str, totals: dict, label: str):
-    """Wrap the function at dotted `path` with a timer adding to totals[label]; None when it does not exist."""
+def _patch(path: str, totals: dict, label: str) -> list[tuple]:
+    """Wrap the function at dotted `path` with a timer adding to totals[label]. Returns every
+    (owner, attribute, original) replaced, to undo; empty when the function does not exist in this tree."""
     parts = path.split(".")
     for cut in range(len(parts) - 1, 0, -1):
         try:
@@ -77,7 +78,7 @@ def _patch(path: str, totals: dict, label: str):
             owner = getattr(owner, name, None)
         original = getattr(owner, parts[-1], None) if owner is not None else None
         if original is None:
-            return None
+            return []
 
         def timed(*args, __original=original, **kwargs):
             start = time.perf_counter()
@@ -86,13 +87,14 @@ def _patch(path: str, totals: dict, label: str):
             finally:
                 totals[label] += time.perf_counter() - start
 
-        setattr(owner, parts[-1], timed)
-        # modules that imported the function by name keep their own reference: patch those too
-        for module in list(sys.modules.values()):
-            if module is not None and getattr(module, parts[-1], None) is original and module is not owner:
-                setattr(module, parts[-1], timed)
-        return owner, parts[-1], original
-    return None
+        # modules that imported the function by name hold their own reference: those are wrapped too
+        owners = [owner] + [module for module in list(sys.modules.values())
+                            if module is not None and module is not owner
+                            and getattr(module, parts[-1], None) is original]
+        for where in owners:
+            setattr(where, parts[-1], timed)
+        return [(where, parts[-1], original) for where in owners]
+    return []
 
 
 def profile_method(name: str, steps: int, work: Path) -> dict:
@@ -107,7 +109,7 @@ def profile_method(name: str, steps: int, work: Path) -> dict:
     counts = {"steps": 0}
     warm = {}
     parts = {**COMMON, **PARTS[METHOD_PARTS[name]]}
-    patched = [p for p in (_patch(target, totals, label) for label, target in parts.items()) if p]
+    patched = [undo for label, target in parts.items() for undo in _patch(target, totals, label)]
     # the first step (lazy set-up) is not counted: the totals are read when the second batch is fetched
     from torch.utils.data._utils import fetch as fetch_module
     original_fetch = fetch_module._MapDatasetFetcher.fetch
