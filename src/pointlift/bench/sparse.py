@@ -190,10 +190,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _peak_child(queue, preset: str, root: str, voxel: float, backend: str) -> None:
-    """In a fresh process: peak RSS over two training steps minus the RSS of the loaded model and data
-    (the peak mark is reset after loading, whose own peak is higher than a small step's)."""
-    torch.set_num_threads(1)
+def _peak_child(queue, preset: str, root: str, voxel: float, backend: str, threads: int = 1) -> None:
+    """In a fresh process (the parent's torch threads): peak RSS over two training steps minus the RSS of the
+    loaded model and data (the peak mark is reset after loading, whose own peak is higher than a small step's)."""
+    torch.set_num_threads(threads)
     settings = PRESETS[preset]
     coords, features, _, _ = load_frame_voxels(Path(root), settings.pixel_stride, torch.device("cpu"), voxel)
     torch.manual_seed(0)
@@ -216,7 +216,8 @@ def peak_memory_mb(preset, root, voxel, backend, device) -> float:
 
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_peak_child, args=(queue, preset, str(root), voxel, backend))
+    process = context.Process(target=_peak_child, args=(queue, preset, str(root), voxel, backend,
+                                                        torch.get_num_threads()))
     process.start()
     value, reset = queue.get(timeout=1800)
     process.join()
