@@ -1,6 +1,6 @@
 """A frozen CNN's inference copy for the CPU: BatchNorm folded into the convolution before it, channels-last
 memory. Same function to float rounding (checked on a probe batch when built; the eager model is kept
-otherwise), about 1.5x faster on one core for depthwise-separable CNNs such as EfficientNet-Lite.
+otherwise); EfficientNet-Lite0 ran 1.75x faster on one core of the 2-core CPU machine (BENCHMARKS.md).
 
 Why it is safe for a frozen teacher: in eval mode BatchNorm is the affine map y = (x - mean) * s + beta
 with s = gamma / sqrt(var + eps), so conv(x, W) followed by it equals conv(x, W * s) + (b - mean) * s + beta.

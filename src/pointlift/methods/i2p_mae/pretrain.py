@@ -12,8 +12,8 @@ import torch
 from pointlift.engine.config import config_to_dict
 from pointlift.engine.device import resolve_device
 from pointlift.engine.seed import seed_everything
-from pointlift.errors import PointliftConfigError
 from pointlift.engine.trainer import train
+from pointlift.errors import PointliftConfigError
 from pointlift.methods.i2p_mae.cache import TeacherMaps, build_teacher_cache
 from pointlift.methods.i2p_mae.config import I2PMAEExperiment, TeacherConfig, model_spec
 from pointlift.methods.i2p_mae.data import PretrainShapes, load_pretrain_points
