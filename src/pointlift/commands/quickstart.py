@@ -10,17 +10,18 @@ from pathlib import Path
 
 # What each method's budget here can and cannot show (measured; see BENCHMARKS.md for real data).
 NOTES = {
-    "Image2Point": ("32 test shapes make +-0.1 noise, and at 8 steps the inflated-vs-random difference is "
-                    "not reliable (the two arms have measured level and either ahead in earlier runs): this demo "
-                    "shows the pipeline, not the gain. On real ModelNet10 shapes (BENCHMARKS.md, `image2point`, "
+    "Image2Point": ("32 test shapes make +-0.1 noise: one shape is 0.031. At data seeds 0, 1 and 2 of this demo the "
+                    "inflated network was ahead of the same network from scratch on every seed (+0.062, +0.094, "
+                    "+0.094; BENCHMARKS.md, `quickstart`), a lead of 2-3 shapes each, so it shows the pipeline "
+                    "more than the size of the gain. On real ModelNet10 shapes (BENCHMARKS.md, `image2point`, "
                     "released design, cpu preset, 3 seeds) the inflated network beat the same network from "
                     "scratch in FIP `all` accuracy (0.757 +- 0.005 vs 0.650 +- 0.022) and reached the target "
                     "accuracy in 3 vs 6 epochs; its 10-shot lead (0.570 vs 0.520) is inside the seeds' spread."),
-    "I2P-MAE": ("24 pretraining steps with pointlift's recipe (cached teacher) are too few to show the paper's "
-                "linear-probe gain reliably: between data seeds of generated shapes the pretrained-minus-"
-                "untrained SVM accuracy has measured on both sides of zero, so the figure here may fall either "
-                "side of its untrained twin. "
-                "What this run does show is that the losses fall. On real ModelNet10 data with 600 pretraining "
+    "I2P-MAE": ("24 pretraining steps with pointlift's recipe (cached teacher) on 48 generated shapes, scored by a "
+                "linear SVM on 24 others (one shape is 0.042). At data seeds 0, 1 and 2 the pretrained features "
+                "were ahead of the untrained network's on every seed (+0.042, +0.292, +0.146; BENCHMARKS.md, "
+                "`quickstart`); earlier code measured this difference on both sides of zero, so read it as the "
+                "pipeline working, not as the method's gain. On real ModelNet10 data with 600 pretraining "
                 "steps (BENCHMARKS.md, `i2p-mae`, 3 seeds) the official recipe is ahead of the untrained "
                 "encoder (linear-SVM 0.739 +- 0.025 vs 0.693 +- 0.011), while pointlift's cached recipe, the "
                 "one this demo runs, is behind it (0.595 +- 0.016); check your own data with `pointlift eval "
