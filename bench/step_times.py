@@ -4,6 +4,9 @@
         --out bench/results/step-times-cpu.json
     python bench/step_times.py --tree main=. --threads 1,2 --processes 1,2 --out bench/results/step-scaling-cpu.json
 
+With several arms it also draws FILE.png (samples/s of each arm relative to the first); `--replot` redraws it
+from an existing FILE.json.
+
 Each method runs its real command (`pointlift pretrain ...` / `pointlift finetune ...`) from each tree's own
 `scripts/with-env.sh`, on the setting of the benchmark that uses it (the `cpu` / `cpu-long` presets), for a
 few steps logged one by one. The figure is the median samples/s of the steps after the first (the trainer's
@@ -129,6 +132,15 @@ def time_one(tree: Path, words: list[str], config: dict, threads: int, work: Pat
     return {"samples_per_s": statistics.median(rates), "per_step": rates, "wall_s": wall}
 
 
+def plot_summary(summary: dict, arms: list[str], path: Path) -> Path:
+    """Grouped bars: each method's samples/s relative to the first arm (1.0), one bar per arm."""
+    from pointlift.report import plot_bars
+
+    groups = {name: {arm: row[arm] / row[arms[0]] for arm in arms if row.get(arm) and row.get(arms[0])}
+              for name, row in summary.items()}
+    return plot_bars(groups, path, title=f"training-step samples/s relative to {arms[0]}", ylabel="× " + arms[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", action="append", required=True, help="NAME=PATH of a source tree (two or more)")
@@ -138,7 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=6, help="steps per run (the first is not timed)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--replot", action="store_true", help="only redraw the plot of an existing --out file")
     args = parser.parse_args(argv)
+    if args.replot:
+        stored = json.loads(args.out.read_text())
+        print(plot_summary(stored["summary"], list(stored["arms"]), args.out.with_suffix(".png")))
+        return 0
     trees = {name: Path(path).resolve() for name, path in (item.split("=", 1) for item in args.tree)}
     # an arm: a tree at a thread count and a process count (no more threads in all than cores)
     arms = {(f"{tree}" + (f"-t{t}" if "," in args.threads else "") + (f"-p{p}" if "," in args.processes else "")):
@@ -179,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "env": {"cpu_model": cpu, "python": platform.python_version(),
                                             "cores": os.cpu_count()}}, indent=1))
     print(json.dumps(summary, indent=1))
+    if len(arms) > 1:
+        print(plot_summary(summary, list(arms), args.out.with_suffix(".png")))
     return 0
 
 
