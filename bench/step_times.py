@@ -37,11 +37,12 @@ from pathlib import Path
 
 import yaml
 
+from pointlift.bench.i2p_mae import PRESETS as I2P_PRESETS
+from pointlift.bench.segmentation import KITTI_TRAIN
+from pointlift.commands.bench import _cpu_model
+
 SHARED = Path(os.environ.get("POINTLIFT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-KITTI_TRAIN = ["00", "01", "02", "03", "04", "05", "06", "07"]
-I2P_MODEL = {"num_points": 256, "num_centers": [64, 32, 16], "group_sizes": [8, 8, 4], "encoder_dims": [48, 96, 192],
-             "encoder_depths": [1, 1, 1], "num_heads": 4, "embed_hidden": 16, "decoder_dims": [192, 96],
-             "decoder_depths": [1, 1], "drop_path": 0.1}  # bench i2p-mae, preset cpu
+I2P_MODEL = json.loads(json.dumps(I2P_PRESETS["cpu"].model))  # bench i2p-mae, preset cpu (YAML-safe lists)
 
 
 def _train(steps: int, batch: int, lr: float, **extra) -> dict:
@@ -186,8 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             if row[first] and row[arm]:
                 row[f"ratio_{arm}_vs_{first}"] = row[arm] / row[first]
         summary[name] = row
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = _cpu_model() or platform.processor()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"summary": summary, "runs": results, "trees": {k: str(v) for k, v in trees.items()},
                                     "arms": {arm: {"tree": tree, "threads": t, "processes": p}

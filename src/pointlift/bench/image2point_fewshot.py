@@ -156,13 +156,13 @@ class _Runs:
             self.finished = stored
             print(f"[bench image2point-fewshot] continuing: {len(stored)} runs already in {path}", flush=True)
 
-    def results(self, jobs: list[dict], workers: int | None = None):
+    def results(self, jobs: list[dict]):
         """(job, {"validation", "test", "seconds"}) for every job: stored ones first, then the rest as they end."""
-        workers = self.settings["workers"] if workers is None else workers
         for job in jobs:
             if job["name"] in self.finished:
                 yield job, self.finished[job["name"]]
-        for job, summary in _map(_run, [j for j in jobs if j["name"] not in self.finished], workers):
+        todo = [job for job in jobs if job["name"] not in self.finished]
+        for job, summary in _map(_run, todo, self.settings["workers"]):
             self.finished[job["name"]] = {"validation": summary["val_overall_acc"], "test": summary["overall_acc"],
                                           "seconds": summary["seconds"]}
             write_json(self.path, {"_settings": self.settings, **self.finished}, indent=1)
