@@ -134,7 +134,7 @@ def test_bench_preset_a_benchmark_lacks(tmp_path, capsys):
     code = main(["bench", "image2point-fewshot", "--preset", "cpu", "--out", str(tmp_path / "s.json")])
     assert code == 2 and "bench image2point-fewshot: no preset 'cpu'; it has smoke, cpu-long" in capsys.readouterr().err
     args = argparse.Namespace(name="all", preset="cpu-long", resume=False)
-    assert _check_arguments(args, list(BENCHMARKS)) == ["image2point-fewshot", "segmentation"]
+    assert _check_arguments(args, list(BENCHMARKS)) == ["image2point-fewshot", "i2p-mae-budget", "segmentation"]
     assert "i2p-mae, image2point, ppkt, sparse: no preset 'cpu-long', not run" in capsys.readouterr().err
     assert _check_arguments(argparse.Namespace(name="all", preset="smoke", resume=False),
                             list(BENCHMARKS)) == list(BENCHMARKS)

@@ -22,7 +22,7 @@ EXIT_USAGE = 2
 # them equal to the registry's).
 PRETRAIN_METHODS = ("ppkt", "i2p-mae")
 FINETUNE_METHODS = ("image2point", "i2p-mae", "segmentation")
-BENCHMARK_NAMES = ("sparse", "image2point", "image2point-fewshot", "ppkt", "i2p-mae", "segmentation")
+BENCHMARK_NAMES = ("sparse", "image2point", "image2point-fewshot", "ppkt", "i2p-mae", "i2p-mae-budget", "segmentation")
 CONFIG_KINDS = ("image2point", "ppkt", "i2p-mae-pretrain", "i2p-mae-finetune", "segmentation")
 
 

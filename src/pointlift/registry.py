@@ -18,6 +18,7 @@ from typing import Callable, Optional
 from torch import nn
 
 from pointlift.bench import i2p_mae as bench_i2p_mae
+from pointlift.bench import i2p_mae_budget as bench_i2p_mae_budget
 from pointlift.bench import image2point as bench_image2point
 from pointlift.bench import image2point_fewshot as bench_image2point_fewshot
 from pointlift.bench import ppkt as bench_ppkt
@@ -92,6 +93,7 @@ BENCHMARKS = {
     "image2point-fewshot": bench_image2point_fewshot,
     "ppkt": bench_ppkt,
     "i2p-mae": bench_i2p_mae,
+    "i2p-mae-budget": bench_i2p_mae_budget,
     "segmentation": bench_segmentation,
 }
 

@@ -155,6 +155,75 @@ def evaluation_split(train_labels: np.ndarray, test_labels: np.ndarray, fit_per_
     return fit, rest[_stratified(train_labels[rest], score_per_class, seed + 1)], "train"
 
 
+@dataclass
+class ProbeData:
+    """The shapes of one benchmark run: pretraining point sets (no labels), and the SVM probes' fitted and
+    scored point sets with labels (`scored_split`: "test", or "train" for held-out validation shapes)."""
+
+    pretrain_points: np.ndarray
+    train_points: np.ndarray
+    train_labels: np.ndarray
+    test_points: np.ndarray
+    test_labels: np.ndarray
+    scored_split: str
+
+
+def load_probe_data(spec: I2PMAEPreset, validation: bool = False, data_seed: int = 0) -> ProbeData:
+    """ModelNet10 (../shared) resampled to the preset's point count; the picks depend on `data_seed` only."""
+    from pointlift.data.shapes import load_modelnet10_vox
+
+    data_path = shared_path("data/modelnet10_vox32.npz")
+    if not data_path.is_file():
+        raise PointliftDataError(data_path, "ModelNet10 voxel file not found (set POINTLIFT_SHARED)")
+    num_points = PointM2AEConfig(**spec.model).num_points
+    train_set = load_modelnet10_vox(data_path, "train")
+    test_set = load_modelnet10_vox(data_path, "test")
+    train_pick, test_pick, scored_split = evaluation_split(train_set.labels, test_set.labels,
+                                                          spec.train_per_class, spec.test_per_class,
+                                                          validation, data_seed)
+    scored_set = train_set if scored_split == "train" else test_set
+    pretrain_count = spec.pretrain_shapes or len(train_set)
+    pretrain_pick = np.random.default_rng(data_seed).permutation(len(train_set))[:pretrain_count]
+    return ProbeData(
+        pretrain_points=prepare_point_sets([train_set.points[i] for i in pretrain_pick], num_points, data_seed),
+        train_points=prepare_point_sets([train_set.points[i] for i in train_pick], num_points, data_seed),
+        train_labels=train_set.labels[train_pick],
+        test_points=prepare_point_sets([scored_set.points[i] for i in test_pick], num_points, data_seed),
+        test_labels=scored_set.labels[test_pick], scored_split=scored_split)
+
+
+def resolve_teacher(spec: I2PMAEPreset, device: torch.device) -> tuple[TeacherConfig, int]:
+    """(teacher config, render size) of the preset: its teacher, or the bundled CNN teacher when the preset's
+    weights file is absent from the shared folder."""
+    teacher_name, weights, stage = spec.teacher
+    image_size = spec.image_size
+    if weights is not None:
+        weights = str(shared_path(weights)) if shared_path(weights).is_file() else None
+        if weights is None:  # no DINOv2 file: the bundled CNN teacher
+            teacher_name, stage = "tf_efficientnet_lite0", -2
+            image_size = spec.fallback_image_size if spec.fallback_image_size is not None else image_size
+    return TeacherConfig(name=teacher_name, weights=weights, stage=stage, half=device.type == "cuda"), image_size
+
+
+def bench_experiment(spec: I2PMAEPreset, recipe: str, variant: str, seed: int, steps: int,
+                     teacher: TeacherConfig, image_size: int, device: torch.device,
+                     method_overrides: dict | None = None) -> I2PMAEExperiment:
+    """The pretraining run of one (recipe, variant, seed) at the preset's network, batch and rate."""
+    guided, feature = VARIANTS[variant]
+    model_config = PointM2AEConfig(**spec.model)
+    return I2PMAEExperiment(
+        name=f"bench_{recipe}_{variant}",
+        method=I2PMAEConfig(**{**dict(spec.method, **(method_overrides or {})), "model": model_config,
+                               "recipe": recipe, "guided_masking": guided, "feature_target": feature,
+                               "image_size": image_size}),
+        teacher=teacher,
+        data=DataConfig(num_points=model_config.num_points, cache_dir="~/.cache/pointlift/i2p_mae"),
+        train=TrainConfig(max_steps=steps, batch_size=spec.batch_size, seed=seed, log_every=10,
+                          checkpoint_every=0, grad_clip=10.0, amp=device.type == "cuda",
+                          optim=OptimConfig(lr=spec.lr, weight_decay=0.05, warmup_steps=spec.warmup)),
+        device=str(device))
+
+
 def run(preset: str, out_dir, validation: bool = False, seeds: tuple[int, ...] | None = None,
         method_overrides: dict | None = None, spec_overrides: dict | None = None,
         measure_timing: bool = True) -> BenchResult:
@@ -166,55 +235,21 @@ def run(preset: str, out_dir, validation: bool = False, seeds: tuple[int, ...] |
         raise PointliftConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     spec = replace(PRESETS[preset], **(spec_overrides or {}))
     seeds = tuple(seeds if seeds is not None else spec.seeds)
-    method_overrides = dict(spec.method, **(method_overrides or {}))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data_path = shared_path("data/modelnet10_vox32.npz")
-    if not data_path.is_file():
-        raise PointliftDataError(data_path, "ModelNet10 voxel file not found (set POINTLIFT_SHARED)")
-    from pointlift.data.shapes import load_modelnet10_vox
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    data_seed = 0
     wall_start = time.perf_counter()
     model_config = PointM2AEConfig(**spec.model)
-    num_points = model_config.num_points
-    train_set = load_modelnet10_vox(data_path, "train")
-    test_set = load_modelnet10_vox(data_path, "test")
-    train_pick, test_pick, scored_split = evaluation_split(train_set.labels, test_set.labels,
-                                                          spec.train_per_class, spec.test_per_class,
-                                                          validation, data_seed)
-    scored_set = train_set if scored_split == "train" else test_set
-    train_points = prepare_point_sets([train_set.points[i] for i in train_pick], num_points, data_seed)
-    train_labels = train_set.labels[train_pick]
-    test_points = prepare_point_sets([scored_set.points[i] for i in test_pick], num_points, data_seed)
-    test_labels = scored_set.labels[test_pick]
-    pretrain_count = spec.pretrain_shapes or len(train_set)
-    pretrain_pick = np.random.default_rng(data_seed).permutation(len(train_set))[:pretrain_count]
-    pretrain_points = prepare_point_sets([train_set.points[i] for i in pretrain_pick], num_points, data_seed)
-
-    teacher_name, weights, stage = spec.teacher
-    image_size = spec.image_size
-    if weights is not None:
-        weights = str(shared_path(weights)) if shared_path(weights).is_file() else None
-        if weights is None:  # no DINOv2 file: the bundled CNN teacher
-            teacher_name, stage = "tf_efficientnet_lite0", -2
-            image_size = spec.fallback_image_size if spec.fallback_image_size is not None else image_size
-    teacher_config = TeacherConfig(name=teacher_name, weights=weights, stage=stage, half=device.type == "cuda")
+    data = load_probe_data(spec, validation)
+    train_points, train_labels, test_points, test_labels = (data.train_points, data.train_labels,
+                                                            data.test_points, data.test_labels)
+    pretrain_points, scored_split = data.pretrain_points, data.scored_split
+    teacher_config, image_size = resolve_teacher(spec, device)
     teacher = build_teacher(teacher_config, image_size).to(device)
 
     def pretrain_run(recipe: str, variant: str, seed: int):
-        guided, feature = VARIANTS[variant]
-        experiment = I2PMAEExperiment(
-            name=f"bench_{recipe}_{variant}",
-            method=I2PMAEConfig(**{**method_overrides, "model": copy.deepcopy(model_config), "recipe": recipe,
-                                   "guided_masking": guided, "feature_target": feature, "image_size": image_size}),
-            teacher=teacher_config,
-            data=DataConfig(num_points=num_points, cache_dir="~/.cache/pointlift/i2p_mae"),
-            train=TrainConfig(max_steps=spec.steps, batch_size=spec.batch_size, seed=seed, log_every=10,
-                              checkpoint_every=0, grad_clip=10.0, amp=device.type == "cuda",
-                              optim=OptimConfig(lr=spec.lr, weight_decay=0.05, warmup_steps=spec.warmup)),
-            device=str(device))
+        experiment = bench_experiment(spec, recipe, variant, seed, spec.steps, teacher_config, image_size, device,
+                                      method_overrides)
         torch.manual_seed(seed)  # every run starts from the same backbone weights
         model, result, info = pretrain(experiment, out_dir / f"{recipe}_{variant}_seed{seed}", progress=False,
                                        points=pretrain_points, teacher=teacher)

@@ -26,18 +26,17 @@ data.train_per_class=K data.subset_seed=DRAW data.val_per_class=10`.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from pointlift.bench import BenchResult, Preset, shared_path, worker_pool
+from pointlift.bench import BenchResult, Preset, shared_path
 from pointlift.bench.image2point import MOBILENET_WEIGHTS, finetune_config
+from pointlift.bench.jobs import ProgressFile
 from pointlift.bench.stats import paired_difference
-from pointlift.engine.rundir import write_json
-from pointlift.errors import PointliftConfigError, PointliftDataError
+from pointlift.errors import PointliftConfigError
 
 ARMS = ("inflated", "random")
 NUM_CLASSES = 10  # ModelNet10: a K-shot support set holds 10 K shapes
@@ -101,6 +100,11 @@ def _run(job: dict) -> tuple[dict, dict]:
     return job, summary
 
 
+def _kept(summary: dict) -> dict:
+    """What progress.json keeps of a fine-tune's summary."""
+    return {"validation": summary["val_overall_acc"], "test": summary["overall_acc"], "seconds": summary["seconds"]}
+
+
 def job_config(job: dict):
     """The Image2Point config of one run: the arm decides the weights only; the draw decides the support set
     (`subset_seed`) and the data order (`train.seed`) of both arms alike."""
@@ -126,49 +130,6 @@ def _name(phase: str, k: int, fip: str, arm: str, lr: float, draw: int) -> str:
     return f"{phase}-{k}shot-{fip}-{arm}-lr{lr:g}-draw{draw}"
 
 
-def _map(function, jobs: list[dict], workers: int):
-    """`function` over `jobs` as they finish (in worker processes where `workers` > 1)."""
-    from concurrent.futures import as_completed
-
-    if workers <= 1:  # in this process, each reported as it ends
-        yield from map(function, jobs)
-        return
-    with worker_pool(workers) as pool:
-        yield from (future.result() for future in as_completed([pool.submit(function, job) for job in jobs]))
-
-
-class _Runs:
-    """Every run so far, kept in <out>/progress.json after each one: a stopped bench keeps its figures, and the
-    same command started again continues where it stopped (runs of other settings are refused, not mixed in)."""
-
-    def __init__(self, path: Path, spec: FewShotPreset):
-        self.path = path
-        self.settings = json.loads(json.dumps(asdict(spec)))
-        self.finished: dict[str, dict] = {}
-        if path.is_file():
-            try:
-                stored = json.loads(path.read_text())
-            except ValueError:
-                raise PointliftDataError(path, "progress file is not valid JSON; delete it to start afresh") from None
-            if stored.pop("_settings", self.settings) != self.settings:
-                raise PointliftDataError(path, "holds runs of other settings; use another --out or delete the "
-                                               "folder to start afresh")
-            self.finished = stored
-            print(f"[bench image2point-fewshot] continuing: {len(stored)} runs already in {path}", flush=True)
-
-    def results(self, jobs: list[dict]):
-        """(job, {"validation", "test", "seconds"}) for every job: stored ones first, then the rest as they end."""
-        for job in jobs:
-            if job["name"] in self.finished:
-                yield job, self.finished[job["name"]]
-        todo = [job for job in jobs if job["name"] not in self.finished]
-        for job, summary in _map(_run, todo, self.settings["workers"]):
-            self.finished[job["name"]] = {"validation": summary["val_overall_acc"], "test": summary["overall_acc"],
-                                          "seconds": summary["seconds"]}
-            write_json(self.path, {"_settings": self.settings, **self.finished}, indent=1)
-            yield job, self.finished[job["name"]]
-
-
 def run(preset: str | FewShotPreset, out_dir: Path) -> BenchResult:
     """Selection on validation, then the measured draws at the chosen rates; per-draw figures, paired
     differences and the accuracy-vs-shots plot."""
@@ -184,8 +145,8 @@ def run(preset: str | FewShotPreset, out_dir: Path) -> BenchResult:
     jobs = [{**base, "phase": "selection", "shots": k, "epochs": epochs, "fip": fip, "arm": arm, "lr": lr,
              "draw": draw, "name": _name("select", k, fip, arm, lr, draw)}
             for k, epochs, fip in comparisons for arm in ARMS for lr in spec.lrs for draw in spec.selection_draws]
-    runs = _Runs(out_dir / "progress.json", spec)
-    for job, result in runs.results(jobs):
+    runs = ProgressFile(out_dir / "progress.json", asdict(spec), "image2point-fewshot")
+    for job, result in runs.results(jobs, _run, spec.workers, _kept):
         validation.setdefault((job["shots"], job["fip"], job["arm"], job["lr"]), []).append(result["validation"])
         print(f"[bench image2point-fewshot] {job['name']}: validation {result['validation']:.3f}", flush=True)
     chosen = {}
@@ -200,7 +161,7 @@ def run(preset: str | FewShotPreset, out_dir: Path) -> BenchResult:
              "lr": chosen[(k, fip, arm)], "draw": draw,
              "name": _name("measure", k, fip, arm, chosen[(k, fip, arm)], draw)}
             for draw in spec.draws for k, epochs, fip in comparisons for arm in ARMS]
-    for job, result in runs.results(jobs):
+    for job, result in runs.results(jobs, _run, spec.workers, _kept):
         test.setdefault((job["shots"], job["fip"], job["arm"]), {})[job["draw"]] = result["test"]
         print(f"[bench image2point-fewshot] {job['name']}: test {result['test']:.3f}", flush=True)
 

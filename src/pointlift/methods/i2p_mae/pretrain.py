@@ -48,8 +48,9 @@ def prepare_teacher(experiment: I2PMAEExperiment, points: np.ndarray, teacher, d
 
 
 def pretrain(experiment: I2PMAEExperiment, run_dir: str | Path, resume: bool = False, progress: bool = True,
-             points: np.ndarray | None = None, teacher=None):
+             points: np.ndarray | None = None, teacher=None, eval_fn=None):
     """Pretrain on the configured shapes (or `points` (S, P, 3) if given). Returns (model, TrainResult, info).
+    `eval_fn(model, epoch) -> dict` runs at every epoch end (the trainer's hook; benchmarks probe with it).
 
     With `data.cache_teacher` the teacher runs once per shape before training (pointlift's option);
     otherwise it runs inside every training step on the augmented batch (the released recipe)."""
@@ -75,7 +76,7 @@ def pretrain(experiment: I2PMAEExperiment, run_dir: str | Path, resume: bool = F
                              with_saliency=method.guided_masking)
     start = time.perf_counter()
     result = train(model, dataset, experiment.train, run_dir, resume=resume, device=device, progress=progress,
-                   config_for_checkpoint=config_to_dict(experiment), model_spec=model_spec(method))
+                   config_for_checkpoint=config_to_dict(experiment), model_spec=model_spec(method), eval_fn=eval_fn)
     info["train_seconds"] = time.perf_counter() - start
     return model, result, info
 

@@ -1,0 +1,215 @@
+"""`pointlift bench i2p-mae-budget --preset {smoke,cpu-long}`: what longer I2P-MAE pretraining buys - linear-SVM
+and few-shot accuracy of frozen features at several step budgets, official I2P-MAE vs the same network
+pretrained with the 3D target alone vs the untrained network, paired by seed.
+
+The paper's gains come from long pretraining (300 epochs); `bench i2p-mae` measures one short budget. Here
+each (seed, arm) is one pretraining run of the longest budget, probed at the end of the epoch where each
+budget is reached (the trainer's `eval_fn`). So a budget's figure is a checkpoint of the longest run, whose
+cosine rate has not yet decayed there - not a separate run of that many steps. The evaluation leaves every
+random generator as it found it, so the training run is the same with or without it (tested).
+
+Arms, for every seed: `official_i2pmae` (the released recipe, teacher on every step), `official_3d_only`
+(random masking, no 2D target) and `random`: the official run's network *before* its first step (same seed,
+same build), so all three start from the same weights. Probes, all on the same shapes for every arm
+(network, data and teacher of `bench i2p-mae`'s base preset): pointlift's SVM (scaler + LinearSVC, C by
+5-fold CV on the training features), the paper's SVM (SVC linear, C = 0.01), and 10-way K-shot episodes
+(the same episodes for every arm of a seed). Budgets are fixed by the preset, nothing is chosen on the test
+split. Gains are paired differences over seeds with 95 % intervals (`pointlift.bench.stats`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pointlift.bench import BenchResult, Preset
+from pointlift.bench import i2p_mae as base_bench
+from pointlift.bench.jobs import ProgressFile
+from pointlift.bench.stats import paired_difference
+from pointlift.errors import PointliftConfigError
+
+ARMS = ("official_i2pmae", "official_3d_only", "random")
+PROBES = ("svm_acc", "svm_paper_acc", "fewshot_10w1s", "fewshot_10w10s")
+
+
+@dataclass(frozen=True)
+class BudgetPreset(Preset):
+    base: str  # the `bench i2p-mae` preset whose network, data, teacher, batch and rate every run uses
+    budgets: tuple[int, ...]  # pretraining steps at which the frozen features are probed (the last: run length)
+    seeds: tuple[int, ...]
+    fewshot_folds: int  # episodes per few-shot figure
+    workers: int = 1  # runs in this many processes of one torch thread each
+
+    def __post_init__(self):
+        spec = base_bench.PRESETS.get(self.base)
+        if spec is None:
+            raise PointliftConfigError(f"BudgetPreset: unknown i2p-mae preset {self.base!r}")
+        steps_per_epoch = (spec.pretrain_shapes or 0) // spec.batch_size
+        if not steps_per_epoch or any(b <= 0 or b % steps_per_epoch for b in self.budgets):
+            raise PointliftConfigError(f"BudgetPreset: budgets {self.budgets} must be whole epochs of "
+                                       f"{steps_per_epoch} steps (preset {self.base!r}: "
+                                       f"{spec.pretrain_shapes} shapes, batch {spec.batch_size})")
+        if list(self.budgets) != sorted(set(self.budgets)):
+            raise PointliftConfigError(f"BudgetPreset: budgets must increase, got {self.budgets}")
+
+
+PRESETS = BudgetPreset.table({
+    # seconds: the `smoke` network on 64 shapes (4 steps per epoch), probed after 4 and 8 steps
+    "smoke": dict(base="smoke", budgets=(4, 8), seeds=(0, 1), fewshot_folds=2),
+    # <= 2 h on 2 CPU cores (two workers of one thread): `bench i2p-mae`'s `cpu` network and data (960
+    # shapes, batch 32 = 30 steps per epoch), probed after 300 / 900 / 2,100 steps (10 / 30 / 70 epochs;
+    # `bench i2p-mae --preset cpu` measures 600 steps), 3 seeds
+    "cpu-long": dict(base="cpu", budgets=(300, 900, 2100), seeds=(0, 1, 2), fewshot_folds=10, workers=2),
+})
+
+_PROCESS: dict = {}  # per process: the loaded shapes and the teacher, shared by its jobs
+
+
+def _shapes_and_teacher(spec, device):
+    if not _PROCESS:
+        teacher_config, image_size = base_bench.resolve_teacher(spec, device)
+        _PROCESS.update(data=base_bench.load_probe_data(spec), teacher_config=teacher_config, image_size=image_size,
+                        teacher=base_bench.build_teacher(teacher_config, image_size).to(device))
+    return _PROCESS
+
+
+def probe(model, data: base_bench.ProbeData, seed: int, folds: int) -> dict:
+    """Every probe of one frozen network; random generators are left as they were (the run goes on alike)."""
+    import torch
+
+    from pointlift.methods.i2p_mae.embedder import embed_array
+    from pointlift.tasks.fewshot import fewshot_eval
+    from pointlift.tasks.svm import paper_svm_accuracy, svm_accuracy
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        fit, scored = embed_array(model, data.train_points), embed_array(model, data.test_points)
+    accuracy, C = svm_accuracy(fit, data.train_labels, scored, data.test_labels, seed=seed)
+    record = {"svm_acc": accuracy, "svm_C": C,
+              "svm_paper_acc": paper_svm_accuracy(fit, data.train_labels, scored, data.test_labels)}
+    for shots in (1, 10):
+        episodes = fewshot_eval(fit, data.train_labels, scored, data.test_labels, n_way=10, k_shot=shots,
+                                folds=folds, test_per_class=20, seed=seed)
+        record[f"fewshot_10w{shots}s"] = episodes.mean
+    record["probe_seconds"] = time.perf_counter() - start
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+    return record
+
+
+def _run(job: dict) -> tuple[dict, dict]:
+    """One (seed, arm): its probes at every budget ({str(step): record}); step 0 for the untrained network."""
+    import torch
+
+    from pointlift.engine.seed import seed_everything
+    from pointlift.methods.i2p_mae.model import I2PMAE
+    from pointlift.methods.i2p_mae.pretrain import pretrain
+
+    torch.set_num_threads(job["threads"])  # a worker runs as its parent would
+    settings: BudgetPreset = job["settings"]
+    spec = base_bench.PRESETS[settings.base]
+    device = torch.device("cpu")
+    shared = _shapes_and_teacher(spec, device)
+    seed, arm = job["seed"], job["arm"]
+    variant = "3d_only" if arm == "official_3d_only" else "i2pmae"
+    experiment = base_bench.bench_experiment(spec, "official", variant, seed, max(settings.budgets),
+                                             shared["teacher_config"], shared["image_size"], device)
+    if arm == "random":  # the official run's network before its first step: pretrain's own build order
+        seed_everything(seed)
+        model = I2PMAE(experiment.method, shared["teacher"])
+        return job, {"0": probe(model, shared["data"], seed, settings.fewshot_folds)}
+    steps_per_epoch = len(shared["data"].pretrain_points) // spec.batch_size
+    probes, clock = {}, {"start": time.perf_counter(), "probing": 0.0}
+
+    def at_epoch_end(module, epoch: int) -> dict:
+        step = (epoch + 1) * steps_per_epoch
+        if step not in settings.budgets:
+            return {}
+        trained = time.perf_counter() - clock["start"] - clock["probing"]  # set-up and steps, no probing
+        record = dict(probe(module, shared["data"], seed, settings.fewshot_folds), train_seconds=trained)
+        clock["probing"] += record["probe_seconds"]
+        probes[str(step)] = record
+        return {key: record[key] for key in PROBES}
+
+    pretrain(experiment, Path(job["out_dir"]) / job["name"], progress=False, points=shared["data"].pretrain_points,
+             teacher=shared["teacher"], eval_fn=at_epoch_end)
+    return job, probes
+
+
+def run(preset: str | BudgetPreset, out_dir: Path) -> BenchResult:
+    """Every (seed, arm) run, then per budget each arm's mean probe figures and the paired gains."""
+    spec = PRESETS[preset] if isinstance(preset, str) else preset
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    import torch
+
+    base = {"settings": spec, "out_dir": str(out_dir), "threads": torch.get_num_threads()}
+    # the longest runs first, so that two workers finish together
+    jobs = [{**base, "seed": seed, "arm": arm, "name": f"{arm}_seed{seed}"} for arm in ARMS for seed in spec.seeds]
+    runs = ProgressFile(out_dir / "progress.json", asdict(spec), "i2p-mae-budget")
+    probes: dict[tuple[str, int], dict] = {}
+    for job, record in runs.results(jobs, _run, spec.workers):
+        probes[(job["arm"], job["seed"])] = record
+        last = record[max(record, key=int)]
+        print(f"[bench i2p-mae-budget] {job['name']}: SVM {last['svm_acc']:.3f} at step {max(record, key=int)}",
+              flush=True)
+
+    def figure(arm: str, budget: int, name: str) -> list[float]:
+        step = "0" if arm == "random" else str(budget)
+        return [probes[(arm, seed)][step][name] for seed in spec.seeds]
+
+    metrics: dict[str, float] = {}
+    curves: dict[str, dict] = {}
+    for budget in spec.budgets:
+        for name in PROBES:
+            for arm in ARMS:
+                values = figure(arm, budget, name)
+                metrics[f"{name}_{arm}_{budget}"] = float(np.mean(values))
+                metrics[f"{name}_{arm}_{budget}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            for treated, baseline in (("official_i2pmae", "random"), ("official_i2pmae", "official_3d_only"),
+                                      ("official_3d_only", "random")):
+                difference = paired_difference(figure(treated, budget, name), figure(baseline, budget, name))
+                key = f"gain_{name}_{treated}_vs_{baseline}_{budget}"
+                curves[key] = difference
+                metrics[key] = difference["mean"]
+                if difference["low"] is not None:
+                    metrics[f"{key}_low"], metrics[f"{key}_high"] = difference["low"], difference["high"]
+        for arm in ARMS[:2]:
+            metrics[f"train_seconds_{arm}_{budget}"] = float(np.mean(
+                [probes[(arm, seed)][str(budget)]["train_seconds"] for seed in spec.seeds]))
+    metrics["wall_s"] = time.perf_counter() - start
+    plot = _plot(probes, spec, curves, out_dir) if len(spec.seeds) > 1 else None
+    spec_base = base_bench.PRESETS[spec.base]
+    return BenchResult(metrics, {
+        "preset": preset if isinstance(preset, str) else "custom", **asdict(spec),
+        "base_preset": asdict(spec_base), "per_seed": {f"{arm}_seed{seed}": record
+                                                      for (arm, seed), record in probes.items()},
+        "differences": curves, "plot": str(plot) if plot else None, "cpu_threads": torch.get_num_threads(),
+        "budget_figures": "a checkpoint of the longest run at that step (its rate not decayed), not a run of "
+                          "that length; `random` is the official run's network before step 1"})
+
+
+def _plot(probes: dict, spec: BudgetPreset, curves: dict, out_dir: Path) -> Path:
+    """Linear-SVM accuracy vs pretraining steps: each arm's mean over seeds with its 95 % band, and official
+    I2P-MAE minus the untrained network, paired by seed."""
+    from pointlift.report import plot_paired_arms
+
+    budgets = list(spec.budgets)
+
+    def values(arm):
+        step = (lambda b: "0") if arm == "random" else str
+        return [[probes[(arm, seed)][step(b)]["svm_acc"] for seed in spec.seeds] for b in budgets]
+
+    return plot_paired_arms(budgets, {"untrained (step 0)": (values("random"), "tab:gray"),
+                                      "3D-only": (values("official_3d_only"), "tab:blue"),
+                                      "official I2P-MAE": (values("official_i2pmae"), "tab:orange")},
+                            [curves[f"gain_svm_acc_official_i2pmae_vs_random_{b}"] for b in budgets],
+                            out_dir / "svm_accuracy_vs_budget.png", "pretraining steps (batch 32)",
+                            "linear-SVM accuracy", f"ModelNet10, frozen features, {len(spec.seeds)} seeds, 95 % band",
+                            "official I2P-MAE - untrained, paired by seed", log_x=True)
