@@ -198,6 +198,33 @@ def test_dense_grid_and_binary_search_lookups_agree(kernel_size, stride, dilatio
     assert with_grid == searched and sum(map(len, searched)) > 0
 
 
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_column_lookup_equals_one_search_per_offset(kernel_size):
+    """`lookup_columns` (one search per (dx, dy) column) returns exactly what one binary search per offset
+    returns: full and half offset sets, columns cut by batch and by the coordinate range's ends, gaps in z,
+    queries that fall before the first and after the last key, an empty hash."""
+    from pointlift.sparse.kernel_map import AXIS_BIAS, CoordinateHash, kernel_offsets, offset_key_deltas
+
+    generator = torch.Generator().manual_seed(kernel_size)
+    limit = AXIS_BIAS - 64
+    coords = torch.cat([random_sparse(channels=1, grid=7, density=0.5, seed=kernel_size)[0],
+                        torch.tensor([[0, -limit + 1, 0, -limit + 1], [0, -limit + 1, 0, -limit + 2],
+                                      [2, limit - 1, limit - 1, limit - 1], [2, limit - 1, limit - 1, limit - 3],
+                                      [1, 3, 3, 100], [1, 3, 3, 102], [1, 3, 4, 101]])])
+    coords = coords[torch.randperm(len(coords), generator=generator)]  # the hash sorts; rows keep their order
+    offsets = kernel_offsets(kernel_size, 1, coords.device)
+    assert CoordinateHash.dense_in_z(offsets) and not CoordinateHash.dense_in_z(kernel_offsets(3, 2, coords.device))
+    hashed = CoordinateHash(coords)
+    bases = [hashed.sorted_keys, hashed.sorted_keys[::3], torch.sort(hashed.sorted_keys + 5)[0]]
+    for base in bases:
+        for asked in (offsets, offsets[: len(offsets) // 2], offsets[len(offsets) // 2 + 3:]):
+            expected = hashed.lookup(base.unsqueeze(0) + offset_key_deltas(asked).unsqueeze(1))
+            assert torch.equal(hashed.lookup_columns(base, asked), expected)
+            assert (expected >= 0).sum() > len(base) // 2
+    empty = CoordinateHash(coords[:0])
+    assert torch.equal(empty.lookup_columns(bases[0], offsets), torch.full((len(offsets), len(bases[0])), -1))
+
+
 def test_key_round_trip_and_range_checks():
     coords = torch.tensor([[0, 0, 0, 0], [3, 5, -2, 7], [511, 100000, 3, 4]])
     assert torch.equal(decode_keys(encode_keys(coords)), coords)
