@@ -184,8 +184,9 @@ def test_dense_grid_and_binary_search_lookups_agree(kernel_size, stride, dilatio
     coords, feats = random_sparse(channels=1, grid=9, seed=5)
     coords[:, 1:] -= 4  # negative coordinates too
 
-    def pairs(grid: bool):
+    def pairs(grid: bool, columns: bool = False):
         monkeypatch.setattr(CoordinateHash, "GRID_MAX_CELLS", (1 << 25) if grid else 0)
+        monkeypatch.setattr(CoordinateHash, "COLUMN_MIN_SITES", 0 if columns else 1 << 62)
         x = SparseTensor(feats, coords)
         out_stride = x.manager.downsample(1, stride) if stride > 1 else 1
         kmap = x.manager.kernel_map(1, out_stride, kernel_size, dilation)
@@ -194,8 +195,9 @@ def test_dense_grid_and_binary_search_lookups_agree(kernel_size, stride, dilatio
 
     with_grid, used = pairs(True)
     searched, not_used = pairs(False)
+    by_column, _ = pairs(False, columns=True)  # dense kernels: one search per (dx, dy) column
     assert used and not not_used
-    assert with_grid == searched and sum(map(len, searched)) > 0
+    assert with_grid == searched == by_column and sum(map(len, searched)) > 0
 
 
 @pytest.mark.parametrize("kernel_size", [3, 5])

@@ -121,9 +121,11 @@ class CoordinateHash:
                 deltas = (offsets[:, 0] * extent[1] + offsets[:, 1]) * extent[2] + offsets[:, 2]
                 query = self._linear(base, low, extent).unsqueeze(0) + deltas.unsqueeze(1)
                 return take(table, query).long()
-        if offsets.numel() and self.dense_in_z(offsets):
+        if base_keys.numel() >= self.COLUMN_MIN_SITES and offsets.numel() and self.dense_in_z(offsets):
             return self.lookup_columns(base_keys, offsets)
         return self.lookup(base_keys.unsqueeze(0) + offset_key_deltas(offsets).unsqueeze(1))
+
+    COLUMN_MIN_SITES = 8192  # below this, its per-column overhead outweighs the saved searches (bench/kernel_maps.py)
 
     @staticmethod
     def dense_in_z(offsets: torch.Tensor) -> bool:
