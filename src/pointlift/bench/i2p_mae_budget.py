@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pointlift.bench import BenchResult, Preset
 from pointlift.bench import i2p_mae as base_bench
@@ -79,8 +80,6 @@ def _shapes_and_teacher(spec, device):
 
 def probe(model, data: base_bench.ProbeData, seed: int, folds: int) -> dict:
     """Every probe of one frozen network; random generators are left as they were (the run goes on alike)."""
-    import torch
-
     from pointlift.methods.i2p_mae.embedder import embed_array
     from pointlift.tasks.fewshot import fewshot_eval
     from pointlift.tasks.svm import paper_svm_accuracy, svm_accuracy
@@ -104,8 +103,6 @@ def probe(model, data: base_bench.ProbeData, seed: int, folds: int) -> dict:
 
 def _run(job: dict) -> tuple[dict, dict]:
     """One (seed, arm): its probes at every budget ({str(step): record}); step 0 for the untrained network."""
-    import torch
-
     from pointlift.engine.seed import seed_everything
     from pointlift.methods.i2p_mae.model import I2PMAE
     from pointlift.methods.i2p_mae.pretrain import pretrain
@@ -147,8 +144,6 @@ def run(preset: str | BudgetPreset, out_dir: Path) -> BenchResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    import torch
-
     base = {"settings": spec, "out_dir": str(out_dir), "threads": torch.get_num_threads()}
     # the longest runs first, so that two workers finish together
     jobs = [{**base, "seed": seed, "arm": arm, "name": f"{arm}_seed{seed}"} for arm in ARMS for seed in spec.seeds]
