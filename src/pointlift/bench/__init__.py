@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from pointlift.errors import PointliftConfigError
 
-PRESETS = ("smoke", "cpu", "cpu-long", "cpu-full", "cpu-full-long", "gpu")
+PRESETS = ("smoke", "cpu", "cpu-long", "cpu-recipes", "cpu-full", "cpu-full-long", "gpu")
 
 
 def shared_path(relative: str) -> Path:

@@ -1,6 +1,7 @@
-"""`pointlift bench i2p-mae-budget --preset {smoke,cpu-long}`: what longer I2P-MAE pretraining buys - linear-SVM
-and few-shot accuracy of frozen features at several step budgets, official I2P-MAE vs the same network
-pretrained with the 3D target alone vs the untrained network, paired by seed.
+"""`pointlift bench i2p-mae-budget --preset {smoke,cpu-long,cpu-recipes}`: what longer I2P-MAE pretraining buys -
+linear-SVM and few-shot accuracy of frozen features at several step budgets, official I2P-MAE vs the same network
+pretrained with the 3D target alone vs the untrained network, paired by seed (`cpu-long`); pointlift's cached
+recipe with the bundled CNN teacher and with DINOv2 at the same budgets (`cpu-recipes`).
 
 The paper's gains come from long pretraining (300 epochs); `bench i2p-mae` measures one short budget. Here
 each (seed, arm) is one pretraining run of the longest budget, probed at the end of the epoch where each
@@ -8,9 +9,12 @@ budget is reached (the trainer's `eval_fn`). So a budget's figure is a checkpoin
 cosine rate has not yet decayed there - not a separate run of that many steps. The evaluation leaves every
 random generator as it found it, so the training run is the same with or without it (tested).
 
-Arms, for every seed: `official_i2pmae` (the released recipe, teacher on every step), `official_3d_only`
-(random masking, no 2D target) and `random`: the official run's network *before* its first step (same seed,
-same build), so all three start from the same weights. Probes, all on the same shapes for every arm
+Arms, for every seed (a preset names its own): `official_i2pmae` (the released recipe, teacher on every step),
+`official_3d_only` (random masking, no 2D target), `pointlift_i2pmae` (pointlift's recipe: teacher maps cached
+once per shape), `pointlift_i2pmae_dinov2` (the same with the DINOv2 ViT-S/14 of the shared folder at 98 px) and
+`random`: the official run's network *before* its first step (same seed, same build), so every arm starts from
+the same weights (tested). Training seconds to each budget are recorded per run, and `step_seconds` times one
+official and one cached step side by side in one process, so recipes can be compared at equal wall time. Probes, all on the same shapes for every arm
 (network, data and teacher of `bench i2p-mae`'s base preset): pointlift's SVM (scaler + LinearSVC, C by
 5-fold CV on the training features), the paper's SVM (SVC linear, C = 0.01), and 10-way K-shot episodes
 (the same episodes for every arm of a seed). Budgets are fixed by the preset, nothing is chosen on the test
@@ -27,13 +31,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pointlift.bench import BenchResult, Preset
+from pointlift.bench import BenchResult, Preset, shared_path
 from pointlift.bench import i2p_mae as base_bench
 from pointlift.bench.jobs import ProgressFile
 from pointlift.bench.stats import paired_difference
-from pointlift.errors import PointliftConfigError
+from pointlift.errors import PointliftConfigError, PointliftDataError
+from pointlift.methods.i2p_mae.config import TeacherConfig
 
-ARMS = ("official_i2pmae", "official_3d_only", "random")
+# arm -> (recipe, variant, teacher); teacher None: the base preset's. `random` is no run (see the docstring).
+ARM_RUNS = {"official_i2pmae": ("official", "i2pmae", None), "official_3d_only": ("official", "3d_only", None),
+            "pointlift_i2pmae": ("pointlift", "i2pmae", None),
+            "pointlift_i2pmae_dinov2": ("pointlift", "i2pmae", "dinov2")}
+ARM_LABELS = {"random": "untrained (step 0)", "official_i2pmae": "official I2P-MAE", "official_3d_only": "3D-only",
+              "pointlift_i2pmae": "pointlift recipe, EfficientNet-Lite0",
+              "pointlift_i2pmae_dinov2": "pointlift recipe, DINOv2 ViT-S/14"}
+# teacher key -> (timm name, weights under the shared folder, feature stage, render size)
+TEACHERS = {"dinov2": ("vit_small_patch14_dinov2", base_bench.DINO_WEIGHTS, -1, 98)}
 PROBES = ("svm_acc", "svm_paper_acc", "fewshot_10w1s", "fewshot_10w10s")
 
 
@@ -44,8 +57,13 @@ class BudgetPreset(Preset):
     seeds: tuple[int, ...]
     fewshot_folds: int  # episodes per few-shot figure
     workers: int = 1  # runs in this many processes of one torch thread each
+    arms: tuple[str, ...] = ("official_i2pmae", "official_3d_only", "random")  # `random` must be one
 
     def __post_init__(self):
+        unknown = [arm for arm in self.arms if arm != "random" and arm not in ARM_RUNS]
+        if unknown or "random" not in self.arms or len(self.arms) < 2:
+            raise PointliftConfigError(f"BudgetPreset: arms {self.arms} must include 'random' and runs from "
+                                       f"{sorted(ARM_RUNS)}")
         spec = base_bench.PRESETS.get(self.base)
         if spec is None:
             raise PointliftConfigError(f"BudgetPreset: unknown i2p-mae preset {self.base!r}")
@@ -65,17 +83,31 @@ PRESETS = BudgetPreset.table({
     # shapes, batch 32 = 30 steps per epoch), probed after 300 / 900 / 2,100 steps (10 / 30 / 70 epochs;
     # `bench i2p-mae --preset cpu` measures 600 steps), 3 seeds
     "cpu-long": dict(base="cpu", budgets=(300, 900, 2100), seeds=(0, 1, 2), fewshot_folds=10, workers=2),
+    # ~70 min on 2 CPU cores: pointlift's cached recipe at cpu-long's budgets, with the bundled CNN teacher and
+    # with DINOv2 ViT-S/14 (the official recipe with DINOv2 runs the ViT on every step: ~7 s per CPU step)
+    "cpu-recipes": dict(base="cpu", budgets=(300, 900, 2100), seeds=(0, 1, 2), fewshot_folds=10, workers=2,
+                        arms=("pointlift_i2pmae", "pointlift_i2pmae_dinov2", "random")),
 })
 
 _PROCESS: dict = {}  # per process: the loaded shapes and the teacher, shared by its jobs
 
 
-def _shapes_and_teacher(spec, device):
-    if not _PROCESS:
-        teacher_config, image_size = base_bench.resolve_teacher(spec, device)
-        _PROCESS.update(data=base_bench.load_probe_data(spec), teacher_config=teacher_config, image_size=image_size,
-                        teacher=base_bench.build_teacher(teacher_config, image_size).to(device))
-    return _PROCESS
+def _shapes_and_teacher(spec, device, teacher_key: str | None = None) -> dict:
+    """The probe data and one teacher (the base preset's, or TEACHERS[teacher_key]), loaded once per process."""
+    if "data" not in _PROCESS:
+        _PROCESS["data"] = base_bench.load_probe_data(spec)
+    if teacher_key not in _PROCESS:
+        if teacher_key is None:
+            teacher_config, image_size = base_bench.resolve_teacher(spec, device)
+        else:
+            name, weights, stage, image_size = TEACHERS[teacher_key]
+            path = shared_path(weights)
+            if not path.is_file():
+                raise PointliftDataError(path, f"weights of the {teacher_key} teacher not found (set POINTLIFT_SHARED)")
+            teacher_config = TeacherConfig(name=name, weights=str(path), stage=stage, half=device.type == "cuda")
+        _PROCESS[teacher_key] = dict(teacher_config=teacher_config, image_size=image_size,
+                                     teacher=base_bench.build_teacher(teacher_config, image_size).to(device))
+    return {"data": _PROCESS["data"], **_PROCESS[teacher_key]}
 
 
 def probe(model, data: base_bench.ProbeData, seed: int, folds: int) -> dict:
@@ -111,10 +143,10 @@ def _run(job: dict) -> tuple[dict, dict]:
     settings: BudgetPreset = job["settings"]
     spec = base_bench.PRESETS[settings.base]
     device = torch.device("cpu")
-    shared = _shapes_and_teacher(spec, device)
     seed, arm = job["seed"], job["arm"]
-    variant = "3d_only" if arm == "official_3d_only" else "i2pmae"
-    experiment = base_bench.bench_experiment(spec, "official", variant, seed, max(settings.budgets),
+    recipe, variant, teacher_key = ARM_RUNS.get(arm, ("official", "i2pmae", None))
+    shared = _shapes_and_teacher(spec, device, teacher_key)
+    experiment = base_bench.bench_experiment(spec, recipe, variant, seed, max(settings.budgets),
                                              shared["teacher_config"], shared["image_size"], device)
     if arm == "random":  # the official run's network before its first step: pretrain's own build order
         seed_everything(seed)
@@ -138,6 +170,34 @@ def _run(job: dict) -> tuple[dict, dict]:
     return job, probes
 
 
+def comparisons(arms: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(treated, baseline) pairs of a preset's arms: every run vs the untrained network, the 2D target vs the
+    3D target alone, and DINOv2 vs the CNN teacher."""
+    pairs = [(arm, "random") for arm in arms if arm != "random"]
+    for treated, baseline in (("official_i2pmae", "official_3d_only"),
+                              ("pointlift_i2pmae_dinov2", "pointlift_i2pmae")):
+        if treated in arms and baseline in arms:
+            pairs.append((treated, baseline))
+    return pairs
+
+
+def step_seconds(spec: BudgetPreset) -> dict:
+    """One official step (render + teacher + student) and one step on cached maps, side by side in this process
+    on the first batch of the base preset's data: the per-step price of each recipe, for equal-wall-time reading."""
+    from pointlift.engine.seed import seed_everything
+    from pointlift.methods.i2p_mae.model import I2PMAE
+
+    base = base_bench.PRESETS[spec.base]
+    device = torch.device("cpu")
+    shared = _shapes_and_teacher(base, device)
+    experiment = base_bench.bench_experiment(base, "official", "i2pmae", 0, 1, shared["teacher_config"],
+                                             shared["image_size"], device)
+    seed_everything(0)
+    model = I2PMAE(experiment.method, shared["teacher"])
+    with torch.random.fork_rng(devices=[]):
+        return base_bench.measure_cache_speed(model, torch.from_numpy(shared["data"].pretrain_points[:base.batch_size]))
+
+
 def run(preset: str | BudgetPreset, out_dir: Path) -> BenchResult:
     """Every (seed, arm) run, then per budget each arm's mean probe figures and the paired gains."""
     spec = PRESETS[preset] if isinstance(preset, str) else preset
@@ -146,7 +206,7 @@ def run(preset: str | BudgetPreset, out_dir: Path) -> BenchResult:
     start = time.perf_counter()
     base = {"settings": spec, "out_dir": str(out_dir), "threads": torch.get_num_threads()}
     # the longest runs first, so that two workers finish together
-    jobs = [{**base, "seed": seed, "arm": arm, "name": f"{arm}_seed{seed}"} for arm in ARMS for seed in spec.seeds]
+    jobs = [{**base, "seed": seed, "arm": arm, "name": f"{arm}_seed{seed}"} for arm in spec.arms for seed in spec.seeds]
     runs = ProgressFile(out_dir / "progress.json", asdict(spec), "i2p-mae-budget")
     probes: dict[tuple[str, int], dict] = {}
     for job, record in runs.results(jobs, _run, spec.workers):
@@ -161,23 +221,25 @@ def run(preset: str | BudgetPreset, out_dir: Path) -> BenchResult:
 
     metrics: dict[str, float] = {}
     curves: dict[str, dict] = {}
+    trained_arms = [arm for arm in spec.arms if arm != "random"]
     for budget in spec.budgets:
         for name in PROBES:
-            for arm in ARMS:
+            for arm in spec.arms:
                 values = figure(arm, budget, name)
                 metrics[f"{name}_{arm}_{budget}"] = float(np.mean(values))
                 metrics[f"{name}_{arm}_{budget}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-            for treated, baseline in (("official_i2pmae", "random"), ("official_i2pmae", "official_3d_only"),
-                                      ("official_3d_only", "random")):
+            for treated, baseline in comparisons(spec.arms):
                 difference = paired_difference(figure(treated, budget, name), figure(baseline, budget, name))
                 key = f"gain_{name}_{treated}_vs_{baseline}_{budget}"
                 curves[key] = difference
                 metrics[key] = difference["mean"]
                 if difference["low"] is not None:
                     metrics[f"{key}_low"], metrics[f"{key}_high"] = difference["low"], difference["high"]
-        for arm in ARMS[:2]:
+        for arm in trained_arms:
             metrics[f"train_seconds_{arm}_{budget}"] = float(np.mean(
                 [probes[(arm, seed)][str(budget)]["train_seconds"] for seed in spec.seeds]))
+    timing = step_seconds(spec) if any(ARM_RUNS[arm][0] == "pointlift" for arm in trained_arms) else {}
+    metrics.update({key: value for key, value in timing.items() if key.startswith("step_")})
     metrics["wall_s"] = time.perf_counter() - start
     plot = _plot(probes, spec, curves, out_dir) if len(spec.seeds) > 1 else None
     spec_base = base_bench.PRESETS[spec.base]
@@ -186,6 +248,9 @@ def run(preset: str | BudgetPreset, out_dir: Path) -> BenchResult:
         "base_preset": asdict(spec_base), "per_seed": {f"{arm}_seed{seed}": record
                                                       for (arm, seed), record in probes.items()},
         "differences": curves, "plot": str(plot) if plot else None, "cpu_threads": torch.get_num_threads(),
+        "step_timing": timing,
+        "teachers": {arm: "base preset's" if ARM_RUNS[arm][2] is None else TEACHERS[ARM_RUNS[arm][2]]
+                     for arm in trained_arms},
         "budget_figures": "a checkpoint of the longest run at that step (its rate not decayed), not a run of "
                           "that length; `random` is the official run's network before step 1"})
 
@@ -196,15 +261,16 @@ def _plot(probes: dict, spec: BudgetPreset, curves: dict, out_dir: Path) -> Path
     from pointlift.report import plot_paired_arms
 
     budgets = list(spec.budgets)
+    colours = {"random": "tab:gray", "official_3d_only": "tab:blue", "official_i2pmae": "tab:orange",
+               "pointlift_i2pmae": "tab:green", "pointlift_i2pmae_dinov2": "tab:purple"}
 
     def values(arm):
         step = (lambda b: "0") if arm == "random" else str
         return [[probes[(arm, seed)][step(b)]["svm_acc"] for seed in spec.seeds] for b in budgets]
 
-    return plot_paired_arms(budgets, {"untrained (step 0)": (values("random"), "tab:gray"),
-                                      "3D-only": (values("official_3d_only"), "tab:blue"),
-                                      "official I2P-MAE": (values("official_i2pmae"), "tab:orange")},
-                            [curves[f"gain_svm_acc_official_i2pmae_vs_random_{b}"] for b in budgets],
+    headline = next(arm for arm in spec.arms if arm != "random")
+    return plot_paired_arms(budgets, {ARM_LABELS[arm]: (values(arm), colours[arm]) for arm in spec.arms},
+                            [curves[f"gain_svm_acc_{headline}_vs_random_{b}"] for b in budgets],
                             out_dir / "svm_accuracy_vs_budget.png", "pretraining steps (batch 32)",
                             "linear-SVM accuracy", f"ModelNet10, frozen features, {len(spec.seeds)} seeds, 95 % band",
-                            "official I2P-MAE - untrained, paired by seed", log_x=True)
+                            f"{ARM_LABELS[headline]} - untrained, paired by seed", log_x=True)
