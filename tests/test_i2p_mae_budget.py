@@ -26,9 +26,22 @@ def test_budgets_must_be_whole_epochs_and_increase():
     with pytest.raises(PointliftConfigError, match="unknown i2p-mae preset"):
         dataclasses.replace(bench.PRESETS["smoke"], base="nope")
     assert bench.PRESETS["cpu-long"].budgets == (300, 900, 2100) and bench.PRESETS["cpu-long"].seeds == (0, 1, 2)
+    with pytest.raises(PointliftConfigError, match="must include 'random'"):
+        dataclasses.replace(bench.PRESETS["smoke"], arms=("official_i2pmae",))
+    with pytest.raises(PointliftConfigError, match="must include 'random'"):
+        dataclasses.replace(bench.PRESETS["smoke"], arms=("official_i2pmae", "clip", "random"))
 
 
-def test_untrained_arm_is_the_official_runs_starting_network(shared, tmp_path, monkeypatch):
+def test_comparisons_pair_each_run_with_the_untrained_network_and_its_own_ablation():
+    assert bench.comparisons(("official_i2pmae", "official_3d_only", "random")) == [
+        ("official_i2pmae", "random"), ("official_3d_only", "random"), ("official_i2pmae", "official_3d_only")]
+    assert bench.comparisons(bench.PRESETS["cpu-recipes"].arms) == [
+        ("pointlift_i2pmae", "random"), ("pointlift_i2pmae_dinov2", "random"),
+        ("pointlift_i2pmae_dinov2", "pointlift_i2pmae")]
+
+
+@pytest.mark.parametrize("arm", ["official_i2pmae", "pointlift_i2pmae"])
+def test_untrained_arm_is_each_runs_starting_network(arm, shared, tmp_path, monkeypatch):
     """pretrain's model, captured as it reaches the trainer, equals the `random` arm's build for that seed."""
     import pointlift.methods.i2p_mae.pretrain as pretrain_module
     from pointlift.engine.seed import seed_everything
@@ -46,7 +59,7 @@ def test_untrained_arm_is_the_official_runs_starting_network(shared, tmp_path, m
 
     monkeypatch.setattr(pretrain_module, "train", capture)
     with pytest.raises(Reached):
-        bench._run(_job("official_i2pmae", 1, tmp_path))
+        bench._run(_job(arm, 1, tmp_path))
     spec = bench.base_bench.PRESETS["smoke"]
     shared_parts = bench._shapes_and_teacher(spec, torch.device("cpu"))
     experiment = bench.base_bench.bench_experiment(spec, "official", "i2pmae", 1, 8, shared_parts["teacher_config"],
@@ -56,6 +69,31 @@ def test_untrained_arm_is_the_official_runs_starting_network(shared, tmp_path, m
     assert captured.keys() == untrained.keys() and len(captured) > 10
     for name, value in untrained.items():
         assert torch.equal(captured[name], value), name
+
+
+def test_dinov2_arm_starts_from_the_untrained_encoder(shared):
+    """With DINOv2 only the 2D target head differs in shape (384 channels); every other weight is the
+    `random` arm's, so the untrained network is the DINOv2 run's starting point for the frozen features."""
+    from pointlift.engine.seed import seed_everything
+    from pointlift.methods.i2p_mae.model import I2PMAE
+
+    shared("data/modelnet10_vox32.npz")
+    shared(bench.TEACHERS["dinov2"][1])
+    spec = bench.base_bench.PRESETS["smoke"]
+    built = {}
+    for key, recipe in ((None, "official"), ("dinov2", "pointlift")):
+        parts = bench._shapes_and_teacher(spec, torch.device("cpu"), key)
+        experiment = bench.base_bench.bench_experiment(spec, recipe, "i2pmae", 3, 8, parts["teacher_config"],
+                                                       parts["image_size"], torch.device("cpu"))
+        seed_everything(3)
+        built[key] = {name: value for name, value in I2PMAE(experiment.method, parts["teacher"]).state_dict().items()
+                      if not name.startswith("teacher.")}
+    assert parts["image_size"] == 98 and parts["teacher"].is_vit
+    differing = [name for name in built[None] if built[None][name].shape != built["dinov2"][name].shape]
+    assert differing == ["rec_head_2d.weight", "rec_head_2d.bias"]
+    for name, value in built[None].items():
+        if name not in differing:
+            assert torch.equal(built["dinov2"][name], value), name
 
 
 def test_probing_leaves_the_run_unchanged(shared, tmp_path):
@@ -95,7 +133,8 @@ def test_gains_pair_each_seed_with_its_own_untrained_network_and_the_bench_resum
     def fake_run(job):
         seen.append(job["name"])
         seed, arm = job["seed"], job["arm"]
-        level = {"random": 0.5, "official_3d_only": 0.4, "official_i2pmae": 0.6}[arm] + 0.01 * seed
+        level = {"random": 0.5, "official_3d_only": 0.4, "official_i2pmae": 0.6, "pointlift_i2pmae": 0.55,
+                 "pointlift_i2pmae_dinov2": 0.45}[arm] + 0.01 * seed
         steps = ["0"] if arm == "random" else [str(b) for b in job["settings"].budgets]
         return job, {step: {**{name: level + 0.001 * int(step) for name in bench.PROBES}, "train_seconds": 1.0}
                      for step in steps}
@@ -120,3 +159,21 @@ def test_gains_pair_each_seed_with_its_own_untrained_network_and_the_bench_resum
         "gain_svm_acc_official_i2pmae_vs_random_8"]
     with pytest.raises(PointliftDataError, match="other settings"):
         bench.run(dataclasses.replace(spec, seeds=(0, 1)), tmp_path)
+
+
+def test_recipe_arms_are_compared_with_each_other_and_timed_side_by_side(tmp_path, monkeypatch):
+    """cpu-recipes' arms: each vs untrained, DINOv2 vs the CNN teacher; the step timing lands in the metrics."""
+    def fake_run(job):
+        level = {"random": 0.5, "pointlift_i2pmae": 0.55, "pointlift_i2pmae_dinov2": 0.45}[job["arm"]]
+        steps = ["0"] if job["arm"] == "random" else [str(b) for b in job["settings"].budgets]
+        return job, {step: {**{name: level + 0.01 * job["seed"] for name in bench.PROBES}, "train_seconds": 2.0}
+                     for step in steps}
+
+    monkeypatch.setattr(bench, "_run", fake_run)
+    monkeypatch.setattr(bench, "step_seconds", lambda spec: {"step_teacher_each_step_s": 1.0, "step_cached_s": 0.5})
+    spec = dataclasses.replace(bench.PRESETS["smoke"], seeds=(0, 1, 2), arms=bench.PRESETS["cpu-recipes"].arms)
+    result = bench.run(spec, tmp_path)
+    assert result.metrics["gain_svm_acc_pointlift_i2pmae_dinov2_vs_pointlift_i2pmae_8"] == pytest.approx(-0.1)
+    assert result.metrics["gain_fewshot_10w1s_pointlift_i2pmae_vs_random_4"] == pytest.approx(0.05)
+    assert result.metrics["step_cached_s"] == 0.5 and result.metrics["train_seconds_pointlift_i2pmae_8"] == 2.0
+    assert "official_i2pmae" not in json.dumps(result.config["teachers"])
