@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.sparse import conv as conv_module
+from pointlift.sparse import kernel_map as kernel_map_module
 from pointlift.sparse import (
     SparseBatchNorm,
     SparseConv3d,
@@ -83,12 +84,16 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("chunk", ["one", "several"])
 @pytest.mark.parametrize("path", ["csr", "index_add"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_conv_matches_dense(case, device, path, monkeypatch):
-    """Both ways of summing pair products onto sites: CSR segment sums and index_add_."""
+def test_conv_matches_dense(case, device, path, chunk, monkeypatch):
+    """Both ways of summing pair products onto sites (CSR segment sums and index_add_), with all pairs in one
+    chunk and split into chunks of about two offsets (a 3x3x3 offset here has about 100 pairs)."""
     monkeypatch.setattr(conv_module, "SCATTER", path)
+    if chunk == "several":
+        monkeypatch.setattr(kernel_map_module, "PAIR_CHUNK", 250)
     name, cls, cin, cout, kwargs = case
     torch.manual_seed(1)
     k = kwargs["kernel_size"]
@@ -344,11 +349,35 @@ def test_transposed_map_shares_pairs_and_segment_matrices():
     x = SparseTensor(feats, coords)
     stride = x.manager.downsample(1, 2)
     kmap = x.manager.kernel_map(1, stride, 2, 1)
-    forward_out = kmap.scatter_matrix("out", torch.float32)
+    [forward_out] = kmap.scatter_matrices("out", torch.float32)  # one chunk: fewer than PAIR_CHUNK pairs
     back = kmap.transposed()
     assert back.transposed() is kmap
-    assert back.scatter_matrix("in", torch.float32) is forward_out
+    assert back.scatter_matrices("in", torch.float32)[0] is forward_out
     assert torch.equal(back.pairs().in_cat, kmap.pairs().out_cat)
     values = torch.randn(kmap.pairs().count, 3)
     expected = torch.zeros(kmap.num_out, 3).index_add_(0, kmap.pairs().out_cat, values)
     assert torch.allclose(forward_out @ values, expected, atol=1e-6)
+
+
+def test_pair_chunks_are_runs_of_whole_offsets_within_the_cap(monkeypatch):
+    """Chunks cover every pair once, in order, each offset whole; at most PAIR_CHUNK pairs unless one offset
+    alone has more; each chunk's segment matrix sums exactly its own pairs."""
+    coords, _ = random_sparse(channels=1, grid=10, density=0.4, seed=2)
+    x = SparseTensor(torch.zeros(len(coords), 1), coords)
+    kmap = x.manager.kernel_map(1, 1, 3, 1)
+    pairs = kmap.pairs()
+    sizes = [b - a for a, b in pairs.bounds]
+    cap = sorted(sizes)[len(sizes) // 2] + 1  # about two offsets per chunk; the largest offsets alone
+    monkeypatch.setattr(kernel_map_module, "PAIR_CHUNK", cap)
+    chunks = pairs.chunks()
+    assert chunks[0][0] == 0 and chunks[-1][1] == len(pairs.ids) and len(chunks) > 2
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+    for first, end in chunks:
+        start, stop = pairs.rows((first, end))
+        assert stop - start <= cap or end - first == 1
+    matrices = kmap.scatter_matrices("out", torch.float64)
+    assert len(matrices) == len(chunks)
+    values = torch.randn(pairs.count, 2, dtype=torch.float64)
+    summed = sum(matrix @ values[slice(*pairs.rows(chunk))] for matrix, chunk in zip(matrices, chunks))
+    expected = torch.zeros(kmap.num_out, 2, dtype=torch.float64).index_add_(0, pairs.out_cat, values)
+    assert torch.allclose(summed, expected)

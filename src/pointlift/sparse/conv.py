@@ -110,15 +110,18 @@ def _matmul_into(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
         out.copy_(_grouped_matmul(x, w))
 
 
-def _scatter_sum(base: torch.Tensor | None, kmap: KernelMap, side: str, values: torch.Tensor, rows: int) -> torch.Tensor:
-    """base + (sum of `values` rows onto their `side` sites); base may be None (zeros)."""
-    pairs = kmap.pairs()
+def _scatter_sum(base: torch.Tensor | None, kmap: KernelMap, side: str, chunk: int, values: torch.Tensor,
+                 rows: int) -> torch.Tensor:
+    """base + (sum of `values`, the rows of pair chunk number `chunk`, onto their `side` sites); base may be
+    None (zeros)."""
     if _use_csr(values.device):
-        matrix = kmap.scatter_matrix(side, values.dtype)
+        matrix = kmap.scatter_matrices(side, values.dtype)[chunk]
         if base is None:
             return matrix @ values
         return base.addmm_(matrix, values)
-    index = pairs.out_cat if side == "out" else pairs.in_cat
+    pairs = kmap.pairs()
+    a, b = pairs.rows(pairs.chunks()[chunk])
+    index = (pairs.out_cat if side == "out" else pairs.in_cat)[a:b]
     if base is None:
         base = values.new_zeros(rows, values.shape[1])
     return base.index_add_(0, index, values)
@@ -151,10 +154,12 @@ def _offset_major(weight: torch.Tensor, groups: int) -> torch.Tensor:
 class _SparseConvFunction(torch.autograd.Function):
     """out[out_index[k]] += features[in_index[k]] @ W[k] for every kernel offset k.
 
-    Per layer: one gather of all pairs' input rows, one matmul per offset into one product
-    buffer, one segment sum onto the output sites. Backward reuses the forward's map (and its
-    cached CSR matrices) and recomputes the gather instead of saving it (memory). The weight
-    enters and its gradient leaves in Conv3d layout; inside, it is offset-major (K, G, Co, Ci).
+    Per chunk of pairs (whole offsets, at most PAIR_CHUNK pairs: the scratch buffers stay small, and
+    the gathered rows are still in cache when multiplied): one gather of the chunk's input rows, one
+    matmul per offset into one product buffer, one segment sum onto the output sites. Backward reuses
+    the forward's map (and its cached CSR matrices) and recomputes the gathers instead of saving them
+    (memory). The weight enters and its gradient leaves in Conv3d layout; inside, it is offset-major
+    (K, G, Co, Ci).
     """
 
     @staticmethod
@@ -173,12 +178,13 @@ class _SparseConvFunction(torch.autograd.Function):
             if kmap.identity is not None:
                 out = _grouped_matmul(features, w_t[kmap.identity])
             pairs = kmap.pairs()
-            if pairs.count:
-                gathered = _gather(features, pairs.in_cat, 0)
-                products = _WORKSPACE.get(1, pairs.count, groups * cout, features)
-                for k, (a, b) in zip(pairs.ids, pairs.bounds):
-                    _matmul_into(gathered[a:b], w_t[k], products[a:b])
-                out = _scatter_sum(out, kmap, "out", products, kmap.num_out)
+            for c, (first, end) in enumerate(pairs.chunks()):
+                start, stop = pairs.rows((first, end))
+                gathered = _gather(features, pairs.in_cat[start:stop], 0)
+                products = _WORKSPACE.get(1, stop - start, groups * cout, features)
+                for k, (a, b) in zip(pairs.ids[first:end], pairs.bounds[first:end]):
+                    _matmul_into(gathered[a - start:b - start], w_t[k], products[a - start:b - start])
+                out = _scatter_sum(out, kmap, "out", c, products, kmap.num_out)
             if out is None:
                 out = features.new_zeros(kmap.num_out, groups * cout)
         return out
@@ -200,20 +206,22 @@ class _SparseConvFunction(torch.autograd.Function):
                 if need_weight:
                     grad_w[k] = _grouped_weight_grad(features, grad_out, groups).transpose(1, 2)
             pairs = kmap.pairs()
-            if pairs.count:
-                g = _gather(grad_out, pairs.out_cat, 1)
+            for c, (first, end) in enumerate(pairs.chunks()):
+                start, stop = pairs.rows((first, end))
+                offsets = list(zip(pairs.ids[first:end], [(a - start, b - start) for a, b in pairs.bounds[first:end]]))
+                g = _gather(grad_out, pairs.out_cat[start:stop], 1)
                 if need_weight:
-                    x = _gather(features, pairs.in_cat, 0)
-                    for k, (a, b) in zip(pairs.ids, pairs.bounds):
+                    x = _gather(features, pairs.in_cat[start:stop], 0)
+                    for k, (a, b) in offsets:
                         if groups == 1:
                             torch.mm(g[a:b].t(), x[a:b], out=grad_w[k, 0])
                         else:
                             grad_w[k] = _grouped_weight_grad(x[a:b], g[a:b], groups).transpose(1, 2)
                 if need_features:
-                    products = _WORKSPACE.get(0, pairs.count, groups * cin, features)  # x is done with
-                    for k, (a, b) in zip(pairs.ids, pairs.bounds):
+                    products = _WORKSPACE.get(0, stop - start, groups * cin, features)  # x is done with
+                    for k, (a, b) in offsets:
                         _matmul_into(g[a:b], w[k], products[a:b])
-                    grad_features = _scatter_sum(grad_features, kmap, "in", products, kmap.num_in)
+                    grad_features = _scatter_sum(grad_features, kmap, "in", c, products, kmap.num_in)
             if need_features and grad_features is None:
                 grad_features = torch.zeros_like(features)
             grad_weight = None

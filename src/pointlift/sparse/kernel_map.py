@@ -178,11 +178,16 @@ def kernel_offsets(kernel_size: int, dilation: int, device: torch.device) -> tor
     return torch.stack([gx.reshape(-1), gy.reshape(-1), gz.reshape(-1)], dim=1)
 
 
+PAIR_CHUNK = 1 << 16  # pairs per gather / matmul / segment-sum round of a convolution (bounds its scratch memory)
+
+
 @dataclass(frozen=True)
 class Pairs:
-    """All non-identity pairs of a map, concatenated offset by offset (one gather, one scatter per layer).
+    """All non-identity pairs of a map, concatenated offset by offset.
 
-    Offset `ids[j]` owns rows `bounds[j][0]:bounds[j][1]` of `in_cat` / `out_cat`.
+    Offset `ids[j]` owns rows `bounds[j][0]:bounds[j][1]` of `in_cat` / `out_cat`. A convolution handles them
+    in `chunks()`: runs of whole offsets of at most PAIR_CHUNK pairs (an offset with more is a chunk alone),
+    one gather, one matmul per offset and one segment sum per chunk.
     """
 
     ids: list[int]
@@ -193,6 +198,19 @@ class Pairs:
     @property
     def count(self) -> int:
         return int(self.in_cat.numel())
+
+    def chunks(self) -> list[tuple[int, int]]:
+        """(first, end) positions in `ids` of each chunk's offsets, in order; their rows are
+        bounds[first][0]:bounds[end - 1][1]."""
+        chunks, first = [], 0
+        for j in range(1, len(self.ids) + 1):
+            if j == len(self.ids) or self.bounds[j][1] - self.bounds[first][0] > PAIR_CHUNK:
+                chunks.append((first, j))
+                first = j
+        return chunks
+
+    def rows(self, chunk: tuple[int, int]) -> tuple[int, int]:
+        return self.bounds[chunk[0]][0], self.bounds[chunk[1] - 1][1]
 
 
 @dataclass(eq=False)
@@ -247,8 +265,9 @@ class KernelMap:
             self._pairs = Pairs(ids, bounds, in_cat, out_cat)
         return self._pairs
 
-    def scatter_matrix(self, side: str, dtype: torch.dtype) -> torch.Tensor:
-        """CSR 0/1 matrix S (sites x pairs) with S[r, p] = 1 where pair p lands on site r of `side`.
+    def scatter_matrices(self, side: str, dtype: torch.dtype) -> list[torch.Tensor]:
+        """Per chunk of `pairs().chunks()`, the CSR 0/1 matrix S (sites x the chunk's pairs) with S[r, p] = 1
+        where pair p lands on site r of `side`.
 
         `S @ values` sums each site's pair values in one sorted pass (a segment sum): much faster on
         CPU than `index_add_`, which scatters element by element. side: "out" (forward) or "in"
@@ -260,7 +279,8 @@ class KernelMap:
         key = (stored_side, dtype, index.device)
         if key not in self._scatter:
             with record_function("sparse.kernel_map"):
-                self._scatter[key] = _segment_matrix(index, rows, dtype)
+                self._scatter[key] = [_segment_matrix(index[a:b], rows, dtype)
+                                      for a, b in map(p.rows, p.chunks())]
         return self._scatter[key]
 
 
