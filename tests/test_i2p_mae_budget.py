@@ -177,3 +177,37 @@ def test_recipe_arms_are_compared_with_each_other_and_timed_side_by_side(tmp_pat
     assert result.metrics["gain_fewshot_10w1s_pointlift_i2pmae_vs_random_4"] == pytest.approx(0.05)
     assert result.metrics["step_cached_s"] == 0.5 and result.metrics["train_seconds_pointlift_i2pmae_8"] == 2.0
     assert "official_i2pmae" not in json.dumps(result.config["teachers"])
+
+
+def test_equal_time_pairs_each_cached_budget_with_the_official_budget_nearest_in_cost(tmp_path, monkeypatch):
+    """bench/i2p_mae_equal_time.py: a cached step at half an official step's price, no cache cost -> 600 cached
+    steps cost what 300 official steps do; differences are paired by seed."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    try:
+        import i2p_mae_equal_time as equal_time
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setattr(equal_time, "cache_seconds", lambda spec, key: 0.0)
+    seeds = [0, 1, 2]
+
+    def result(arms: dict, budgets: list[int], metrics: dict) -> dict:
+        per_seed = {f"{arm}_seed{seed}": {str(b): {name: level + 0.01 * seed + 0.0001 * b for name in bench.PROBES}
+                                          for b in budgets} for arm, level in arms.items() for seed in seeds}
+        return {"metrics": metrics, "config": {"seeds": seeds, "base": "cpu", "budgets": budgets, "per_seed": per_seed}}
+
+    official = tmp_path / "official.json"
+    recipes = tmp_path / "recipes.json"
+    official.write_text(json.dumps(result({"official_i2pmae": 0.7}, [300, 900], {})))
+    recipes.write_text(json.dumps(result({"pointlift_i2pmae": 0.6, "pointlift_i2pmae_dinov2": 0.5}, [600, 1800],
+                                         {"step_teacher_each_step_s": 1.0, "step_cached_s": 0.5})))
+    out = tmp_path / "equal.json"
+    assert equal_time.main(["--official", str(official), "--recipes", str(recipes), "--out", str(out)]) == 0
+    rows = {(row["arm"], row["steps"]): row for row in json.loads(out.read_text())["rows"]}
+    row = rows[("pointlift_i2pmae", 600)]
+    assert row["paired_with_official_steps"] == 300 and row["official_steps_same_seconds"] == 300
+    # 0.6 + 0.06 - (0.7 + 0.03) on every seed
+    assert row["svm_acc"]["mean"] == pytest.approx(-0.07) and row["svm_acc"]["low"] == pytest.approx(-0.07)
+    assert rows[("pointlift_i2pmae_dinov2", 1800)]["paired_with_official_steps"] == 900
