@@ -14,11 +14,12 @@ Arms, for every seed (a preset names its own): `official_i2pmae` (the released r
 once per shape), `pointlift_i2pmae_dinov2` (the same with the DINOv2 ViT-S/14 of the shared folder at 98 px) and
 `random`: the official run's network *before* its first step (same seed, same build), so every arm starts from
 the same weights (tested). Training seconds to each budget are recorded per run, and `step_seconds` times one
-official and one cached step side by side in one process, so recipes can be compared at equal wall time. Probes, all on the same shapes for every arm
-(network, data and teacher of `bench i2p-mae`'s base preset): pointlift's SVM (scaler + LinearSVC, C by
-5-fold CV on the training features), the paper's SVM (SVC linear, C = 0.01), and 10-way K-shot episodes
-(the same episodes for every arm of a seed). Budgets are fixed by the preset, nothing is chosen on the test
-split. Gains are paired differences over seeds with 95 % intervals (`pointlift.bench.stats`).
+official and one cached step side by side in one process, so recipes can be compared at equal wall time
+(bench/i2p_mae_equal_time.py). Probes, all on the same shapes for every arm (network, data and teacher of
+`bench i2p-mae`'s base preset): pointlift's SVM (scaler + LinearSVC, C by 5-fold CV on the training features),
+the paper's SVM (SVC linear, C = 0.01), and 10-way K-shot episodes (the same episodes for every arm of a seed).
+Budgets are fixed by the preset, nothing is chosen on the test split. Gains are paired differences over seeds
+with 95 % intervals (`pointlift.bench.stats`).
 """
 
 from __future__ import annotations
