@@ -154,8 +154,8 @@ def _offset_major(weight: torch.Tensor, groups: int) -> torch.Tensor:
 class _SparseConvFunction(torch.autograd.Function):
     """out[out_index[k]] += features[in_index[k]] @ W[k] for every kernel offset k.
 
-    Per chunk of pairs (whole offsets, at most PAIR_CHUNK pairs: the scratch buffers stay small, and
-    the gathered rows are still in cache when multiplied): one gather of the chunk's input rows, one
+    Per chunk of pairs (whole offsets, at most PAIR_CHUNK pairs, so that the scratch buffers stay
+    small; measured no slower than one chunk): one gather of the chunk's input rows, one
     matmul per offset into one product buffer, one segment sum onto the output sites. Backward reuses
     the forward's map (and its cached CSR matrices) and recomputes the gathers instead of saving them
     (memory). The weight enters and its gradient leaves in Conv3d layout; inside, it is offset-major
@@ -208,7 +208,8 @@ class _SparseConvFunction(torch.autograd.Function):
             pairs = kmap.pairs()
             for c, (first, end) in enumerate(pairs.chunks()):
                 start, stop = pairs.rows((first, end))
-                offsets = list(zip(pairs.ids[first:end], [(a - start, b - start) for a, b in pairs.bounds[first:end]]))
+                local = [(a - start, b - start) for a, b in pairs.bounds[first:end]]
+                offsets = list(zip(pairs.ids[first:end], local))
                 g = _gather(grad_out, pairs.out_cat[start:stop], 1)
                 if need_weight:
                     x = _gather(features, pairs.in_cat[start:stop], 0)
