@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             svm = row["svm_acc"]
             print(f"{arm} {budget} steps ({cost:.0f} s = {equivalent:.0f} official steps) vs official {nearest} "
-                  f"({nearest * step_official:.0f} s): SVM {100 * svm['mean']:+.1f} [{100 * svm['low']:+.1f}, "
+                  f"({row['official_seconds']:.0f} s): SVM {100 * svm['mean']:+.1f} [{100 * svm['low']:+.1f}, "
                   f"{100 * svm['high']:+.1f}]", flush=True)
     record = {"what": __doc__.split("\n\n")[0], "step_official_s": step_official, "step_cached_s": step_cached,
               "cache_seconds": caches, "seeds": seeds, "rows": rows,

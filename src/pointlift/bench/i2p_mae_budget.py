@@ -84,8 +84,9 @@ PRESETS = BudgetPreset.table({
     # shapes, batch 32 = 30 steps per epoch), probed after 300 / 900 / 2,100 steps (10 / 30 / 70 epochs;
     # `bench i2p-mae --preset cpu` measures 600 steps), 3 seeds
     "cpu-long": dict(base="cpu", budgets=(300, 900, 2100), seeds=(0, 1, 2), fewshot_folds=10, workers=2),
-    # ~70 min on 2 CPU cores: pointlift's cached recipe at cpu-long's budgets, with the bundled CNN teacher and
-    # with DINOv2 ViT-S/14 (the official recipe with DINOv2 runs the ViT on every step: ~7 s per CPU step)
+    # <= 2 h on 2 CPU cores (1 h 53 min measured, cores shared for its first hour): pointlift's cached recipe at
+    # cpu-long's budgets, with the bundled CNN teacher and with DINOv2 ViT-S/14 (the official recipe with DINOv2
+    # runs the ViT on every step: ~7 s per CPU step)
     "cpu-recipes": dict(base="cpu", budgets=(300, 900, 2100), seeds=(0, 1, 2), fewshot_folds=10, workers=2,
                         arms=("pointlift_i2pmae", "pointlift_i2pmae_dinov2", "random")),
 })
