@@ -1,14 +1,15 @@
-"""Kernel-map lookups on LiDAR sweeps: one binary search per kernel offset vs one per (dx, dy) column.
+"""Kernel-map lookups on LiDAR sweeps: one binary search per kernel offset, one per (dx, dy) column, the column grid.
 
     OMP_NUM_THREADS=1 bash scripts/with-env.sh python bench/kernel_maps.py --out bench/results/kernel-maps-cpu.json
 
 The sites are what PPKT's LiDAR pretraining feeds its sparse U-Net (bench segmentation cpu-long): two
 SemanticKITTI sweeps as one batch, voxelised at 0.3 m, then the coarser strides of the U-Net. LiDAR boxes are
 too sparse for the dense site grid (`CoordinateHash._dense_grid` refuses them), so every stride-1 map of these
-scenes takes the binary-search path. For the submanifold maps the network builds (half the offsets: the other
-half are read backwards), it times `CoordinateHash.lookup` (one search per offset) and `lookup_columns` (one
-per column), alternating within every repeat, CPU time of this process, the minimum over repeats; and checks
-that both return the same sites.
+scenes took the binary-search path until the column grid (`CoordinateHash._columns_and_z_rows`). For the
+submanifold maps the network builds (half the offsets: the other half are read backwards), it times
+`CoordinateHash.lookup` (one search per offset), `lookup_columns` (one per column) and the column grid (its
+build timed apart), alternating within every repeat, CPU time of this process, the minimum over repeats; and
+checks that all return the same sites.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import torch
 
 from pointlift.bench import shared_path
 from pointlift.commands.bench import _cpu_model
-from pointlift.sparse.kernel_map import CoordinateHash, downsample_coords, kernel_offsets, offset_key_deltas
+from pointlift.sparse.kernel_map import (CoordinateHash, decode_keys, downsample_coords, kernel_offsets,
+                                        offset_key_deltas)
 
 
 def lidar_sites(sequence: str, frames: int, voxel_size: float) -> torch.Tensor:
@@ -55,24 +57,35 @@ def main() -> None:
     for stride in (1, 2, 4, 8):
         hashed = CoordinateHash(coords)
         grid = hashed._dense_grid() is not None
+        build_ms = 1000 * _cpu_seconds(hashed._columns_and_z_rows)
+        column_grid = hashed._column_grid
         for kernel_size in ((5, 3) if stride == 1 else (3,)):  # the U-Net's stem is 5x5x5 at stride 1
             offsets = kernel_offsets(kernel_size, 1, coords.device)[: kernel_size ** 3 // 2]
             base = hashed.sorted_keys
             one_per_offset = lambda: hashed.lookup(base.unsqueeze(0) + offset_key_deltas(offsets).unsqueeze(1))  # noqa: E731
             per_column = lambda: hashed.lookup_columns(base, offsets)  # noqa: E731
-            assert torch.equal(one_per_offset(), per_column()), (stride, kernel_size)
-            times = {"one_search_per_offset": [], "one_search_per_column": []}
+            arms = {"one_search_per_offset": one_per_offset, "one_search_per_column": per_column}
+            if column_grid is not None:
+                arms["column_grid"] = lambda: hashed._lookup_column_grid(  # noqa: E731
+                    decode_keys(base), offsets, *column_grid[:4])
+            expected = one_per_offset()
+            for name, arm in arms.items():
+                assert torch.equal(arm(), expected), (stride, kernel_size, name)
+            times = {name: [] for name in arms}
             for _ in range(args.repeats):
-                times["one_search_per_offset"].append(_cpu_seconds(one_per_offset))
-                times["one_search_per_column"].append(_cpu_seconds(per_column))
+                for name, arm in arms.items():
+                    times[name].append(_cpu_seconds(arm))
             best = {name: min(values) * 1000 for name, values in times.items()}
             rows.append({"stride": stride, "sites": len(coords), "kernel_size": kernel_size,
                          "offsets_searched": len(offsets), "dense_grid_allowed": grid,
+                         "column_grid_build_ms": build_ms if column_grid is not None else None,
+                         "column_grid_cells_per_site": (sum(t.numel() for t in column_grid[:2]) / len(coords)
+                                                        if column_grid is not None else None),
                          **{f"{name}_ms": value for name, value in best.items()},
                          "speedup": best["one_search_per_offset"] / best["one_search_per_column"]})
-            print(f"stride {stride}, {len(coords)} sites, {kernel_size}^3 (half: {len(offsets)} offsets): "
-                  f"{best['one_search_per_offset']:.1f} -> {best['one_search_per_column']:.1f} ms "
-                  f"({rows[-1]['speedup']:.2f}x){' (dense grid allowed)' if grid else ''}", flush=True)
+            text = "  ".join(f"{name} {value:.1f} ms" for name, value in best.items())
+            print(f"stride {stride}, {len(coords)} sites, {kernel_size}^3 (half: {len(offsets)} offsets): {text}"
+                  f"{' (dense grid allowed)' if grid else ''}", flush=True)
         coords = downsample_coords(coords, 2)
     record = {"what": __doc__.split("\n\n")[0], "sequence": args.sequence, "voxel_size": args.voxel_size,
               "repeats": args.repeats, "torch_threads": torch.get_num_threads(), "cpu": _cpu_model(),

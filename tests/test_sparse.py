@@ -181,28 +181,55 @@ def test_kernel_map_against_bruteforce():
 
 
 @pytest.mark.parametrize("kernel_size,stride,dilation", [(3, 1, 1), (5, 1, 2), (5, 1, 3), (2, 2, 1), (3, 2, 2), (3, 4, 1)])
-def test_dense_grid_and_binary_search_lookups_agree(kernel_size, stride, dilation, monkeypatch):
-    """The kernel-map query reads a dense grid when the box is small, else binary-searches sorted keys;
-    both must give the same pairs (dilation 3 with k5 reaches past the grid margin: the fallback)."""
+def test_grid_and_binary_search_lookups_agree(kernel_size, stride, dilation, monkeypatch):
+    """The kernel-map query reads a dense grid or a column grid when one fits, else binary-searches sorted
+    keys (once per offset, or once per (dx, dy) column); all must give the same pairs (dilation 3 with k5
+    reaches past the grids' margin: the fallback)."""
     from pointlift.sparse.kernel_map import CoordinateHash
 
     coords, feats = random_sparse(channels=1, grid=9, seed=5)
     coords[:, 1:] -= 4  # negative coordinates too
 
-    def pairs(grid: bool, columns: bool = False):
-        monkeypatch.setattr(CoordinateHash, "GRID_MAX_CELLS", (1 << 25) if grid else 0)
+    def pairs(grids: tuple, columns: bool = False):
+        monkeypatch.setattr(CoordinateHash, "GRIDS", grids)
         monkeypatch.setattr(CoordinateHash, "COLUMN_MIN_SITES", 0 if columns else 1 << 62)
         x = SparseTensor(feats, coords)
         out_stride = x.manager.downsample(1, stride) if stride > 1 else 1
         kmap = x.manager.kernel_map(1, out_stride, kernel_size, dilation)
-        used = x.manager.hash_at(1)._grid is not None
+        hashed = x.manager.hash_at(1)
+        used = (hashed._grid is not None, hashed._column_grid is not None)
         return [set(zip(i.tolist(), o.tolist())) for i, o in zip(kmap.in_index, kmap.out_index)], used
 
-    with_grid, used = pairs(True)
-    searched, not_used = pairs(False)
-    by_column, _ = pairs(False, columns=True)  # dense kernels: one search per (dx, dy) column
-    assert used and not not_used
-    assert with_grid == searched == by_column and sum(map(len, searched)) > 0
+    dense, used_dense = pairs(("dense", "column"))
+    by_columns, used_columns = pairs(("column",))
+    searched, used_none = pairs(())
+    column_searched, _ = pairs((), columns=True)  # dense kernels: one search per (dx, dy) column
+    assert used_dense == (True, False) and used_columns == (False, True) and used_none == (False, False)
+    assert dense == by_columns == searched == column_searched and sum(map(len, searched)) > 0
+
+
+def test_column_grid_on_a_wide_sparse_scene():
+    """A LiDAR-like scene (sites scattered over a box too large for the dense grid, several per column,
+    two batches, gaps in z) takes the column grid by default, and its pairs are one search per offset's."""
+    from pointlift.sparse.kernel_map import CoordinateHash, kernel_offsets, offset_key_deltas
+
+    generator = torch.Generator().manual_seed(3)
+    ground = torch.randint(-150, 150, (1500, 2), generator=generator)
+    height = torch.randint(-3, 4, (1500, 1), generator=generator)
+    poles = torch.cat([ground[:200].repeat_interleave(4, 0), torch.arange(4).repeat(200).view(-1, 1) * 2], 1)
+    batch = torch.randint(0, 2, (2300, 1), generator=generator)
+    coords = torch.unique(torch.cat([batch, torch.cat([torch.cat([ground, height], 1), poles])], 1), dim=0)
+    coords = coords[torch.randperm(len(coords), generator=generator)]
+    hashed = CoordinateHash(coords)
+    for kernel_size, base in ((5, hashed.sorted_keys), (3, hashed.sorted_keys[::2]), (2, hashed.sorted_keys[1::3])):
+        offsets = kernel_offsets(kernel_size, 1, coords.device)
+        expected = hashed.lookup(base.unsqueeze(0) + offset_key_deltas(offsets).unsqueeze(1))
+        assert torch.equal(hashed.lookup_around(base, offsets), expected)
+        assert (expected >= 0).sum() > len(base)
+    assert hashed._grid is None and hashed._column_grid is not None
+    outside = hashed.sorted_keys + (10_000 << 36)  # queries beyond the box: the search answers, all absent
+    assert torch.equal(hashed.lookup_around(outside, kernel_offsets(3, 1, coords.device)),
+                       torch.full((27, len(outside)), -1))
 
 
 @pytest.mark.parametrize("kernel_size", [3, 5])

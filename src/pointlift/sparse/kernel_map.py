@@ -64,22 +64,28 @@ def check_coords(coords: torch.Tensor, what: str = "sparse coordinates") -> None
 class CoordinateHash:
     """Sorted keys of a coordinate set, for `lookup` of many query coordinates at once.
 
-    `lookup_around` (the kernel-map query) reads a dense grid of row indices instead when the sites'
-    bounding box is small enough (GRID_CELLS_PER_SITE cells per site at most): one gather per query
-    instead of a binary search (about 10x faster on a 20k-site scene). Both give the same answer.
+    `lookup_around` (the kernel-map query) reads a table of row indices instead, when one fits in
+    GRID_CELLS_PER_SITE cells per site: one gather per query instead of a binary search. Indoor scans fit
+    a dense grid over the sites' bounding box (about 10x faster than the search on a 20k-site scene).
+    LiDAR sweeps (100 m wide, few sites per cell) do not; they fit a column grid: a dense 2D table over
+    (b, x, y) naming each occupied column, and per occupied column a dense row over z (about 3x faster than
+    one search per column, `bench/kernel_maps.py`). All give the same answer (tested).
     """
 
     GRID_MARGIN = 4  # cells around the bounding box: queries up to this far outside it stay in the grid
     GRID_CELLS_PER_SITE = 256
     GRID_MAX_CELLS = 1 << 25  # 128 MiB of int32
+    GRIDS = ("dense", "column")  # the tables lookup_around may use, in order of preference
 
     def __init__(self, coords: torch.Tensor):
         keys = encode_keys(coords)
         self.sorted_keys, self.order = torch.sort(keys)
         self.size = keys.numel()
         self._coords = coords
-        self._grid: tuple | None = None  # (table, low corner, extents), built on first use
+        self._grid: tuple | None = None  # dense grid: (table, low corner, extents), built on first use
         self._grid_checked = False
+        self._column_grid: tuple | None = None  # column grid: (columns, z rows, low corner, extents, batches)
+        self._column_grid_checked = False
 
     def lookup(self, query_keys: torch.Tensor) -> torch.Tensor:
         """Row index of each query key in the original coords, or -1 when absent."""
@@ -89,15 +95,22 @@ class CoordinateHash:
         found = take(self.sorted_keys, pos) == query_keys
         return torch.where(found, take(self.order, pos), -1)
 
+    def _cells_allowed(self, cells: int) -> bool:
+        return cells <= min(self.GRID_MAX_CELLS, self.GRID_CELLS_PER_SITE * self.size + (1 << 16))
+
+    def _box(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Low corner and extents of the sites' bounding box with GRID_MARGIN cells around it, and the batch count."""
+        low = self._coords[:, 1:].min(0).values - self.GRID_MARGIN
+        extent = self._coords[:, 1:].max(0).values + self.GRID_MARGIN + 1 - low
+        return low, extent, int(self._coords[:, 0].max()) + 1
+
     def _dense_grid(self):
         if not self._grid_checked:
             self._grid_checked = True
-            if self.size:
-                low = self._coords[:, 1:].min(0).values - self.GRID_MARGIN
-                extent = self._coords[:, 1:].max(0).values + self.GRID_MARGIN + 1 - low
-                batches = int(self._coords[:, 0].max()) + 1
+            if self.size and "dense" in self.GRIDS:
+                low, extent, batches = self._box()
                 cells = batches * int(extent.prod())
-                if cells <= min(self.GRID_MAX_CELLS, self.GRID_CELLS_PER_SITE * self.size + (1 << 16)):
+                if self._cells_allowed(cells):
                     table = torch.full((cells,), -1, dtype=torch.int32, device=self._coords.device)
                     index = self._linear(self._coords, low, extent)
                     table[index] = torch.arange(self.size, dtype=torch.int32, device=table.device)
@@ -109,21 +122,75 @@ class CoordinateHash:
         local = coords[:, 1:] - low
         return ((coords[:, 0] * extent[0] + local[:, 0]) * extent[1] + local[:, 1]) * extent[2] + local[:, 2]
 
+    def _columns_and_z_rows(self):
+        """The column grid, or None when it would exceed the cell budget.
+
+        `columns[(b * X + x) * Y + y]` is 0 for an empty (b, x, y) column, else c >= 1; `z_rows[c * Z + z]` is
+        the site's row index or -1 (row 0 is all -1, so an empty column needs no test). Coordinates are local
+        to the box of `_box`. Sites of one column are consecutive in the sorted keys (z is the lowest field).
+        """
+        if not self._column_grid_checked:
+            self._column_grid_checked = True
+            if self.size and "column" in self.GRIDS:
+                low, extent, batches = self._box()
+                sites = decode_keys(self.sorted_keys)
+                column = (sites[:, 0] * extent[0] + sites[:, 1] - low[0]) * extent[1] + sites[:, 2] - low[1]
+                starts = torch.ones_like(column, dtype=torch.bool)
+                starts[1:] = column[1:] != column[:-1]
+                column_id = torch.cumsum(starts, 0)  # 1, 2, ... in sorted order
+                num_columns, depth = int(column_id[-1]), int(extent[2])
+                cells = batches * int(extent[0]) * int(extent[1]) + (num_columns + 1) * depth
+                if self._cells_allowed(cells):
+                    device = self._coords.device
+                    columns = torch.zeros(batches * int(extent[0]) * int(extent[1]), dtype=torch.int32, device=device)
+                    columns[column[starts]] = column_id[starts].int()
+                    z_rows = torch.full(((num_columns + 1) * depth,), -1, dtype=torch.int32, device=device)
+                    z_rows[column_id * depth + sites[:, 3] - low[2]] = self.order.int()
+                    self._column_grid = (columns, z_rows, low, extent, batches)
+        return self._column_grid
+
+    @staticmethod
+    def _reaches_inside(base: torch.Tensor, offsets: torch.Tensor, low: torch.Tensor, extent: torch.Tensor) -> bool:
+        """Whether every base + offset lies inside the box (base: decoded (M, 4) coordinates)."""
+        reach_low = base[:, 1:].min(0).values + offsets.min(0).values
+        reach_high = base[:, 1:].max(0).values + offsets.max(0).values
+        return bool((reach_low >= low).all()) and bool((reach_high < low + extent).all())
+
     def lookup_around(self, base_keys: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """(K, M) row indices of the sites at base + offsets[k] (base given as keys), -1 when absent."""
-        grid = self._dense_grid()
-        if grid is not None and base_keys.numel() and offsets.numel():
-            table, low, extent = grid
+        if base_keys.numel() and offsets.numel() and self.size:
             base = decode_keys(base_keys)
-            reach_low = base[:, 1:].min(0).values + offsets.min(0).values
-            reach_high = base[:, 1:].max(0).values + offsets.max(0).values
-            if bool((reach_low >= low).all()) and bool((reach_high < low + extent).all()):
-                deltas = (offsets[:, 0] * extent[1] + offsets[:, 1]) * extent[2] + offsets[:, 2]
-                query = self._linear(base, low, extent).unsqueeze(0) + deltas.unsqueeze(1)
-                return take(table, query).long()
+            grid = self._dense_grid()
+            if grid is not None:
+                table, low, extent = grid
+                if self._reaches_inside(base, offsets, low, extent):
+                    deltas = (offsets[:, 0] * extent[1] + offsets[:, 1]) * extent[2] + offsets[:, 2]
+                    query = self._linear(base, low, extent).unsqueeze(0) + deltas.unsqueeze(1)
+                    return take(table, query).long()
+            grid = self._columns_and_z_rows() if grid is None else None
+            if grid is not None:
+                columns, z_rows, low, extent, batches = grid
+                if self._reaches_inside(base, offsets, low, extent) and int(base[:, 0].max()) < batches:
+                    return self._lookup_column_grid(base, offsets, columns, z_rows, low, extent)
         if base_keys.numel() >= self.COLUMN_MIN_SITES and offsets.numel() and self.dense_in_z(offsets):
             return self.lookup_columns(base_keys, offsets)
         return self.lookup(base_keys.unsqueeze(0) + offset_key_deltas(offsets).unsqueeze(1))
+
+    @staticmethod
+    def _lookup_column_grid(base: torch.Tensor, offsets: torch.Tensor, columns: torch.Tensor, z_rows: torch.Tensor,
+                            low: torch.Tensor, extent: torch.Tensor) -> torch.Tensor:
+        """`lookup_around` through the column grid: per (dx, dy), one gather finds each base site's column,
+        then one gather per dz reads the site in it."""
+        width, depth = int(extent[1]), int(extent[2])
+        column = (base[:, 0] * extent[0] + base[:, 1] - low[0]) * extent[1] + base[:, 2] - low[1]
+        z = base[:, 3] - low[2]
+        out = torch.empty(offsets.shape[0], base.shape[0], dtype=torch.long, device=base.device)
+        pairs, column_of = torch.unique(offsets[:, :2], dim=0, return_inverse=True)
+        for c, (dx, dy) in enumerate(pairs.tolist()):
+            z_row = take(columns, column + (dx * width + dy)).long().mul_(depth).add_(z)
+            asked = (column_of == c).nonzero()[:, 0]
+            out[asked] = take(z_rows, z_row.unsqueeze(0) + offsets[asked, 2].unsqueeze(1)).long()
+        return out
 
     COLUMN_MIN_SITES = 8192  # below this, its per-column overhead outweighs the saved searches (bench/kernel_maps.py)
 
