@@ -78,10 +78,13 @@ def digest(run_dir: Path) -> dict[str, list]:
             for name, t in sorted(tensors.items())}
 
 
-def run_one(name: str, root: Path, shared: Path) -> dict:
+def run_one(name: str, root: Path, shared: Path, workers: int = 0) -> dict:
+    """Run `name` (with `workers` DataLoader worker processes) and digest its last checkpoint."""
     from pointlift.cli import main
 
     command, config = runs(root, shared)[name]
+    if workers:
+        config["train"]["num_workers"] = workers
     path = run_configs.write(config, root / f"{name}.yaml")
     code = main([*command, "--config", str(path), "--run-dir", str(root / name)])
     assert code == 0, f"{name}: exit {code}"
