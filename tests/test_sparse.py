@@ -397,14 +397,16 @@ def test_pair_chunks_are_runs_of_whole_offsets_within_the_cap(monkeypatch):
     cap = sorted(sizes)[len(sizes) // 2] + 1  # about two offsets per chunk; the largest offsets alone
     monkeypatch.setattr(kernel_map_module, "PAIR_CHUNK", cap)
     chunks = pairs.chunks()
-    assert chunks[0][0] == 0 and chunks[-1][1] == len(pairs.ids) and len(chunks) > 2
-    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
-    for first, end in chunks:
-        start, stop = pairs.rows((first, end))
-        assert stop - start <= cap or end - first == 1
+    assert [k for chunk in chunks for k in chunk.ids] == pairs.ids and len(chunks) > 2
+    assert [n for chunk in chunks for n in chunk.sizes] == sizes
+    assert chunks[0].start == 0 and chunks[-1].stop == pairs.count
+    assert all(a.stop == b.start for a, b in zip(chunks, chunks[1:]))
+    for chunk in chunks:
+        assert chunk.stop - chunk.start == sum(chunk.sizes)
+        assert chunk.stop - chunk.start <= cap or len(chunk.ids) == 1
     matrices = kmap.scatter_matrices("out", torch.float64)
     assert len(matrices) == len(chunks)
     values = torch.randn(pairs.count, 2, dtype=torch.float64)
-    summed = sum(matrix @ values[slice(*pairs.rows(chunk))] for matrix, chunk in zip(matrices, chunks))
+    summed = sum(matrix @ values[chunk.start:chunk.stop] for matrix, chunk in zip(matrices, chunks))
     expected = torch.zeros(kmap.num_out, 2, dtype=torch.float64).index_add_(0, pairs.out_cat, values)
     assert torch.allclose(summed, expected)

@@ -100,14 +100,16 @@ def _gather(x: torch.Tensor, index: torch.Tensor, slot: int) -> torch.Tensor:
     return torch.index_select(x, 0, index, out=buf)
 
 
-def _matmul_into(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> None:
-    """out = x @ w per group (w: (G, Ci, Co)), written into `out` without a temporary when G = 1."""
-    if w.shape[0] == 1:
-        torch.mm(x, w[0], out=out)
-    elif w.shape[1] == 1 and w.shape[2] == 1:  # depthwise
-        torch.mul(x, w[:, 0, 0], out=out)
-    else:
-        out.copy_(_grouped_matmul(x, w))
+def _per_offset_products(w: torch.Tensor):
+    """For w (K, G, Ci, Co): the K per-offset operands and a function (x, operand, out) writing x @ W_k per
+    group into `out` (without a temporary when G = 1). Chosen once per layer: the loop over offsets then makes
+    one call per offset (on small layers Python's per-call cost is a good part of the step)."""
+    groups, cin, cout = w.shape[1:]
+    if groups == 1:
+        return w[:, 0].unbind(0), lambda x, w_k, out: torch.mm(x, w_k, out=out)
+    if cin == 1 and cout == 1:  # depthwise: a per-channel scale
+        return w[:, :, 0, 0].unbind(0), lambda x, w_k, out: torch.mul(x, w_k, out=out)
+    return w.unbind(0), lambda x, w_k, out: out.copy_(_grouped_matmul(x, w_k))
 
 
 def _scatter_sum(base: torch.Tensor | None, kmap: KernelMap, side: str, chunk: int, values: torch.Tensor,
@@ -120,8 +122,8 @@ def _scatter_sum(base: torch.Tensor | None, kmap: KernelMap, side: str, chunk: i
             return matrix @ values
         return base.addmm_(matrix, values)
     pairs = kmap.pairs()
-    a, b = pairs.rows(pairs.chunks()[chunk])
-    index = (pairs.out_cat if side == "out" else pairs.in_cat)[a:b]
+    rows_of = pairs.chunks()[chunk]
+    index = (pairs.out_cat if side == "out" else pairs.in_cat)[rows_of.start:rows_of.stop]
     if base is None:
         base = values.new_zeros(rows, values.shape[1])
     return base.index_add_(0, index, values)
@@ -178,12 +180,12 @@ class _SparseConvFunction(torch.autograd.Function):
             if kmap.identity is not None:
                 out = _grouped_matmul(features, w_t[kmap.identity])
             pairs = kmap.pairs()
-            for c, (first, end) in enumerate(pairs.chunks()):
-                start, stop = pairs.rows((first, end))
-                gathered = _gather(features, pairs.in_cat[start:stop], 0)
-                products = _WORKSPACE.get(1, stop - start, groups * cout, features)
-                for k, (a, b) in zip(pairs.ids[first:end], pairs.bounds[first:end]):
-                    _matmul_into(gathered[a - start:b - start], w_t[k], products[a - start:b - start])
+            operands, multiply = _per_offset_products(w_t)
+            for c, chunk in enumerate(pairs.chunks()):
+                gathered = _gather(features, pairs.in_cat[chunk.start:chunk.stop], 0)
+                products = _WORKSPACE.get(1, chunk.stop - chunk.start, groups * cout, features)
+                for k, x_k, out_k in zip(chunk.ids, gathered.split(chunk.sizes), products.split(chunk.sizes)):
+                    multiply(x_k, operands[k], out_k)
                 out = _scatter_sum(out, kmap, "out", c, products, kmap.num_out)
             if out is None:
                 out = features.new_zeros(kmap.num_out, groups * cout)
@@ -206,22 +208,22 @@ class _SparseConvFunction(torch.autograd.Function):
                 if need_weight:
                     grad_w[k] = _grouped_weight_grad(features, grad_out, groups).transpose(1, 2)
             pairs = kmap.pairs()
-            for c, (first, end) in enumerate(pairs.chunks()):
-                start, stop = pairs.rows((first, end))
-                local = [(a - start, b - start) for a, b in pairs.bounds[first:end]]
-                offsets = list(zip(pairs.ids[first:end], local))
-                g = _gather(grad_out, pairs.out_cat[start:stop], 1)
+            operands, multiply = _per_offset_products(w) if need_features else (None, None)
+            grad_w_rows = grad_w[:, 0].unbind(0) if need_weight and groups == 1 else None
+            for c, chunk in enumerate(pairs.chunks()):
+                g = _gather(grad_out, pairs.out_cat[chunk.start:chunk.stop], 1)
+                g_parts = g.split(chunk.sizes)
                 if need_weight:
-                    x = _gather(features, pairs.in_cat[start:stop], 0)
-                    for k, (a, b) in offsets:
+                    x = _gather(features, pairs.in_cat[chunk.start:chunk.stop], 0)
+                    for k, g_k, x_k in zip(chunk.ids, g_parts, x.split(chunk.sizes)):
                         if groups == 1:
-                            torch.mm(g[a:b].t(), x[a:b], out=grad_w[k, 0])
+                            torch.mm(g_k.t(), x_k, out=grad_w_rows[k])
                         else:
-                            grad_w[k] = _grouped_weight_grad(x[a:b], g[a:b], groups).transpose(1, 2)
+                            grad_w[k] = _grouped_weight_grad(x_k, g_k, groups).transpose(1, 2)
                 if need_features:
-                    products = _WORKSPACE.get(0, stop - start, groups * cin, features)  # x is done with
-                    for k, (a, b) in offsets:
-                        _matmul_into(g[a:b], w[k], products[a:b])
+                    products = _WORKSPACE.get(0, chunk.stop - chunk.start, groups * cin, features)  # x is done with
+                    for k, g_k, out_k in zip(chunk.ids, g_parts, products.split(chunk.sizes)):
+                        multiply(g_k, operands[k], out_k)
                     grad_features = _scatter_sum(grad_features, kmap, "in", c, products, kmap.num_in)
             if need_features and grad_features is None:
                 grad_features = torch.zeros_like(features)

@@ -18,7 +18,8 @@ torch's weight order (x slowest, z fastest).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch.profiler import record_function
@@ -248,6 +249,15 @@ def kernel_offsets(kernel_size: int, dilation: int, device: torch.device) -> tor
 PAIR_CHUNK = 1 << 16  # pairs per gather / matmul / segment-sum round of a convolution (bounds its scratch memory)
 
 
+class Chunk(NamedTuple):
+    """A run of whole kernel offsets that a convolution gathers, multiplies and sums in one round."""
+
+    ids: list[int]  # its kernel offsets, in order
+    sizes: list[int]  # pairs of each offset
+    start: int  # its pairs are rows start:stop of in_cat / out_cat
+    stop: int
+
+
 @dataclass(frozen=True)
 class Pairs:
     """All non-identity pairs of a map, concatenated offset by offset.
@@ -261,23 +271,23 @@ class Pairs:
     bounds: list[tuple[int, int]]
     in_cat: torch.Tensor
     out_cat: torch.Tensor
+    _chunks: dict = field(default_factory=dict, repr=False, compare=False)  # PAIR_CHUNK -> chunks()
 
     @property
     def count(self) -> int:
         return int(self.in_cat.numel())
 
-    def chunks(self) -> list[tuple[int, int]]:
-        """(first, end) positions in `ids` of each chunk's offsets, in order; their rows are
-        bounds[first][0]:bounds[end - 1][1]."""
-        chunks, first = [], 0
-        for j in range(1, len(self.ids) + 1):
-            if j == len(self.ids) or self.bounds[j][1] - self.bounds[first][0] > PAIR_CHUNK:
-                chunks.append((first, j))
-                first = j
-        return chunks
-
-    def rows(self, chunk: tuple[int, int]) -> tuple[int, int]:
-        return self.bounds[chunk[0]][0], self.bounds[chunk[1] - 1][1]
+    def chunks(self) -> list[Chunk]:
+        """The chunks, in order (cached: every layer sharing the map, forward and backward, reuses them)."""
+        if PAIR_CHUNK not in self._chunks:
+            chunks, first = [], 0
+            for j in range(1, len(self.ids) + 1):
+                if j == len(self.ids) or self.bounds[j][1] - self.bounds[first][0] > PAIR_CHUNK:
+                    bounds = self.bounds[first:j]
+                    chunks.append(Chunk(self.ids[first:j], [b - a for a, b in bounds], bounds[0][0], bounds[-1][1]))
+                    first = j
+            self._chunks[PAIR_CHUNK] = chunks
+        return self._chunks[PAIR_CHUNK]
 
 
 @dataclass(eq=False)
@@ -346,8 +356,8 @@ class KernelMap:
         key = (stored_side, dtype, index.device)
         if key not in self._scatter:
             with record_function("sparse.kernel_map"):
-                self._scatter[key] = [_segment_matrix(index[a:b], rows, dtype)
-                                      for a, b in map(p.rows, p.chunks())]
+                self._scatter[key] = [_segment_matrix(index[chunk.start:chunk.stop], rows, dtype)
+                                      for chunk in p.chunks()]
         return self._scatter[key]
 
 
