@@ -17,7 +17,7 @@ With several thread or process counts (torchrun, gloo; samples/s of the global b
 arm of its own, as long as threads x processes does not exceed the cores: what more cores buy.
 
 Methods (configs below): PPKT from SemanticKITTI LiDAR + camera and from RGB-D frames, official I2P-MAE
-(teacher every step; also with `data.teacher_in_loader` and one DataLoader worker), Image2Point fine-tuning,
+(teacher every step; also with `data.teacher_in_loader` and one or two DataLoader workers), Image2Point fine-tuning,
 ScanNet segmentation fine-tuning; `*-loader-worker`: the same with data preparation in one DataLoader worker.
 """
 
@@ -59,6 +59,8 @@ def method_configs(steps: int, cache: Path) -> dict[str, tuple[list[str], dict]]
     i2p_loader = json.loads(json.dumps(i2p))
     i2p_loader["data"]["teacher_in_loader"] = True
     i2p_loader["train"]["num_workers"] = 1
+    i2p_two_loaders = json.loads(json.dumps(i2p_loader))
+    i2p_two_loaders["train"]["num_workers"] = 2
     configs = {
         "ppkt-lidar": (["pretrain", "ppkt"], {  # bench segmentation cpu-long, ppkt_kitti
             "data": {"kind": "semantickitti", "root": str(SHARED / "data/semantickitti-mini"), "sequences": KITTI_TRAIN,
@@ -77,6 +79,7 @@ def method_configs(steps: int, cache: Path) -> dict[str, tuple[list[str], dict]]
             "train": _train(steps, 2, 0.003), "cache_dir": str(cache / "ppkt-rgbd")}),
         "i2p-mae-official": (["pretrain", "i2p-mae"], i2p),
         "i2p-mae-official-teacher-in-loader": (["pretrain", "i2p-mae"], i2p_loader),
+        "i2p-mae-official-teacher-in-2-loaders": (["pretrain", "i2p-mae"], i2p_two_loaders),
         "image2point": (["finetune", "image2point"], {  # bench image2point, preset cpu (FIP all)
             "inflation": {"teacher": "mobilenetv2_100", "axis": "z-axis",
                           "weights": str(SHARED / "weights/mobilenet_v2.torchvision_in1k.safetensors")},
