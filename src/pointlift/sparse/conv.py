@@ -101,13 +101,13 @@ def _gather(x: torch.Tensor, index: torch.Tensor, slot: int) -> torch.Tensor:
 
 
 def _per_offset_products(w: torch.Tensor):
-    """For w (K, G, Ci, Co): the K per-offset operands and a function (x, operand, out) writing x @ W_k per
+    """For w (K, G, A, B): the K per-offset operands and a function (x, operand, out) writing x @ w[k] per
     group into `out` (without a temporary when G = 1). Chosen once per layer: the loop over offsets then makes
     one call per offset (on small layers Python's per-call cost is a good part of the step)."""
-    groups, cin, cout = w.shape[1:]
+    groups, rows, cols = w.shape[1:]
     if groups == 1:
         return w[:, 0].unbind(0), lambda x, w_k, out: torch.mm(x, w_k, out=out)
-    if cin == 1 and cout == 1:  # depthwise: a per-channel scale
+    if rows == 1 and cols == 1:  # depthwise: a per-channel scale
         return w[:, :, 0, 0].unbind(0), lambda x, w_k, out: torch.mul(x, w_k, out=out)
     return w.unbind(0), lambda x, w_k, out: out.copy_(_grouped_matmul(x, w_k))
 

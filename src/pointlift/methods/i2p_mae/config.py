@@ -99,8 +99,8 @@ class DataConfig:
     cache_teacher: Optional[bool] = None  # compute the teacher's maps once and reuse them (null = recipe)
     cache_dir: Optional[str] = "~/.cache/pointlift/i2p_mae"  # where cached teacher maps go (current directory)
     cache_dtype: Literal["float16", "float32"] = "float16"  # storage type of cached teacher maps
-    # pointlift's option for the official recipe on the CPU: render and run the teacher per sample in the data
-    # pipeline, so DataLoader workers (train.num_workers > 0) do it beside the training step (same maps to rounding)
+    # pointlift's option for the official recipe on the CPU: render each batch's views and run the teacher in the
+    # collate, so a DataLoader worker (train.num_workers > 0) does it beside the training step (the same run)
     teacher_in_loader: bool = False
     seed: int = 0  # seeds each shape's resampling and the augmentation
 

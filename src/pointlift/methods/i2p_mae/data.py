@@ -17,14 +17,11 @@ class PretrainShapes(torch.utils.data.Dataset):
     """Fixed point sets with scale-and-translate augmentation, plus their cached teacher maps if given.
 
     augment "per_axis" (the official recipe; I2P-MAE's `PointcloudScaleAndTranslate`): scale U(low, high) and shift
-    U(-translate, translate) drawn per axis; "uniform" (pointlift's, keeps cached maps valid): one scale.
-    With `view_teacher` (data.teacher_in_loader) each item also carries the teacher's maps of its own augmented
-    released views, so DataLoader workers run the teacher beside the training step."""
+    U(-translate, translate) drawn per axis; "uniform" (pointlift's, keeps cached maps valid): one scale."""
 
     def __init__(self, points: np.ndarray, maps: TeacherMaps | None = None, scale_range=(2 / 3, 3 / 2),
                  translate: float = 0.2, augment: str = "per_axis", mask_tokens: int = 0,
-                 drop_layers: int = 0, view_teacher=None, image_size: int = 224, footprint: int = 5,
-                 with_saliency: bool = True):
+                 drop_layers: int = 0):
         if maps is not None and len(maps) != len(points):
             raise PointliftConfigError(f"teacher maps for {len(maps)} shapes, but {len(points)} shapes given")
         if augment not in ("per_axis", "uniform"):
@@ -38,9 +35,6 @@ class PretrainShapes(torch.utils.data.Dataset):
         self.augment = augment
         self.mask_tokens = mask_tokens  # > 0: also draw the masking noise of that many top tokens
         self.drop_layers = drop_layers  # > 0: also draw the drop-path noise of that many layers (ddp_equivalent)
-        # data.teacher_in_loader: each augmented sample's released views go through this teacher here
-        self.view_teacher, self.image_size, self.footprint = view_teacher, image_size, footprint
-        self.with_saliency = with_saliency
 
     def __len__(self) -> int:
         return len(self.points)
@@ -56,13 +50,26 @@ class PretrainShapes(torch.utils.data.Dataset):
             item["drop_noise"] = torch.rand(self.drop_layers)
         if self.maps is not None:
             item["teacher_features"], item["teacher_saliency"] = self.maps.get(index)
-        if self.view_teacher is not None:
-            images, _ = released_depth_views(item["points"][None], self.image_size, self.footprint)
-            features, saliency = released_view_maps(self.view_teacher, images, self.with_saliency)
-            item["teacher_features"] = features[0]
-            if saliency is not None:
-                item["teacher_saliency"] = saliency[0]
         return item
+
+
+class TeacherInLoader:
+    """Collate for `data.teacher_in_loader`: stack the batch, render its released views and pass them through
+    the teacher in one call, as the training step would (the same operations on the same batch, so the same
+    maps bit for bit); in a DataLoader worker this runs beside the training step."""
+
+    def __init__(self, teacher, image_size: int, footprint: int, with_saliency: bool):
+        self.teacher, self.image_size, self.footprint = teacher, image_size, footprint
+        self.with_saliency = with_saliency
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = torch.utils.data.default_collate(items)
+        images, _ = released_depth_views(batch["points"], self.image_size, self.footprint)
+        features, saliency = released_view_maps(self.teacher, images, self.with_saliency)
+        batch["teacher_features"] = features
+        if saliency is not None:
+            batch["teacher_saliency"] = saliency
+        return batch
 
 
 def load_pretrain_points(data: DataConfig, split: str = "train"):

@@ -16,7 +16,7 @@ from pointlift.engine.trainer import train
 from pointlift.errors import PointliftConfigError
 from pointlift.methods.i2p_mae.cache import TeacherMaps, build_teacher_cache
 from pointlift.methods.i2p_mae.config import I2PMAEExperiment, TeacherConfig, model_spec
-from pointlift.methods.i2p_mae.data import PretrainShapes, load_pretrain_points
+from pointlift.methods.i2p_mae.data import PretrainShapes, TeacherInLoader, load_pretrain_points
 from pointlift.methods.i2p_mae.model import I2PMAE
 
 
@@ -70,13 +70,13 @@ def pretrain(experiment: I2PMAEExperiment, run_dir: str | Path, resume: bool = F
     model = I2PMAE(method, teacher if needs_teacher else None)
     dataset = PretrainShapes(points, maps, data.scale_range, data.translate, data.augment,
                              mask_tokens=method.model.num_centers[-1],
-                             drop_layers=len(model.drop_path_layers()) if method.ddp_equivalent else 0,
-                             view_teacher=teacher if data.teacher_in_loader else None,
-                             image_size=method.image_size, footprint=method.footprint,
-                             with_saliency=method.guided_masking)
+                             drop_layers=len(model.drop_path_layers()) if method.ddp_equivalent else 0)
+    collate = (TeacherInLoader(teacher, method.image_size, method.footprint, method.guided_masking)
+               if data.teacher_in_loader else None)
     start = time.perf_counter()
-    result = train(model, dataset, experiment.train, run_dir, resume=resume, device=device, progress=progress,
-                   config_for_checkpoint=config_to_dict(experiment), model_spec=model_spec(method), eval_fn=eval_fn)
+    result = train(model, dataset, experiment.train, run_dir, collate_fn=collate, resume=resume, device=device,
+                   progress=progress, config_for_checkpoint=config_to_dict(experiment), model_spec=model_spec(method),
+                   eval_fn=eval_fn)
     info["train_seconds"] = time.perf_counter() - start
     return model, result, info
 
