@@ -142,6 +142,7 @@ def plot_summary(summary: dict, arms: list[str], path: Path) -> Path:
 
     groups = {name: {arm: row[arm] / row[arms[0]] for arm in arms if row.get(arm) and row.get(arms[0])}
               for name, row in summary.items()}
+    groups = {name: bars for name, bars in groups.items() if bars}  # methods the first arm could not run
     return plot_bars(groups, path, title=f"training-step samples/s relative to {arms[0]}", ylabel="× " + arms[0])
 
 

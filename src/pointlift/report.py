@@ -6,7 +6,6 @@ them. matplotlib runs headless (Agg).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -134,6 +133,8 @@ def plot_bars(groups: dict[str, dict[str, float]], path: Path, title: str, ylabe
         err = [errors.get(g, {}).get(name, 0.0) for g in group_names] if errors else None
         ax.bar(xs, ys, width, yerr=err, label=name, capsize=3)
     ax.set_xticks(np.arange(len(group_names)) + width * (len(series) - 1) / 2, group_names)
+    if len(group_names) > 6:  # long lists of names would overlap
+        plt.setp(ax.get_xticklabels(), rotation=25, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
