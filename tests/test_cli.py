@@ -147,7 +147,7 @@ def test_no_progress_on_every_command_and_no_bars_in_logs(tmp_path, capsys):
     import sys
 
     from pointlift import progress
-    from pointlift.cli import _add_no_progress, build_parser  # noqa: F401 - the parser is what is checked
+    from pointlift.cli import build_parser
 
     def leaves(parser, path=()):
         import argparse
