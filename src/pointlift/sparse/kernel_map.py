@@ -135,7 +135,7 @@ class CoordinateHash:
             if self.size and "column" in self.GRIDS:
                 low, extent, batches = self._box()
                 sites = decode_keys(self.sorted_keys)
-                column = (sites[:, 0] * extent[0] + sites[:, 1] - low[0]) * extent[1] + sites[:, 2] - low[1]
+                column = self._column_index(sites, low, extent)
                 starts = torch.ones_like(column, dtype=torch.bool)
                 starts[1:] = column[1:] != column[:-1]
                 column_id = torch.cumsum(starts, 0)  # 1, 2, ... in sorted order
@@ -149,6 +149,11 @@ class CoordinateHash:
                     z_rows[column_id * depth + sites[:, 3] - low[2]] = self.order.int()
                     self._column_grid = (columns, z_rows, low, extent, batches)
         return self._column_grid
+
+    @staticmethod
+    def _column_index(coords: torch.Tensor, low: torch.Tensor, extent: torch.Tensor) -> torch.Tensor:
+        """Linear index of each (b, x, y) column in the box (`_linear` without z)."""
+        return (coords[:, 0] * extent[0] + coords[:, 1] - low[0]) * extent[1] + coords[:, 2] - low[1]
 
     @staticmethod
     def _reaches_inside(base: torch.Tensor, offsets: torch.Tensor, low: torch.Tensor, extent: torch.Tensor) -> bool:
@@ -177,13 +182,13 @@ class CoordinateHash:
             return self.lookup_columns(base_keys, offsets)
         return self.lookup(base_keys.unsqueeze(0) + offset_key_deltas(offsets).unsqueeze(1))
 
-    @staticmethod
-    def _lookup_column_grid(base: torch.Tensor, offsets: torch.Tensor, columns: torch.Tensor, z_rows: torch.Tensor,
-                            low: torch.Tensor, extent: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def _lookup_column_grid(cls, base: torch.Tensor, offsets: torch.Tensor, columns: torch.Tensor,
+                            z_rows: torch.Tensor, low: torch.Tensor, extent: torch.Tensor) -> torch.Tensor:
         """`lookup_around` through the column grid: per (dx, dy), one gather finds each base site's column,
         then one gather per dz reads the site in it."""
         width, depth = int(extent[1]), int(extent[2])
-        column = (base[:, 0] * extent[0] + base[:, 1] - low[0]) * extent[1] + base[:, 2] - low[1]
+        column = cls._column_index(base, low, extent)
         z = base[:, 3] - low[2]
         out = torch.empty(offsets.shape[0], base.shape[0], dtype=torch.long, device=base.device)
         pairs, column_of = torch.unique(offsets[:, :2], dim=0, return_inverse=True)
