@@ -166,16 +166,15 @@ class CoordinateHash:
         """(K, M) row indices of the sites at base + offsets[k] (base given as keys), -1 when absent."""
         if base_keys.numel() and offsets.numel() and self.size:
             base = decode_keys(base_keys)
-            grid = self._dense_grid()
-            if grid is not None:
-                table, low, extent = grid
+            dense = self._dense_grid()
+            if dense is not None:
+                table, low, extent = dense
                 if self._reaches_inside(base, offsets, low, extent):
                     deltas = (offsets[:, 0] * extent[1] + offsets[:, 1]) * extent[2] + offsets[:, 2]
                     query = self._linear(base, low, extent).unsqueeze(0) + deltas.unsqueeze(1)
                     return take(table, query).long()
-            grid = self._columns_and_z_rows() if grid is None else None
-            if grid is not None:
-                columns, z_rows, low, extent, batches = grid
+            elif self._columns_and_z_rows() is not None:  # only where the dense grid did not fit
+                columns, z_rows, low, extent, batches = self._column_grid
                 if self._reaches_inside(base, offsets, low, extent) and int(base[:, 0].max()) < batches:
                     return self._lookup_column_grid(base, offsets, columns, z_rows, low, extent)
         if base_keys.numel() >= self.COLUMN_MIN_SITES and offsets.numel() and self.dense_in_z(offsets):
@@ -191,8 +190,8 @@ class CoordinateHash:
         column = cls._column_index(base, low, extent)
         z = base[:, 3] - low[2]
         out = torch.empty(offsets.shape[0], base.shape[0], dtype=torch.long, device=base.device)
-        pairs, column_of = torch.unique(offsets[:, :2], dim=0, return_inverse=True)
-        for c, (dx, dy) in enumerate(pairs.tolist()):
+        steps, column_of = torch.unique(offsets[:, :2], dim=0, return_inverse=True)  # the (dx, dy) asked
+        for c, (dx, dy) in enumerate(steps.tolist()):
             z_row = take(columns, column + (dx * width + dy)).long().mul_(depth).add_(z)
             asked = (column_of == c).nonzero()[:, 0]
             out[asked] = take(z_rows, z_row.unsqueeze(0) + offsets[asked, 2].unsqueeze(1)).long()
