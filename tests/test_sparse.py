@@ -410,3 +410,28 @@ def test_pair_chunks_are_runs_of_whole_offsets_within_the_cap(monkeypatch):
     summed = sum(matrix @ values[chunk.start:chunk.stop] for matrix, chunk in zip(matrices, chunks))
     expected = torch.zeros(kmap.num_out, 2, dtype=torch.float64).index_add_(0, pairs.out_cat, values)
     assert torch.allclose(summed, expected)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4], ids=["dense", "grouped", "depthwise"])
+def test_one_sided_gradients_match_both_sided(groups, monkeypatch):
+    """A frozen weight or a frozen input takes other paths through the backward (a depthwise layer scales its
+    gathered rows in place); each gradient must not depend on whether the other one is asked for."""
+    monkeypatch.setattr(kernel_map_module, "PAIR_CHUNK", 250)  # several chunks reuse the scratch buffers
+    torch.manual_seed(2)
+    coords, feats = random_sparse(channels=4)
+    conv = SubMConv3d(4, 4, kernel_size=3, groups=groups)
+    probe = torch.randn(len(coords), 4)
+
+    def grads(features_grad: bool, weight_grad: bool):
+        leaf = feats.clone().requires_grad_(features_grad)
+        conv.weight.requires_grad_(weight_grad)
+        conv.weight.grad = None
+        (conv(SparseTensor(leaf, coords)).features * probe).sum().backward()
+        return leaf.grad, conv.weight.grad
+
+    both_features, both_weight = grads(True, True)
+    only_features, no_weight = grads(True, False)
+    no_features, only_weight = grads(False, True)
+    assert no_weight is None and no_features is None
+    assert torch.equal(only_features, both_features) and torch.equal(only_weight, both_weight)
+    assert both_features.abs().max() > 1e-3 and both_weight.abs().max() > 1e-3

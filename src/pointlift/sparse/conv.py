@@ -100,16 +100,30 @@ def _gather(x: torch.Tensor, index: torch.Tensor, slot: int) -> torch.Tensor:
     return torch.index_select(x, 0, index, out=buf)
 
 
+def _is_depthwise(w: torch.Tensor) -> bool:
+    """w (K, G, A, B) scales each channel: one input and one output channel per group."""
+    return w.shape[1] > 1 and w.shape[2] == 1 and w.shape[3] == 1
+
+
 def _per_offset_products(w: torch.Tensor):
     """For w (K, G, A, B): the K per-offset operands and a function (x, operand, out) writing x @ w[k] per
     group into `out` (without a temporary when G = 1). Chosen once per layer: the loop over offsets then makes
     one call per offset (on small layers Python's per-call cost is a good part of the step)."""
-    groups, rows, cols = w.shape[1:]
+    groups = w.shape[1]
     if groups == 1:
         return w[:, 0].unbind(0), lambda x, w_k, out: torch.mm(x, w_k, out=out)
-    if rows == 1 and cols == 1:  # depthwise: a per-channel scale
+    if _is_depthwise(w):  # a per-channel scale; `out` may be x itself
         return w[:, :, 0, 0].unbind(0), lambda x, w_k, out: torch.mul(x, w_k, out=out)
     return w.unbind(0), lambda x, w_k, out: out.copy_(_grouped_matmul(x, w_k))
+
+
+def _products_buffer(gathered: torch.Tensor, w: torch.Tensor, columns: int, slot: int) -> torch.Tensor:
+    """Where a chunk's per-offset products go: a depthwise layer scales its gathered rows in place (one
+    memory-bound pass less, and about a quarter faster than writing a second buffer on CPU); others need
+    their own buffer (the products have other widths)."""
+    if _is_depthwise(w):
+        return gathered
+    return _WORKSPACE.get(slot, gathered.shape[0], columns, gathered)
 
 
 def _scatter_sum(base: torch.Tensor | None, kmap: KernelMap, side: str, chunk: int, values: torch.Tensor,
@@ -137,6 +151,8 @@ def _transpose_2d(x: torch.Tensor) -> torch.Tensor:
     times slower than the blocked copy), and it happens twice per layer and step.
     """
     rows, cols = x.shape
+    if rows == 1 or cols == 1:  # a vector (a 1x1x1 kernel's weight): its transpose is the same memory
+        return x.reshape(cols, rows)
     if x.device.type != "cpu" or rows * cols < (1 << 16):
         return x.t().contiguous()
     out = x.new_empty(cols, rows)
@@ -183,7 +199,7 @@ class _SparseConvFunction(torch.autograd.Function):
             operands, multiply = _per_offset_products(w_t)
             for c, chunk in enumerate(pairs.chunks()):
                 gathered = _gather(features, pairs.in_cat[chunk.start:chunk.stop], 0)
-                products = _WORKSPACE.get(1, chunk.stop - chunk.start, groups * cout, features)
+                products = _products_buffer(gathered, w_t, groups * cout, 1)
                 for k, x_k, out_k in zip(chunk.ids, gathered.split(chunk.sizes), products.split(chunk.sizes)):
                     multiply(x_k, operands[k], out_k)
                 out = _scatter_sum(out, kmap, "out", c, products, kmap.num_out)
@@ -210,18 +226,23 @@ class _SparseConvFunction(torch.autograd.Function):
             pairs = kmap.pairs()
             operands, multiply = _per_offset_products(w) if need_features else (None, None)
             grad_w_rows = grad_w[:, 0].unbind(0) if need_weight and groups == 1 else None
+            depthwise = _is_depthwise(w)
             for c, chunk in enumerate(pairs.chunks()):
                 g = _gather(grad_out, pairs.out_cat[chunk.start:chunk.stop], 1)
                 g_parts = g.split(chunk.sizes)
                 if need_weight:
                     x = _gather(features, pairs.in_cat[chunk.start:chunk.stop], 0)
-                    for k, g_k, x_k in zip(chunk.ids, g_parts, x.split(chunk.sizes)):
-                        if groups == 1:
-                            torch.mm(g_k.t(), x_k, out=grad_w_rows[k])
-                        else:
-                            grad_w[k] = _grouped_weight_grad(x_k, g_k, groups).transpose(1, 2)
+                    if depthwise:  # sum of x * g over each offset's pairs: one product for the chunk, in place
+                        for k, xg_k in zip(chunk.ids, x.mul_(g).split(chunk.sizes)):
+                            grad_w[k] = xg_k.sum(0).view(groups, 1, 1)
+                    else:
+                        for k, g_k, x_k in zip(chunk.ids, g_parts, x.split(chunk.sizes)):
+                            if groups == 1:
+                                torch.mm(g_k.t(), x_k, out=grad_w_rows[k])
+                            else:
+                                grad_w[k] = _grouped_weight_grad(x_k, g_k, groups).transpose(1, 2)
                 if need_features:
-                    products = _WORKSPACE.get(0, chunk.stop - chunk.start, groups * cin, features)  # x is done with
+                    products = _products_buffer(g, w, groups * cin, 0)  # the gathered x is done with
                     for k, g_k, out_k in zip(chunk.ids, g_parts, products.split(chunk.sizes)):
                         multiply(g_k, operands[k], out_k)
                     grad_features = _scatter_sum(grad_features, kmap, "in", c, products, kmap.num_in)
