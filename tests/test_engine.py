@@ -19,7 +19,7 @@ from pointlift.engine.metrics import read_metrics
 from pointlift.engine.optim import build_optimizer, build_scheduler, parameter_groups
 from pointlift.engine.rundir import create_run_dir
 from pointlift.engine.seed import get_rng_state, seed_everything, set_rng_state
-from pointlift.engine.trainer import TrainingStopped, epoch_indices, train
+from pointlift.engine.trainer import TrainingStopped, epoch_indices, nonfinite_tensors, train
 from pointlift.errors import PointliftConfigError, PointliftDataError
 
 # ---------------------------------------------------------------------------------------------
@@ -477,6 +477,21 @@ class ExplodingNorm(nn.Module):
             broken[0] = float("inf")
             self.norm.running_var = broken  # a new buffer: the graph keeps the old one
         return {"loss": (self.linear(x).squeeze(-1) - batch["y"]).pow(2).mean()}
+
+
+def test_nonfinite_tensors_names_exactly_the_broken_tensors():
+    """The fast test (a finite sum proves a tensor finite) must neither miss a NaN or inf nor flag finite
+    tensors whose sum overflows."""
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2).to(torch.float64))
+    assert nonfinite_tensors(model) == []
+    with torch.no_grad():
+        model[0].weight.fill_(3e38)  # finite, but its float32 sum is inf
+        model[2].bias.fill_(1e308)  # finite float64, its sum as float32 is inf
+    assert nonfinite_tensors(model) == []
+    with torch.no_grad():
+        model[0].bias[1] = float("nan")
+        model[1].running_var[0] = float("-inf")
+    assert nonfinite_tensors(model) == ["0.bias", "1.running_var"]
 
 
 def test_nonfinite_buffers_stop_the_run_and_keep_a_finite_checkpoint(tmp_path):

@@ -74,8 +74,13 @@ def nonfinite_tensors(module: nn.Module) -> list[str]:
     state = {k: v for k, v in model_state_for_checkpoint(module).items() if v.is_floating_point()}
     if not state:
         return []
+    # A finite sum proves a tensor finite (NaN and inf survive summation), and a sum reads the tensor without
+    # writing a mask of its size: on a 39M-parameter U-Net on CPU 15 ms instead of 180 ms per step. A sum
+    # that is not finite (a non-finite entry, or finite entries whose sum overflows) takes the exact test.
+    if bool(torch.isfinite(torch.stack([v.sum().float() for v in state.values()])).all()):  # one device sync
+        return []
     flags = torch.stack([torch.isfinite(v).all() for v in state.values()])
-    if bool(flags.all()):  # one device sync in the common case
+    if bool(flags.all()):
         return []
     return [k for k, ok in zip(state, flags.tolist()) if not ok]
 
