@@ -1,12 +1,10 @@
 """Issue 27's step-time targets at a glance: after / before per method, one and two threads, beside its target.
 
     bash scripts/with-env.sh python bench/plot_step_targets.py --out bench/results/step-targets-cpu.png \
-        bench/results/step-times-cpu-final.json bench/results/step-times-cpu-2threads-final.json \
-        bench/results/step-times-i2p-loader.json
+        bench/results/step-times-cpu-session8.json bench/results/step-times-cpu-2threads-session8.json
 
 Reads `bench/step_times.py` results with trees named `before` and `after`. A method measured in several files
-takes the last file's figure (the third command above re-measures the official I2P-MAE beside the teacher in
-the collate). `teacher_in_loader` rows compare with `before`'s official I2P-MAE at the same thread count.
+takes the last file's figure. `teacher_in_loader` rows compare with `before`'s official I2P-MAE at the same thread count.
 """
 
 from __future__ import annotations
