@@ -173,8 +173,8 @@ class CoordinateHash:
                     deltas = (offsets[:, 0] * extent[1] + offsets[:, 1]) * extent[2] + offsets[:, 2]
                     query = self._linear(base, low, extent).unsqueeze(0) + deltas.unsqueeze(1)
                     return take(table, query).long()
-            elif self._columns_and_z_rows() is not None:  # only where the dense grid did not fit
-                columns, z_rows, low, extent, batches = self._column_grid
+            elif (column_grid := self._columns_and_z_rows()) is not None:  # only where the dense grid did not fit
+                columns, z_rows, low, extent, batches = column_grid
                 if self._reaches_inside(base, offsets, low, extent) and int(base[:, 0].max()) < batches:
                     return self._lookup_column_grid(base, offsets, columns, z_rows, low, extent)
         if base_keys.numel() >= self.COLUMN_MIN_SITES and offsets.numel() and self.dense_in_z(offsets):
