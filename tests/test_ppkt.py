@@ -299,3 +299,27 @@ def test_kitti_sample_gives_pairs(shared):
     without = lidar_pairs(points, cameras, occlusion=False)
     assert 1000 < with_test.num_pairs < without.num_pairs
     assert set(with_test.pair_point.tolist()) <= set(without.pair_point.tolist())
+
+
+def test_held_out_lidar_sweeps_pair_their_own_points_with_their_own_views(shared):
+    """Each sample of the train and held-out sets is one sweep: its points and its views (images, teacher cache
+    entries) belong to that sweep. (The held-out set once paired the first sweeps' points with the last sweeps'
+    images, so retrieval was scored on mismatched pairs.)"""
+    from pointlift.methods.ppkt.pretrain import _lidar_sets
+    from pointlift.methods.ppkt.sources import open_lidar_frames
+
+    config = load_config({"data": {"kind": "semantickitti", "root": str(shared("data/semantickitti-mini")),
+                                   "sequences": ["00", "06"], "image_size": [47, 155], "holdout_fraction": 0.5},
+                          "model": {"in_features": "constant", "up_axis": "z"}}, PPKTConfig)
+    frames = open_lidar_frames(config.data)
+    train_set, eval_set, names, _ = _lidar_sets(config)
+    assert len(train_set) + len(eval_set) == len(frames) and len(eval_set) >= 2
+    for dataset, first in ((train_set, 0), (eval_set, len(train_set))):
+        for index in (0, len(dataset) - 1):
+            frame = frames[first + index]
+            item = dataset[index]
+            assert [names[v] for v in dataset.samples[index]] == [f"{frame.name}/{c.name}" for c in frame.cameras]
+            if dataset is eval_set:  # not augmented: the sweep's own coordinates
+                assert torch.equal(item["points"], torch.as_tensor(frame.points[:, :3]).float())
+            else:
+                assert item["points"].shape[0] == frame.points.shape[0]

@@ -155,9 +155,12 @@ def rgbd_dataset(sequence, frame_indices: list[int], data: PPKTDataConfig, augme
     return dataset
 
 
-def lidar_dataset(frames: list, data: PPKTDataConfig, augment, up_axis, cache=None) -> PPKTDataset:
-    """Samples = LiDAR sweeps; views = their cameras, numbered sweep by sweep."""
-    samples, names, images = [], {}, {}
+def lidar_dataset(frames: list, data: PPKTDataConfig, augment, up_axis, cache=None,
+                  sample_frames: list[int] | None = None) -> PPKTDataset:
+    """Samples = the LiDAR sweeps `sample_frames` (indices into `frames`; default all of them); views = the
+    cameras of every sweep of `frames`, numbered sweep by sweep, so that the train and held-out sets of one
+    sweep list share one view numbering (and one teacher cache)."""
+    views_of, names, images = [], {}, {}
     for frame in frames:
         views = []
         for camera in frame.cameras:
@@ -165,13 +168,15 @@ def lidar_dataset(frames: list, data: PPKTDataConfig, augment, up_axis, cache=No
             images[view] = camera.image
             names[view] = f"{frame.name}/{camera.name}"
             views.append(view)
-        samples.append(views)
+        views_of.append(views)
+    sample_frames = list(range(len(frames))) if sample_frames is None else list(sample_frames)
 
     def make_pairs(index):
-        frame = frames[index]
+        frame = frames[sample_frames[index]]  # sample `index` is this sweep: its points pair with its own views
         cameras = [(camera.image.shape[:2], torch.as_tensor(camera.lidar2img)) for camera in frame.cameras]
         return lidar_pairs(torch.as_tensor(frame.points), cameras, data.min_depth, data.occlusion,
                            data.occlusion_tolerance, data.zbuffer_cell)
 
-    return PPKTDataset(samples, make_pairs, lambda v: images[v], lambda v: images[v].shape[:2], names,
-                       data.image_size, augment, up_axis, cache, source=str(data.info_pkl or data.root))
+    return PPKTDataset([views_of[f] for f in sample_frames], make_pairs, lambda v: images[v],
+                       lambda v: images[v].shape[:2], names, data.image_size, augment, up_axis, cache,
+                       source=str(data.info_pkl or data.root))

@@ -83,13 +83,11 @@ def _lidar_sets(config: PPKTConfig) -> tuple[PPKTDataset, PPKTDataset, list[str]
     data = config.data
     frames = open_lidar_frames(data)
     cut = max(1, int(round(len(frames) * (1 - data.holdout_fraction))))
-    full = lidar_dataset(frames, data, config.augment, config.model.up_axis)
-    train_set = lidar_dataset(frames, data, config.augment, config.model.up_axis)
-    eval_set = lidar_dataset(frames, data, None, config.model.up_axis)
-    train_set.samples = full.samples[:cut]
-    eval_set.samples = full.samples[cut:] or full.samples[-1:]  # a single sweep evaluates on itself
-    names = [full.view_names[v] for v in range(len(full.view_names))]
-    return train_set, eval_set, names, full.load_view
+    held_out = list(range(cut, len(frames))) or [len(frames) - 1]  # a single sweep evaluates on itself
+    train_set = lidar_dataset(frames, data, config.augment, config.model.up_axis, sample_frames=list(range(cut)))
+    eval_set = lidar_dataset(frames, data, None, config.model.up_axis, sample_frames=held_out)
+    names = [train_set.view_names[v] for v in range(len(train_set.view_names))]
+    return train_set, eval_set, names, train_set.load_view
 
 
 def pretrain(config: PPKTConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
