@@ -323,3 +323,48 @@ def test_held_out_lidar_sweeps_pair_their_own_points_with_their_own_views(shared
                 assert torch.equal(item["points"], torch.as_tensor(frame.points[:, :3]).float())
             else:
                 assert item["points"].shape[0] == frame.points.shape[0]
+
+
+def test_pair_cache_makes_each_sample_once_and_gives_the_same_items():
+    """A sample's pairs are made once and kept within the budget; items (augmented, flipped) are the same
+    with and without the cache, and reading a kept sample leaves it unchanged."""
+    from pointlift.methods.ppkt.config import PPKTAugmentConfig
+    from pointlift.methods.ppkt.dataset import PPKTDataset
+    from pointlift.methods.ppkt.pairs import PointPixelPairs
+
+    made = []
+
+    def make_pairs(index):
+        made.append(index)
+        g = torch.Generator().manual_seed(index)
+        points = torch.rand(50, 3, generator=g) * 4
+        return PointPixelPairs(points, torch.rand(50, 3, generator=g), torch.arange(50), torch.zeros(50, dtype=torch.long),
+                               torch.randint(0, 16, (50, 2), generator=g))
+
+    def dataset(budget_mb):
+        return PPKTDataset([[0], [1], [2]], make_pairs, lambda v: np.zeros((16, 16, 3), np.uint8), lambda v: (16, 16),
+                           {0: "a", 1: "b", 2: "c"}, (8, 8), PPKTAugmentConfig(), up_axis="z", pair_cache_mb=budget_mb)
+
+    def items(ds):
+        out = []
+        for epoch in range(3):
+            for index in range(3):
+                torch.manual_seed(100 * epoch + index)  # the sample's random stream, as the loader seeds it
+                out.append(ds[index])
+        return out
+
+    one_sample = make_pairs(0).nbytes / 2**20
+    made.clear()
+    uncached, cached, partly = items(dataset(0)), items(dataset(10)), None
+    assert made[:9] == [0, 1, 2] * 3 and made[9:] == [0, 1, 2]  # without the cache every read makes the pairs
+    made.clear()
+    partly = items(dataset(1.5 * one_sample))  # room for one sample: the first made stays, the others are remade
+    assert made == [0, 1, 2, 1, 2, 1, 2]
+    for a, b, c in zip(uncached, cached, partly):
+        assert a.keys() == b.keys() == c.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]) and torch.equal(a[key], c[key]), key
+    kept = dataset(10)
+    before = kept.pairs_of(1).points.clone()
+    items(kept)
+    assert torch.equal(kept.cached_pairs[1].points, before)

@@ -44,6 +44,7 @@ class PPKTDataConfig:
     occlusion_tolerance: float = 0.25  # |depth(u, v) - z| <= tolerance * z
     zbuffer_cell: int = 4  # lidar z-buffer cell size in pixels
     max_eval_frames: int = 0  # 0 = every held-out frame
+    pair_cache_mb: float = 256.0  # keep each sample's point-pixel pairs after first use, up to this many MB per dataset (0 = off; the run is the same)
     synthetic_frames: int = 16  # synthetic: frames of the generated scene
     synthetic_hw: tuple[int, int] = (96, 128)  # synthetic: (H, W) of the generated frames
     synthetic_seed: int = 0  # synthetic: seed of the generated scene
@@ -56,6 +57,7 @@ class PPKTDataConfig:
         require(0 < self.holdout_fraction < 1, "holdout_fraction", "must be in (0, 1)")
         require(self.occlusion_tolerance >= 0, "occlusion_tolerance", "must be >= 0")
         require(self.zbuffer_cell >= 1, "zbuffer_cell", "must be >= 1")
+        require(self.pair_cache_mb >= 0, "pair_cache_mb", "must be >= 0 (0 = off)")
         require(self.kind == "synthetic" or self.root is not None, "root", f"required for kind '{self.kind}'")
         require(not self.roots or self.kind == "rgbd", "roots", "only for kind 'rgbd'")
         require(self.frame == "camera" or self.kind in ("rgbd", "synthetic"), "frame",

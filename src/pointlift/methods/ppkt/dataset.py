@@ -22,10 +22,15 @@ class PPKTDataset(torch.utils.data.Dataset):
     `samples[i]` lists the global view indices of sample i; `make_pairs(i)` builds its pairs at the
     original image resolution, `view_image(v)` gives view v as uint8 (H, W, 3) and `view_hw(v)` its
     original size. Pixels are rescaled to `image_size`.
+
+    A sample's pairs (projection, z-buffer, back-projection: about 30 ms per LiDAR sweep) depend on the
+    sample alone, not on the augmentation, so they are kept after first use, up to `pair_cache_mb` per
+    dataset copy (0 = off): every epoch after the first reads them, and the run is unchanged. A DataLoader
+    worker holds its own copy, which ends with the epoch.
     """
 
     def __init__(self, samples, make_pairs, view_image, view_hw, view_names, image_size, augment: PPKTAugmentConfig | None,
-                 up_axis: str = "y", cache=None, source: str = "<ppkt>"):
+                 up_axis: str = "y", cache=None, source: str = "<ppkt>", pair_cache_mb: float = 0.0):
         self.samples = samples
         self.make_pairs = make_pairs
         self.view_image = view_image
@@ -36,6 +41,9 @@ class PPKTDataset(torch.utils.data.Dataset):
         self.up_axis = up_axis
         self.cache = cache
         self.source = source
+        self.pair_cache_bytes = int(pair_cache_mb * 2**20)
+        self.cached_pairs: dict[int, PointPixelPairs] = {}  # read-only once stored: __getitem__ copies what it changes
+        self.cached_bytes = 0
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -46,7 +54,7 @@ class PPKTDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         views = self.samples[index]
-        pairs: PointPixelPairs = self.make_pairs(index)
+        pairs = self.pairs_of(index)
         if pairs.num_pairs < 2:
             raise PointliftDataError(self.source, f"sample {index} ({[self.view_names[v] for v in views]}) has "
                                                   f"{pairs.num_pairs} point-pixel pairs; need at least 2")
@@ -73,6 +81,16 @@ class PPKTDataset(torch.utils.data.Dataset):
         pair_key = torch.rand(pairs.pair_point.shape[0], dtype=torch.float64)
         return {"points": points.float(), "colors": pairs.colors.float(), "pair_point": pairs.pair_point,
                 "pair_view": pairs.pair_view, "pair_pixel": pixels, "pair_key": pair_key, key: maps}
+
+    def pairs_of(self, index: int) -> PointPixelPairs:
+        """Sample `index`'s pairs: kept from an earlier call, or made (and kept while the budget allows)."""
+        pairs = self.cached_pairs.get(index)
+        if pairs is None:
+            pairs = self.make_pairs(index)
+            if self.cached_bytes + pairs.nbytes <= self.pair_cache_bytes:
+                self.cached_pairs[index] = pairs
+                self.cached_bytes += pairs.nbytes
+        return pairs
 
     def _augment_points(self, points: torch.Tensor) -> torch.Tensor:
         aug = self.augment
@@ -150,7 +168,7 @@ def rgbd_dataset(sequence, frame_indices: list[int], data: PPKTDataConfig, augme
     all_names = sequence.names
     names = {position[f]: all_names[f] for f in frame_indices}
     dataset = PPKTDataset(samples, make_pairs, view_image, view_hw, names, data.image_size, augment, up_axis, cache,
-                          source=str(data.root or "<synthetic>"))
+                          source=str(data.root or "<synthetic>"), pair_cache_mb=data.pair_cache_mb)
     dataset.sequence = sequence  # its sequences' up directions are recorded with world-frame runs
     return dataset
 
@@ -179,4 +197,4 @@ def lidar_dataset(frames: list, data: PPKTDataConfig, augment, up_axis, cache=No
 
     return PPKTDataset([views_of[f] for f in sample_frames], make_pairs, lambda v: images[v],
                        lambda v: images[v].shape[:2], names, data.image_size, augment, up_axis, cache,
-                       source=str(data.info_pkl or data.root))
+                       source=str(data.info_pkl or data.root), pair_cache_mb=data.pair_cache_mb)

@@ -50,6 +50,11 @@ class PointPixelPairs:
     def num_pairs(self) -> int:
         return int(self.pair_point.shape[0])
 
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.points, self.colors, self.pair_point, self.pair_view,
+                                                           self.pair_pixel))
+
 
 def rgbd_frame_points(depth: torch.Tensor, K: torch.Tensor, pixel_stride: int = 1,
                       max_depth: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
