@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from pointlift.bench.sparse import _step, default_data_root, load_frame_voxels
-from pointlift.commands.bench import _cpu_model
+from pointlift.commands.bench import cpu_description
 from pointlift.models.sparse_unet import sparse_unet
 from pointlift.sparse.backend import spconv_available, use_backend
 
@@ -65,9 +65,10 @@ def main() -> None:
         print(f"{backend}: step {step:.2f} s, aten::mm {mm:.2f} s ({100 * mm / step:.0f} %), rest {step - mm:.2f} s",
               flush=True)
     rates = {f"{rows}x{c}@{c}x{c}": blas_rate(rows, c) for rows in (6000,) for c in (32, 64, 128, 256)}
+    rates["2048x2048@2048x2048"] = blas_rate(2048, 2048, repeats=3)  # near the core's peak: what its FMA units give
     print("BLAS GFLOP/s:", {k: round(v, 1) for k, v in rates.items()})
     record = {"what": __doc__.split("\n\n")[0], "sites": len(coords), "voxel": args.voxel,
-              "torch_threads": torch.get_num_threads(), "cpu": _cpu_model(), "torch": torch.__version__,
+              "torch_threads": torch.get_num_threads(), "cpu": cpu_description(), "torch": torch.__version__,
               "backends": rows, "blas_gflops": rates}
     if "spconv" in rows:
         spconv_step = rows["spconv"]["step_s"]

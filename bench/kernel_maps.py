@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pointlift.bench import shared_path
-from pointlift.commands.bench import _cpu_model
+from pointlift.commands.bench import cpu_description
 from pointlift.sparse.kernel_map import (CoordinateHash, decode_keys, downsample_coords, kernel_offsets,
                                         offset_key_deltas)
 
@@ -88,7 +88,7 @@ def main() -> None:
                   f"{' (dense grid allowed)' if grid else ''}", flush=True)
         coords = downsample_coords(coords, 2)
     record = {"what": __doc__.split("\n\n")[0], "sequence": args.sequence, "voxel_size": args.voxel_size,
-              "repeats": args.repeats, "torch_threads": torch.get_num_threads(), "cpu": _cpu_model(),
+              "repeats": args.repeats, "torch_threads": torch.get_num_threads(), "cpu": cpu_description(),
               "torch": torch.__version__, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1))

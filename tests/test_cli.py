@@ -6,11 +6,13 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pointlift.cli import main
+from pointlift.commands.bench import SIMD_FLAGS, cpu_description
 from pointlift.errors import PointliftDataError
 
 
@@ -80,6 +82,23 @@ def test_bench_writes_the_documented_json(tmp_path, shared):
     assert record["env"]["torch"] and record["seconds"] > 0
     commit = record["env"]["git_commit"]  # the code that measured it (None outside a git checkout)
     assert commit is None or re.fullmatch(r"[0-9a-f]{12}(\+dirty)?", commit), commit
+    cpu = record["env"]["cpu"]  # what tells this machine from another one of the same model name
+    if Path("/proc/cpuinfo").exists():
+        assert cpu["model_name"] == record["env"]["cpu_model"] and isinstance(cpu["family"], int), cpu
+        assert cpu["torch_capability"] and set(cpu["simd"]) <= set(SIMD_FLAGS)
+
+
+def test_cpu_description_reads_the_generation_a_vm_model_name_hides():
+    block = ("processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 1\n"
+             "model name\t: AMD EPYC\nstepping\t: 2\nflags\t\t: fpu sse avx fma avx2 sha_ni\n")
+    text = "\n".join(block.format(n=n) for n in range(2))
+    cpu = cpu_description(text)
+    assert (cpu["model_name"], cpu["vendor"], cpu["family"], cpu["model"], cpu["stepping"]) == (
+        "AMD EPYC", "AuthenticAMD", 23, 1, 2)
+    assert cpu["simd"] == ["avx", "avx2", "fma"]  # in SIMD_FLAGS' order; sha_ni is not a product unit
+    zen4 = cpu_description(text.replace("cpu family\t: 23", "cpu family\t: 25").replace("avx2", "avx2 avx512f"))
+    assert zen4["family"] == 25 and "avx512f" in zen4["simd"]
+    assert cpu_description("processor\t: 0\n") is None  # no model name: nothing to describe
 
 
 def test_embed_cli_gives_one_row_per_point_set(tmp_path):

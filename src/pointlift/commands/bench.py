@@ -25,6 +25,7 @@ def environment_summary() -> dict:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_model": _cpu_model(),
+        "cpu": cpu_description(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -42,13 +43,44 @@ def environment_summary() -> dict:
 
 def _cpu_model() -> str | None:
     """The CPU's model name (Linux /proc/cpuinfo; None elsewhere): figures differ between CPU models."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
+    description = cpu_description()
+    return description["model_name"] if description else None
+
+
+# The SIMD extensions that decide how fast dense products run (FMA width, AVX-512, bf16/int8 units).
+SIMD_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile")
+
+
+def cpu_description(cpuinfo: str | None = None) -> dict | None:
+    """What tells two CPUs apart (Linux /proc/cpuinfo, or its text; None where there is none).
+
+    A VM's model name often hides the generation (two machines both read "AMD EPYC"); its family and
+    model numbers and SIMD flags do not, and they decide how fast the matrix products of a step run.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    first = cpuinfo.strip().split("\n\n")[0]  # one processor's block; the others repeat it
+    fields = {}
+    for line in first.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    if "model name" not in fields:
+        return None
+
+    def number(key: str) -> int | None:
+        return int(fields[key]) if fields.get(key, "").isdigit() else None
+
+    import torch
+
+    flags = set(fields.get("flags", "").split())
+    return {"model_name": fields["model name"], "vendor": fields.get("vendor_id"), "family": number("cpu family"),
+            "model": number("model"), "stepping": number("stepping"),
+            "simd": [flag for flag in SIMD_FLAGS if flag in flags],
+            "torch_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def _git_commit() -> str | None:
