@@ -103,7 +103,7 @@ def method_configs(steps: int, cache: Path) -> dict[str, tuple[list[str], dict]]
     config = json.loads(json.dumps(config))
     config["data"]["train_below"] = 20
     configs["ppkt-rgbd-epochs-of-5"] = (words, config)
-    for name in ("ppkt-lidar", "ppkt-rgbd", "image2point", "segmentation"):  # data preparation in one worker
+    for name in ("ppkt-lidar", "ppkt-rgbd", "ppkt-rgbd-epochs-of-5", "image2point", "segmentation"):  # data in one worker
         words, config = configs[name]
         config = json.loads(json.dumps(config))
         config["train"]["num_workers"] = 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 
 import pytest
@@ -569,3 +570,38 @@ def test_kill_9_during_saves_leaves_a_loadable_checkpoint_and_debris_that_cleanu
     assert left in (["last.json", "last.safetensors"], ["last.json", "last.prev.safetensors", "last.safetensors"])
     state, meta = load_checkpoint(stem)
     assert state["w"][0].item() == meta["step"]
+
+
+class WorkerTaggedData(RegressionData):
+    """RegressionData with per-sample noise (drawn from the sample's stream), whose items say which process
+    prepared them."""
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        return {"x": item["x"] + 0.1 * torch.randn(4), "y": item["y"], "pid": torch.tensor(os.getpid())}
+
+
+class PidRecorder(Regressor):
+    def __init__(self):
+        super().__init__()
+        self.pids = []
+
+    def forward(self, batch):
+        self.pids += batch["pid"].tolist()
+        return super().forward(batch)
+
+
+def test_one_worker_serves_every_epoch_and_the_run_is_the_one_without_workers(tmp_path):
+    """The DataLoader (and its worker) lasts the whole run: the epoch travels with each index, so a kept
+    worker draws each sample's own stream and the run ends where the run without workers ends."""
+    runs = {}
+    for workers in (0, 1):
+        torch.manual_seed(11)
+        model = PidRecorder()
+        config = make_config(epochs=3, checkpoint_every=0, num_workers=workers)  # 6 steps per epoch
+        train(model, WorkerTaggedData(), config, tmp_path / f"w{workers}", progress=False)
+        runs[workers] = model
+    assert set(runs[0].pids) == {os.getpid()}
+    assert len(set(runs[1].pids)) == 1 and os.getpid() not in runs[1].pids  # one worker, all 3 epochs
+    for (key, a), b in zip(runs[0].state_dict().items(), runs[1].state_dict().values()):
+        assert torch.equal(a, b), key

@@ -74,29 +74,27 @@ def set_rng_state(state: dict) -> None:
 
 
 class SampleStreams(torch.utils.data.Dataset):
-    """`dataset` whose sample `i` of epoch `e` draws its randomness (augmentations, per-sample noise)
-    from Python/NumPy/torch streams seeded with (seed, e, i) and restored afterwards.
+    """`dataset` indexed by (epoch, index): sample `index` of `epoch` draws its randomness (augmentations,
+    per-sample noise) from Python/NumPy/torch streams seeded with (seed, epoch, index), restored afterwards.
 
     Why: a sample's random draws then depend on neither the process that loads it, nor its position in
     the batch, nor what ran before - so N torchrun processes see exactly the samples one process sees
-    with the same global batch, and a resumed run sees what an uninterrupted one saw.
+    with the same global batch, and a resumed run sees what an uninterrupted one saw. The epoch travels
+    with each index, so a DataLoader worker kept from one epoch to the next draws the right streams.
     """
 
     def __init__(self, dataset, seed: int):
         self.dataset = dataset
         self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
         python_state, numpy_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
-            seed = derive_seed(self.seed, "sample", self.epoch, int(index))
+            seed = derive_seed(self.seed, "sample", int(epoch), int(index))
             random.seed(seed)
             np.random.seed(seed % 2**32)
             torch.default_generator.manual_seed(seed)  # CPU only: CUDA streams are the model's

@@ -85,6 +85,19 @@ def nonfinite_tensors(module: nn.Module) -> list[str]:
     return [k for k, ok in zip(state, flags.tolist()) if not ok]
 
 
+class EpochKeys(torch.utils.data.Sampler):
+    """The (epoch, index) keys still to draw in the current epoch; the trainer refills it every epoch."""
+
+    def __init__(self):
+        self.keys: list[tuple[int, int]] = []
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
 def epoch_indices(num_samples: int, epoch: int, seed: int, rank: int = 0, world_size: int = 1) -> list[int]:
     """This process's sample indices for `epoch`: a (seed, epoch)-shuffled, equal-size shard."""
     sampler = DistributedSampler(range(num_samples), num_replicas=world_size, rank=rank, shuffle=True,
@@ -169,6 +182,7 @@ class Trainer:
         self.per_rank = config.batch_size // world
         self.num_samples = len(dataset)
         self.samples = SampleStreams(dataset, config.seed)  # sample i of epoch e: the same draws on any rank
+        self.loader: DataLoader | None = None  # built by the first epoch_loader(), kept for the run
         self.steps_per_epoch = len(epoch_indices(self.num_samples, 0, config.seed, self.rank, world)) // self.per_rank
         if self.steps_per_epoch == 0:
             raise PointliftConfigError(f"batch_size: {config.batch_size} is larger than the dataset "
@@ -299,15 +313,26 @@ class Trainer:
         return s.step < self.total_steps and (config.max_steps is not None or s.epoch < config.epochs)
 
     def epoch_loader(self) -> DataLoader:
-        """This rank's not yet drawn batches of the current epoch, with a (seed, epoch, position) generator."""
+        """This rank's not yet drawn batches of the current epoch, as (epoch, index) keys of `SampleStreams`.
+
+        One DataLoader serves every epoch (its sampler is refilled here), so its workers persist: an epoch's
+        first batch does not wait for a new worker, and what a dataset keeps per sample (PPKT's pairs) lasts.
+        """
         config, s = self.config, self.state
         indices = epoch_indices(self.num_samples, s.epoch, config.seed, self.rank, self.world)
         remaining = indices[s.epoch_batch * self.per_rank: self.steps_per_epoch * self.per_rank]
-        self.samples.set_epoch(s.epoch)
-        return DataLoader(self.samples, batch_size=self.per_rank, sampler=remaining, drop_last=True,
-                          collate_fn=self.collate_fn, num_workers=config.num_workers,
-                          pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker,
-                          generator=make_generator(derive_seed(config.seed, s.epoch, s.epoch_batch, self.rank)))
+        if self.loader is None:
+            self.epoch_keys = EpochKeys()
+            # the generator only seeds the workers (samples draw from their own streams) and keeps DataLoader
+            # from drawing that seed from the global stream the model's dropout uses
+            self.loader = DataLoader(self.samples, batch_size=self.per_rank, sampler=self.epoch_keys, drop_last=True,
+                                     collate_fn=self.collate_fn, num_workers=config.num_workers,
+                                     persistent_workers=config.num_workers > 0, pin_memory=self.device.type == "cuda",
+                                     worker_init_fn=seed_worker,
+                                     generator=make_generator(derive_seed(config.seed, s.epoch, s.epoch_batch,
+                                                                          self.rank)))
+        self.epoch_keys.keys = [(s.epoch, index) for index in remaining]
+        return self.loader
 
     def train_step(self, batch) -> bool:
         """One batch: forward, the non-finite checks, the update; False when the epoch loop must stop."""
@@ -416,6 +441,7 @@ class Trainer:
                 raise dist_utils.collective_failure(error) from None
             raise
         finally:  # also on errors: the bar ends its line before the CLI prints the error
+            self.loader = None  # its workers end with it
             self.bar.close()
             if self.logger is not None:
                 self.logger.close()
