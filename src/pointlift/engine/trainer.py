@@ -133,7 +133,7 @@ class Trainer:
     """One training run, its loop cut into named steps (`train` below is the entry point).
 
     Setup happens in `__init__` (processes, run directory, optimiser, AMP, resume); `run` is the loop:
-    per epoch a loader over the unseen part of this rank's shard, per batch `train_step` (forward, the
+    per epoch the unseen part of this rank's shard (one DataLoader, refilled), per batch `train_step` (forward, the
     non-finite checks, `optimizer_step`) and `after_step` (log, save, stop); after each epoch `evaluate`;
     at the end the last log row, evaluation and checkpoint. Each step is a method a subclass can
     override as a hook, but the order of random draws and optimiser calls is the contract.

@@ -25,8 +25,8 @@ class PPKTDataset(torch.utils.data.Dataset):
 
     A sample's pairs (projection, z-buffer, back-projection: about 30 ms per LiDAR sweep) depend on the
     sample alone, not on the augmentation, so they are kept after first use, up to `pair_cache_mb` per
-    dataset copy (0 = off): every epoch after the first reads them, and the run is unchanged. A DataLoader
-    worker holds its own copy, which ends with the epoch.
+    dataset copy (0 = off): every epoch after the first reads them, and the run is unchanged. Each DataLoader
+    worker keeps its own copy (the trainer's workers last the run).
     """
 
     def __init__(self, samples, make_pairs, view_image, view_hw, view_names, image_size, augment: PPKTAugmentConfig | None,
