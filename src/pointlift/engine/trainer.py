@@ -182,6 +182,7 @@ class Trainer:
         self.per_rank = config.batch_size // world
         self.num_samples = len(dataset)
         self.samples = SampleStreams(dataset, config.seed)  # sample i of epoch e: the same draws on any rank
+        self.epoch_keys = EpochKeys()  # what the loader draws; epoch_loader() refills it every epoch
         self.loader: DataLoader | None = None  # built by the first epoch_loader(), kept for the run
         self.steps_per_epoch = len(epoch_indices(self.num_samples, 0, config.seed, self.rank, world)) // self.per_rank
         if self.steps_per_epoch == 0:
@@ -322,7 +323,6 @@ class Trainer:
         indices = epoch_indices(self.num_samples, s.epoch, config.seed, self.rank, self.world)
         remaining = indices[s.epoch_batch * self.per_rank: self.steps_per_epoch * self.per_rank]
         if self.loader is None:
-            self.epoch_keys = EpochKeys()
             # the generator only seeds the workers (samples draw from their own streams) and keeps DataLoader
             # from drawing that seed from the global stream the model's dropout uses
             self.loader = DataLoader(self.samples, batch_size=self.per_rank, sampler=self.epoch_keys, drop_last=True,
