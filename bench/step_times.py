@@ -40,7 +40,7 @@ import yaml
 
 from pointlift.bench.i2p_mae import PRESETS as I2P_PRESETS
 from pointlift.bench.segmentation import KITTI_TRAIN
-from pointlift.commands.bench import _cpu_model, cpu_description
+from pointlift.commands.bench import cpu_description
 
 SHARED = Path(os.environ.get("POINTLIFT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 I2P_MODEL = json.loads(json.dumps(I2P_PRESETS["cpu"].model))  # bench i2p-mae, preset cpu (YAML-safe lists)
@@ -198,13 +198,14 @@ def main(argv: list[str] | None = None) -> int:
             if row[first] and row[arm]:
                 row[f"ratio_{arm}_vs_{first}"] = row[arm] / row[first]
         summary[name] = row
-    cpu = _cpu_model() or platform.processor()
+    cpu = cpu_description()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"summary": summary, "runs": results, "trees": {k: str(v) for k, v in trees.items()},
                                     "arms": {arm: {"tree": tree, "threads": t, "processes": p}
                                              for arm, (tree, t, p) in arms.items()},
                                     "steps": args.steps, "repeats": args.repeats,
-                                    "env": {"cpu_model": cpu, "cpu": cpu_description(), "python": platform.python_version(),
+                                    "env": {"cpu_model": cpu["model_name"] if cpu else platform.processor(), "cpu": cpu,
+                                            "python": platform.python_version(),
                                             "cores": os.cpu_count()}}, indent=1))
     print(json.dumps(summary, indent=1))
     if len(arms) > 1:

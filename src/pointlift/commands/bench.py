@@ -19,13 +19,14 @@ def environment_summary() -> dict:
     """What a benchmark figure was measured on."""
     import torch
 
+    cpu = cpu_description()
     env = {
         "pointlift": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "cpu_model": _cpu_model(),
-        "cpu": cpu_description(),
+        "cpu_model": cpu["model_name"] if cpu else None,
+        "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -39,12 +40,6 @@ def environment_summary() -> dict:
         pass
     env["git_commit"] = _git_commit()
     return env
-
-
-def _cpu_model() -> str | None:
-    """The CPU's model name (Linux /proc/cpuinfo; None elsewhere): figures differ between CPU models."""
-    description = cpu_description()
-    return description["model_name"] if description else None
 
 
 # The SIMD extensions that decide how fast dense products run (FMA width, AVX-512, bf16/int8 units).
