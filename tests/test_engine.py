@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -605,3 +608,33 @@ def test_one_worker_serves_every_epoch_and_the_run_is_the_one_without_workers(tm
     assert len(set(runs[1].pids)) == 1 and os.getpid() not in runs[1].pids  # one worker, all 3 epochs
     for (key, a), b in zip(runs[0].state_dict().items(), runs[1].state_dict().values()):
         assert torch.equal(a, b), key
+
+
+_RESIDENT_AFTER_FREE = """
+import torch
+from pointlift.engine.allocator import keep_freed_memory
+applied = keep_freed_memory()
+def resident_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+block = torch.ones(6 << 20)  # 24 MiB, above glibc's default mmap threshold
+held = resident_mb()
+del block
+print(applied, held - resident_mb())
+"""
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
+                    reason="the thresholds are glibc's")
+def test_freed_step_memory_stays_in_the_process_unless_opted_out():
+    """A freed 24 MiB tensor stays resident (the next step reuses its pages without page faults); with
+    POINTLIFT_KEEP_FREED_MEMORY=0 glibc's defaults give it back to the kernel."""
+    def run(setting):
+        env = {**os.environ, "POINTLIFT_KEEP_FREED_MEMORY": setting}
+        out = subprocess.run([sys.executable, "-c", _RESIDENT_AFTER_FREE], env=env, capture_output=True, text=True,
+                             check=True).stdout.split()
+        return out[0] == "True", float(out[1])
+
+    applied, released_mb = run("1")
+    assert applied and released_mb < 4
+    applied, released_mb = run("0")
+    assert not applied and released_mb > 20

@@ -303,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     from pointlift import progress
 
     progress.set_enabled(False if getattr(args, "no_progress", False) else None)
+    from pointlift.engine.allocator import keep_freed_memory
+
+    keep_freed_memory()  # every step's tensors reuse the last step's pages (engine/allocator.py)
     try:
         return int(args.func(args) or 0)
     except PointliftError as error:

@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pointlift.engine import distributed as dist_utils
+from pointlift.engine.allocator import keep_freed_memory
 from pointlift.engine.amp import amp_setup, autocast
 from pointlift.engine.checkpoint import (checkpoint_files, clean_stale_files, load_checkpoint, load_model_state,
                                          model_state_for_checkpoint, save_checkpoint)
@@ -146,6 +147,7 @@ class Trainer:
         self.config, self.collate_fn, self.eval_fn = config, collate_fn, eval_fn
         self.config_for_checkpoint, self.model_spec = config_for_checkpoint, model_spec
         self.interrupt_after_step, self.progress = interrupt_after_step, progress
+        keep_freed_memory()  # library callers too; before any DataLoader worker is forked
         self._setup_processes(device, run_dir)
         self._setup_data(dataset)
         self._setup_model(model)
