@@ -3,6 +3,9 @@
 `python tests/behaviour_runs.py OUT.json` runs each of them through the CLI and records, per checkpoint
 tensor, its SHA-256 and its float64 sum; tests/test_behaviour_digests.py reruns them and compares with
 the recorded file (tests/behaviour_digests.json, recorded on the code before issue 24's restructuring).
+Float rounding depends on the CPU's kernels, so the file holds one record per machine kind (`machine()`):
+the first-generation Zen record was made on the code before issue 24 (with the re-recordings below); the
+Zen 4 record (AVX-512) on 475d24a, whose runs reproduce every first-generation Zen record there bit for bit.
 Deliberate changes re-record only the runs they change, named here: issue 29's resampling seeded by each
 shape's points (not its list position) re-recorded i2p-mae-official and i2p-mae-pointlift; issue 27's
 speed-ups (PPKT reads out only the sampled pairs; a CNN teacher on the CPU runs BatchNorm-folded and channels-last)
@@ -92,26 +95,35 @@ def run_one(name: str, root: Path, shared: Path, workers: int = 0) -> dict:
 
 
 def machine() -> dict:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "torch": torch.__version__, "python": platform.python_version()}
+    """The machine kind whose kernels decide float rounding: the CPU's vendor, family, model, stepping and SIMD
+    units (`cpu_description`; a VM's model name alone, "AMD EPYC", names a first-generation Zen and a Zen 4
+    alike, whose products round differently), torch and Python."""
+    from pointlift.commands.bench import cpu_description
+
+    cpu = cpu_description() or {}
+    return {"cpu": {key: value for key, value in cpu.items() if key != "model_name"}, "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def record_for_this_machine(recorded: dict) -> dict | None:
+    """The record (machine, code, runs) of `recorded` (behaviour_digests.json) made on this machine kind."""
+    here = machine()
+    return next((record for record in recorded["records"] if record["machine"] == here), None)
 
 
 if __name__ == "__main__":
+    # python tests/behaviour_runs.py OUT.json [SHARED] [CODE]: adds (or replaces) this machine kind's record
     import tempfile
 
     torch.set_num_threads(1)
     out = Path(sys.argv[1])
     shared = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).resolve().parents[2] / "shared"
+    code = sys.argv[3] if len(sys.argv) > 3 else "unnamed"
+    recorded = json.loads(out.read_text()) if out.exists() else {"records": []}
     with tempfile.TemporaryDirectory() as tmp:
-        record = {"machine": machine(), "runs": {}}
+        record = {"machine": machine(), "code": code, "runs": {}}
         for name in runs(Path(tmp), shared):
             record["runs"][name] = run_one(name, Path(tmp), shared)
             print(name, "done", flush=True)
-    out.write_text(json.dumps(record, indent=1) + "\n")
+    recorded["records"] = [r for r in recorded["records"] if r["machine"] != record["machine"]] + [record]
+    out.write_text(json.dumps(recorded, indent=1) + "\n")

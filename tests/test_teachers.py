@@ -363,3 +363,18 @@ def test_fold_is_refused_when_a_convolution_output_is_also_read_elsewhere():
     fast = folded_inference_copy(plain, run, probe)
     assert isinstance(fast[1], torch.nn.Identity)
     torch.testing.assert_close(fast(probe), plain(probe), atol=1e-5, rtol=1e-5)
+
+
+def test_folded_cpu_copy_runs_a_large_batch_in_calls_and_gives_each_image_its_own_map():
+    """The CPU copy splits a batch into calls of at most CPU_PIXELS_PER_CALL pixels: every image's map is
+    the one it gets alone (a dropped, repeated or misplaced image fails this)."""
+    model = teacher("tf_efficientnet_lite0")
+    model.CPU_PIXELS_PER_CALL = 3 * 32 * 48  # calls of 3 images: 7 images -> 3 + 3 + 1
+    images = torch.randn(7, 3, 32, 48)
+    calls = []
+    stage_of = model._stage_of
+    model._stage_of = lambda net, x: (calls.append(len(x)), stage_of(net, x))[1]
+    batched = model.features(images)
+    assert calls[-3:] == [3, 3, 1]
+    alone = torch.cat([model.features(image[None]) for image in images])
+    torch.testing.assert_close(batched, alone, atol=1e-5 * float(alone.abs().max()), rtol=0)

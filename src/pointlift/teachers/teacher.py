@@ -180,9 +180,16 @@ class Teacher(nn.Module):
     def _stage_of(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return model.forward_intermediates(images, indices=[self.stage], stop_early=True, intermediates_only=True)[0]
 
+    # Images per call of the folded CPU copy: at most this many pixels. Each call's largest activation then
+    # stays under glibc's 32 MiB mmap threshold (EfficientNet-Lite0's 96-channel expansion at stride 2: 28 MB),
+    # so it reuses freed heap pages (`pointlift.engine.allocator`) instead of page-faulting fresh ones; 96 views
+    # of 96 px took 0.20-0.26 s in 3 calls against 0.30-0.33 s in one (one thread, BENCHMARKS.md).
+    CPU_PIXELS_PER_CALL = 32 * 96 * 96
+
     def _cnn_stage(self, images: torch.Tensor) -> torch.Tensor:
         """The CNN's stage map; in float32 on the CPU through the folded channels-last copy
-        (`pointlift.teachers.folding`, built on the first batch) unless `fold_cpu` is off."""
+        (`pointlift.teachers.folding`, built on the first batch), CPU_PIXELS_PER_CALL at a time, unless
+        `fold_cpu` is off. Eval mode: each image's map depends on that image alone."""
         if not (self.fold_cpu and images.device.type == "cpu" and images.dtype == torch.float32):
             return self._stage_of(self.model, images)
         # the copy is rebuilt when a weight was replaced or changed in place (a copied or reloaded teacher)
@@ -192,7 +199,11 @@ class Teacher(nn.Module):
             self._folded = [folded_inference_copy(self.model, self._stage_of, images[:2]), weights]
         if self._folded[0] is None:
             return self._stage_of(self.model, images)
-        return self._stage_of(self._folded[0], images.contiguous(memory_format=torch.channels_last))
+        images = images.contiguous(memory_format=torch.channels_last)
+        per_call = max(1, self.CPU_PIXELS_PER_CALL // (images.shape[-2] * images.shape[-1]))
+        if len(images) <= per_call:
+            return self._stage_of(self._folded[0], images)
+        return torch.cat([self._stage_of(self._folded[0], part) for part in images.split(per_call)])
 
     def last_block_attention(self, tokens: torch.Tensor) -> torch.Tensor:
         """Attention probabilities (B, heads, N, N) of the last ViT block for its input tokens.
