@@ -14,9 +14,11 @@ from pointlift.methods.i2p_mae import model as i2p_model
 
 HELPER = Path(__file__).with_name("ddp_methods_helper.py")
 METHOD = "i2p-mae-ddp-equivalent"  # tests/run_configs.ddp_config: drop_path 0.3, released quirk on
-# Largest |2 processes - 1 process| over the model tensors after 2 SGD steps, measured on CPU (gloo):
-# 7.3e-7 with the option on; 2.0e-2 with it off (same config: drop-path 0.3, released quirk on).
-TOLERANCE = 3e-6
+# Largest |2 processes - 1 process| over the model tensors after 2 SGD steps, measured on CPU (gloo): with the
+# option on 7.3e-7 on a first-generation Zen and 5.5e-5 on a Zen 4 (AVX-512; the code unchanged: its kernels
+# round the half and whole batches differently, and the largest gaps are in the first token-embedding
+# convolution); with it off 2.0e-2 (same config: drop-path 0.3, released quirk on). The bound sits 100x under that.
+TOLERANCE = 2e-4
 
 
 def test_global_mean_over_fake_processes_sums_to_the_whole_batch_mean(monkeypatch):
