@@ -182,8 +182,8 @@ class Teacher(nn.Module):
 
     # Images per call of the folded CPU copy: at most this many pixels. Each call's largest activation then
     # stays under glibc's 32 MiB mmap threshold (EfficientNet-Lite0's 96-channel expansion at stride 2: 28 MB),
-    # so it reuses freed heap pages (`pointlift.engine.allocator`) instead of page-faulting fresh ones; 96 views
-    # of 96 px took 0.20-0.26 s in 3 calls against 0.30-0.33 s in one (one thread, BENCHMARKS.md).
+    # so it reuses freed heap pages (`pointlift.engine.allocator`) instead of page-faulting fresh ones: 96 views
+    # of 96 px took 0.20 s in 3 calls against 0.27 s in one, the same maps bit for bit (bench/teacher_calls.py).
     CPU_PIXELS_PER_CALL = 32 * 96 * 96
 
     def _cnn_stage(self, images: torch.Tensor) -> torch.Tensor:
