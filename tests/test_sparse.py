@@ -84,16 +84,18 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("chunk", ["one", "several"])
+@pytest.mark.parametrize("chunk", ["one", "several", "several, gathered per offset"])
 @pytest.mark.parametrize("path", ["csr", "index_add"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_conv_matches_dense(case, device, path, chunk, monkeypatch):
     """Both ways of summing pair products onto sites (CSR segment sums and index_add_), with all pairs in one
-    chunk and split into chunks of about two offsets (a 3x3x3 offset here has about 100 pairs)."""
+    chunk and split into chunks of about two offsets (a 3x3x3 offset here has about 100 pairs), and with each
+    offset's rows gathered just before its products (wide layers on the CPU; here every non-depthwise one)."""
     monkeypatch.setattr(conv_module, "SCATTER", path)
-    if chunk == "several":
+    if chunk != "one":
         monkeypatch.setattr(kernel_map_module, "PAIR_CHUNK", 250)
+    monkeypatch.setattr(conv_module, "PER_OFFSET_GATHER_MIN_CHANNELS", 1 if "per offset" in chunk else 10**9)
     name, cls, cin, cout, kwargs = case
     torch.manual_seed(1)
     k = kwargs["kernel_size"]
@@ -435,3 +437,23 @@ def test_one_sided_gradients_match_both_sided(groups, monkeypatch):
     assert no_weight is None and no_features is None
     assert torch.equal(only_features, both_features) and torch.equal(only_weight, both_weight)
     assert both_features.abs().max() > 1e-3 and both_weight.abs().max() > 1e-3
+
+
+def test_gathering_per_offset_gives_the_chunked_results_bit_for_bit(monkeypatch):
+    """A wide layer gathers each offset's rows just before its products instead of a chunk at once: the same
+    rows and products, so the output and every gradient are identical bit for bit (forward and backward)."""
+    monkeypatch.setattr(kernel_map_module, "PAIR_CHUNK", 250)
+    coords, feats = random_sparse(channels=32)
+    results = {}
+    for threshold in (32, 10**9):
+        monkeypatch.setattr(conv_module, "PER_OFFSET_GATHER_MIN_CHANNELS", threshold)
+        torch.manual_seed(3)
+        net = torch.nn.ModuleList([SubMConv3d(32, 40, kernel_size=3), SparseConv3d(40, 48, kernel_size=2, stride=2),
+                                   SparseInverseConv3d(48, 32, kernel_size=2, stride=2)])
+        leaf = feats.clone().requires_grad_()
+        x = SparseTensor(leaf, coords)
+        for layer in net:
+            x = layer(x)
+        (x.features ** 2).sum().backward()
+        results[threshold] = [x.features.detach(), leaf.grad] + [layer.weight.grad for layer in net]
+    assert all(torch.equal(a, b) for a, b in zip(results[32], results[10**9]))
