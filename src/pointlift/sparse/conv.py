@@ -11,8 +11,9 @@ module, so 2D->3D inflation and comparisons with dense `conv3d` are direct. Dens
   weight `w.transpose(0, 1)` (per group), read at the cached sites of the finer stride.
 
 Execution (pure backend), per layer: one gather of every pair's input row into a reused scratch
-buffer, one matmul per kernel offset into one product buffer (a depthwise layer scales the gathered
-rows in place instead), and one segment sum of the products onto the output sites (a cached CSR 0/1
+buffer (wide layers on the CPU: each offset's rows just before its matmul, into a small one), one
+matmul per kernel offset into one product buffer (a depthwise layer scales the gathered rows in place
+instead), and one segment sum of the products onto the output sites (a cached CSR 0/1
 matrix on CPU, `index_add_` on CUDA). The autograd function saves only the input features and the
 weight and reuses the forward's kernel map in backward, where it recomputes the gather (much less
 memory on large scenes than saving it).
