@@ -121,8 +121,9 @@ def _per_offset_products(w: torch.Tensor):
 
 # A dense (non-depthwise) layer at least this wide on both sides gathers each offset's rows just before the
 # product that reads them, into one small reused buffer that is still in cache, instead of a whole chunk of
-# offsets at once. Bit-identical (the same rows and products). Measured on a Zen 4 core: the gather and
-# products 7-9 % faster at 32-256 channels, 11 % slower at 8 (more calls), level at 16 (BENCHMARKS.md).
+# offsets at once. Bit-identical (the same rows and products). Measured on a Zen 4 core with 1 and 2 threads
+# (bench/per_offset_gather.py): the gathers and products 4-11 % faster at 32-256 channels, 5-38 % slower at 8
+# (more calls for little work), mixed at 16.
 PER_OFFSET_GATHER_MIN_CHANNELS = 32
 
 
