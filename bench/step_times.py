@@ -4,7 +4,8 @@
         --out bench/results/step-times-cpu.json
     python bench/step_times.py --tree main=. --threads 1,2 --processes 1,2 --out bench/results/step-scaling-cpu.json
 
-With several arms it also draws FILE.png (samples/s of each arm relative to the first); `--replot` redraws it
+With several arms it also draws FILE.png (samples/s of each arm relative to the first) and, with two trees,
+FILE-paired.png (the paired ratios and their intervals); `--replot` recomputes the summary and redraws the plots
 from an existing FILE.json.
 
 Each method runs its real command (`pointlift pretrain ...` / `pointlift finetune ...`) from each tree's own
@@ -12,7 +13,10 @@ Each method runs its real command (`pointlift pretrain ...` / `pointlift finetun
 few steps logged one by one. The figure is the median samples/s of the steps after the first (the trainer's
 own `samples_per_s`: wall time between steps, data loading included). Trees alternate within every repeat
 (the order reversed every other repeat), so both see the same machine load; ratios are after / before of the
-medians over repeats. A method whose config a tree does not know (an option added later) is skipped there.
+medians over repeats. `paired_*` is the claim to quote: per repeat, the ratio of the two arms' samples over
+all timed steps (the runs are deterministic, so both arms see the same batches; where batches differ in size,
+as scene crops do, this weighs each step by its time, which the median of per-step rates does not), their
+geometric mean and a 95 % paired-t interval over the repeats. A method whose config a tree does not know (an option added later) is skipped there.
 With several thread or process counts (torchrun, gloo; samples/s of the global batch) each combination is an
 arm of its own, as long as threads x processes does not exceed the cores: what more cores buy.
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import platform
 import statistics
@@ -40,7 +45,6 @@ import yaml
 
 from pointlift.bench.i2p_mae import PRESETS as I2P_PRESETS
 from pointlift.bench.segmentation import KITTI_TRAIN
-from pointlift.commands.bench import cpu_description
 
 SHARED = Path(os.environ.get("POINTLIFT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 I2P_MODEL = json.loads(json.dumps(I2P_PRESETS["cpu"].model))  # bench i2p-mae, preset cpu (YAML-safe lists)
@@ -140,7 +144,47 @@ def time_one(tree: Path, words: list[str], config: dict, threads: int, work: Pat
     with open(run_dir / "metrics.csv") as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("samples_per_s")]
     rates = [float(row["samples_per_s"]) for row in rows[1:]]
-    return {"samples_per_s": statistics.median(rates), "per_step": rates, "wall_s": wall}
+    # every step has the same batch size: samples over time of all timed steps = steps / sum of 1 / rate
+    return {"samples_per_s": statistics.median(rates), "overall_samples_per_s": len(rates) / sum(1 / r for r in rates),
+            "per_step": rates, "wall_s": wall}
+
+
+def _overall(run: dict) -> float:
+    """Samples/s over all timed steps of a run (also for files written before the runs recorded it)."""
+    return run.get("overall_samples_per_s") or len(run["per_step"]) / sum(1 / rate for rate in run["per_step"])
+
+
+def summarise(results: dict, arms: dict) -> dict:
+    """Per method: each arm's median samples/s over repeats and its ratio to the first arm's; and for each arm
+    of another tree, the paired ratio (95 % interval) to the first tree at the same threads and processes
+    (see the module docstring). `arms`: name -> (tree, threads, processes), in order."""
+    from pointlift.bench.stats import paired_difference
+
+    names = list(arms)
+    first, first_tree = names[0], arms[names[0]][0]
+    baseline_of = {arm: next(b for b in names if arms[b][0] == first_tree and arms[b][1:] == arms[arm][1:])
+                   for arm in names if arms[arm][0] != first_tree
+                   and any(arms[b][0] == first_tree and arms[b][1:] == arms[arm][1:] for b in names)}
+    summary = {}
+    for name, by_arm in results.items():
+        row = {}
+        for arm, runs in by_arm.items():
+            rates = [run["samples_per_s"] for run in runs if "samples_per_s" in run]
+            row[arm] = statistics.median(rates) if rates else None
+        for arm in names[1:]:
+            if row[first] and row[arm]:
+                row[f"ratio_{arm}_vs_{first}"] = row[arm] / row[first]
+        for arm, base in baseline_of.items():
+            pairs = [(_overall(a), _overall(b)) for a, b in zip(by_arm[base], by_arm[arm])
+                     if a.get("per_step") and b.get("per_step")]
+            if pairs:
+                logs = paired_difference([math.log(b) for _, b in pairs], [math.log(a) for a, _ in pairs])
+                row[f"paired_{arm}_vs_{base}"] = {
+                    "ratio": math.exp(logs["mean"]), "low": math.exp(logs["low"]) if logs["low"] is not None else None,
+                    "high": math.exp(logs["high"]) if logs["high"] is not None else None,
+                    "per_repeat": [b / a for a, b in pairs]}
+        summary[name] = row
+    return summary
 
 
 def plot_summary(summary: dict, arms: list[str], path: Path) -> Path:
@@ -153,6 +197,38 @@ def plot_summary(summary: dict, arms: list[str], path: Path) -> Path:
     return plot_bars(groups, path, title=f"training-step samples/s relative to {arms[0]}", ylabel="× " + arms[0])
 
 
+def plot_paired(summary: dict, path: Path) -> Path | None:
+    """Each method's paired ratios (markers) with their 95 % intervals (bars), one colour per compared arm; None
+    when the summary has no pairs (one tree)."""
+    import matplotlib.pyplot as plt
+
+    from pointlift.report import _save
+
+    pairs = sorted({key for row in summary.values() for key in row if key.startswith("paired_")})
+    methods = [name for name, row in summary.items() if any(key in row for key in pairs)]
+    if not methods:
+        return None
+    fig, ax = plt.subplots(figsize=(max(4, 1.5 * len(methods) + 2), 3.4))
+    width = 0.6 / len(pairs)
+    for i, key in enumerate(pairs):
+        xs, ys, low, high = [], [], [], []
+        for m, name in enumerate(methods):
+            entry = summary[name].get(key)
+            if entry and entry["low"] is not None:
+                xs.append(m + (i - (len(pairs) - 1) / 2) * width)
+                ys.append(entry["ratio"])
+                low.append(entry["ratio"] - entry["low"])
+                high.append(entry["high"] - entry["ratio"])
+        ax.errorbar(xs, ys, yerr=[low, high], fmt="o", capsize=4, label=key[len("paired_"):].replace("_vs_", " / "))
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(methods)), methods)
+    ax.set_ylabel("samples/s ratio")
+    ax.set_title("paired over repeats (all timed steps), 95 % interval")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", action="append", required=True, help="NAME=PATH of a source tree (two or more)")
@@ -162,11 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=6, help="steps per run (the first is not timed)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--replot", action="store_true", help="only redraw the plot of an existing --out file")
+    parser.add_argument("--replot", action="store_true", help="only recompute the summary and redraw the plot of an existing --out file")
     args = parser.parse_args(argv)
-    if args.replot:
+    if args.replot:  # the summary too: files written before the paired ratios get them
         stored = json.loads(args.out.read_text())
+        stored["summary"] = summarise(stored["runs"], {arm: (spec["tree"], spec["threads"], spec["processes"])
+                                                       for arm, spec in stored["arms"].items()})
+        args.out.write_text(json.dumps(stored, indent=1))
+        print(json.dumps(stored["summary"], indent=1))
         print(plot_summary(stored["summary"], list(stored["arms"]), args.out.with_suffix(".png")))
+        print(plot_paired(stored["summary"], args.out.with_name(args.out.stem + "-paired.png")))
         return 0
     trees = {name: Path(path).resolve() for name, path in (item.split("=", 1) for item in args.tree)}
     # an arm: a tree at a thread count and a process count (no more threads in all than cores)
@@ -187,17 +268,9 @@ def main(argv: list[str] | None = None) -> int:
                     results[name][arm].append(got)
                     print(f"[step_times] {name} {arm} repeat {repeat}: "
                           f"{got.get('samples_per_s', got.get('error'))}", flush=True)
-    summary = {}
-    first = list(arms)[0]
-    for name, by_arm in results.items():
-        row = {}
-        for arm, runs in by_arm.items():
-            rates = [run["samples_per_s"] for run in runs if "samples_per_s" in run]
-            row[arm] = statistics.median(rates) if rates else None
-        for arm in list(arms)[1:]:
-            if row[first] and row[arm]:
-                row[f"ratio_{arm}_vs_{first}"] = row[arm] / row[first]
-        summary[name] = row
+    summary = summarise(results, arms)
+    from pointlift.commands.bench import cpu_description  # here: step_profile.py imports this file from older trees
+
     cpu = cpu_description()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"summary": summary, "runs": results, "trees": {k: str(v) for k, v in trees.items()},
@@ -210,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=1))
     if len(arms) > 1:
         print(plot_summary(summary, list(arms), args.out.with_suffix(".png")))
+        print(plot_paired(summary, args.out.with_name(args.out.stem + "-paired.png")))
     return 0
 
 
