@@ -16,7 +16,8 @@ own `samples_per_s`: wall time between steps, data loading included). Trees alte
 medians over repeats. `paired_*` is the claim to quote: per repeat, the ratio of the two arms' samples over
 all timed steps (the runs are deterministic, so both arms see the same batches; where batches differ in size,
 as scene crops do, this weighs each step by its time, which the median of per-step rates does not), their
-geometric mean and a 95 % paired-t interval over the repeats. A method whose config a tree does not know (an option added later) is skipped there.
+geometric mean and a 95 % paired-t interval over the repeats. A method whose config a tree does not know (an
+option added later) is skipped there.
 With several thread or process counts (torchrun, gloo; samples/s of the global batch) each combination is an
 arm of its own, as long as threads x processes does not exceed the cores: what more cores buy.
 
@@ -144,14 +145,12 @@ def time_one(tree: Path, words: list[str], config: dict, threads: int, work: Pat
     with open(run_dir / "metrics.csv") as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("samples_per_s")]
     rates = [float(row["samples_per_s"]) for row in rows[1:]]
-    # every step has the same batch size: samples over time of all timed steps = steps / sum of 1 / rate
-    return {"samples_per_s": statistics.median(rates), "overall_samples_per_s": len(rates) / sum(1 / r for r in rates),
-            "per_step": rates, "wall_s": wall}
+    return {"samples_per_s": statistics.median(rates), "per_step": rates, "wall_s": wall}
 
 
 def _overall(run: dict) -> float:
-    """Samples/s over all timed steps of a run (also for files written before the runs recorded it)."""
-    return run.get("overall_samples_per_s") or len(run["per_step"]) / sum(1 / rate for rate in run["per_step"])
+    """Samples/s over all timed steps of a run: every step has the same batch, so steps / sum of 1 / rate."""
+    return len(run["per_step"]) / sum(1 / rate for rate in run["per_step"])
 
 
 def summarise(results: dict, arms: dict) -> dict:
@@ -162,9 +161,9 @@ def summarise(results: dict, arms: dict) -> dict:
 
     names = list(arms)
     first, first_tree = names[0], arms[names[0]][0]
-    baseline_of = {arm: next(b for b in names if arms[b][0] == first_tree and arms[b][1:] == arms[arm][1:])
-                   for arm in names if arms[arm][0] != first_tree
-                   and any(arms[b][0] == first_tree and arms[b][1:] == arms[arm][1:] for b in names)}
+    of_first_tree = {arms[arm][1:]: arm for arm in names if arms[arm][0] == first_tree}  # (threads, processes)
+    baseline_of = {arm: of_first_tree[arms[arm][1:]] for arm in names
+                   if arms[arm][0] != first_tree and arms[arm][1:] in of_first_tree}
     summary = {}
     for name, by_arm in results.items():
         row = {}
@@ -238,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=6, help="steps per run (the first is not timed)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--replot", action="store_true", help="only recompute the summary and redraw the plot of an existing --out file")
+    parser.add_argument("--replot", action="store_true",
+                        help="only recompute the summary and redraw the plots of an existing --out file")
     args = parser.parse_args(argv)
     if args.replot:  # the summary too: files written before the paired ratios get them
         stored = json.loads(args.out.read_text())
