@@ -30,6 +30,9 @@ class SegDataConfig:
     subset_seed: int = 0  # seed of the scene_fraction / point_fraction / points_per_scene subsets
     max_points: Optional[int] = None  # training: random subset of each scan's points (None = all)
     crop_radius: Optional[float] = None  # training: keep points within this horizontal radius of a random point
+    # pointlift's option for the CPU: build each training batch's kernel maps in the collate, so that a DataLoader
+    # worker (train.num_workers > 0) makes them beside the step (the same run, bit for bit; sparse/prebuilt.py)
+    kernel_maps_in_loader: bool = False
 
     def __post_init__(self):
         require(self.voxel_size > 0, "voxel_size", f"must be > 0, got {self.voxel_size}")
@@ -102,3 +105,7 @@ class SegmentationConfig:
     write_predictions: bool = True  # PLY per test scan and a picture in the report
     device: Optional[str] = None  # cpu, cuda, cuda:1 ... (null = cuda if available)
     run_root: Path = Path("runs")  # folder of run directories (relative to the current directory)
+
+    def __post_init__(self):
+        require(not self.data.kernel_maps_in_loader or self.device is None or self.device == "cpu",
+                "data.kernel_maps_in_loader", f"builds kernel maps on the CPU; this run is on {self.device}")

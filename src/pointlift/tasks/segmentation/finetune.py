@@ -13,6 +13,7 @@ from pointlift.engine.device import resolve_device
 from pointlift.engine.distributed import is_main_process
 from pointlift.engine.rundir import write_json
 from pointlift.errors import PointliftConfigError
+from pointlift.sparse.prebuilt import WithKernelMaps, record_plan
 from pointlift.tasks.segmentation.config import SegmentationConfig
 from pointlift.tasks.segmentation.data import SceneCollate, SceneDataset, label_efficient_subset, load_split
 from pointlift.tasks.segmentation.evaluate import evaluate_scenes
@@ -59,9 +60,15 @@ def finetune(config: SegmentationConfig, run_dir: str | Path, *, resume: bool = 
         curve.append({"epoch": epoch, "miou": metrics["miou"], "overall_acc": metrics["overall_acc"]})
         return {"val_miou": metrics["miou"], "val_overall_acc": metrics["overall_acc"]}
 
+    collate = SceneCollate(data.voxel_size)
+    if data.kernel_maps_in_loader:
+        if device.type != "cpu":
+            raise PointliftConfigError(f"data.kernel_maps_in_loader builds kernel maps on the CPU; this run is on "
+                                       f"{device} (set device: cpu, or leave the option off)")
+        collate = WithKernelMaps(collate, record_plan(model.backbone, model.input_channels(data)))
     start = time.perf_counter()
     result = train(model, SceneDataset(train_scenes, data, config.augment), config.train, run_dir,
-                   collate_fn=SceneCollate(data.voxel_size), resume=resume, device=device, progress=progress,
+                   collate_fn=collate, resume=resume, device=device, progress=progress,
                    eval_fn=eval_fn if scenes["val"] else None, config_for_checkpoint=config_to_dict(config),
                    model_spec=model_spec(config, num_classes, label_set, summary["train_scans"]))
     summary["train_seconds"] = time.perf_counter() - start

@@ -26,9 +26,14 @@ class SegmentationModel(nn.Module):
         self.backbone = backbone
         self.num_classes = num_classes
 
+    def input_channels(self, data: SegDataConfig) -> int:
+        """Feature channels the backbone reads."""
+        return feature_channels(data.features)
+
     def logits(self, batch: dict) -> torch.Tensor:
-        """Per-point logits (N, C)."""
-        x = SparseTensor(batch["features"], batch["coords"], batch_size=int(batch["batch_size"]))
+        """Per-point logits (N, C). A batch may bring its kernel maps (`data.kernel_maps_in_loader`)."""
+        manager = batch["kernel_maps"].unpack() if "kernel_maps" in batch else None
+        x = SparseTensor(batch["features"], batch["coords"], manager=manager, batch_size=int(batch["batch_size"]))
         return self.backbone(x).features[batch["inverse"]]
 
     def forward(self, batch: dict) -> dict:
@@ -97,6 +102,9 @@ def _expand_features(batch: dict, channels: int) -> dict:
 
 class InflatedSegmentationModel(SegmentationModel):
     """The inflated U-Net takes 3 input channels (the 2D stem's RGB); 1-channel inputs are repeated."""
+
+    def input_channels(self, data: SegDataConfig) -> int:
+        return 3
 
     def logits(self, batch: dict) -> torch.Tensor:
         return super().logits(_expand_features(batch, 3))
