@@ -24,7 +24,7 @@ arm of its own, as long as threads x processes does not exceed the cores: what m
 Methods (configs below): PPKT from SemanticKITTI LiDAR + camera and from RGB-D frames, official I2P-MAE
 (teacher every step; also with `data.teacher_in_loader` and one or two DataLoader workers), Image2Point fine-tuning,
 ScanNet segmentation fine-tuning; `*-loader-worker`: the same with data preparation in one DataLoader worker;
-`segmentation-kernel-maps-in-loader`: the worker also builds the kernel maps (`data.kernel_maps_in_loader`);
+`*-kernel-maps-in-loader` (Image2Point, segmentation): the worker also builds the kernel maps (`data.kernel_maps_in_loader`);
 `ppkt-rgbd-epochs-of-5`: PPKT RGB-D on 10 frames, so that with `--steps 16` most timed steps are past the first epoch.
 """
 
@@ -114,10 +114,11 @@ def method_configs(steps: int, cache: Path) -> dict[str, tuple[list[str], dict]]
         config = json.loads(json.dumps(config))
         config["train"]["num_workers"] = 1
         configs[f"{name}-loader-worker"] = (words, config)
-    words, config = configs["segmentation-loader-worker"]  # and the kernel maps built there too
-    config = json.loads(json.dumps(config))
-    config["data"]["kernel_maps_in_loader"] = True
-    configs["segmentation-kernel-maps-in-loader"] = (words, config)
+    for name in ("image2point", "segmentation"):  # and the kernel maps built there too
+        words, config = configs[f"{name}-loader-worker"]
+        config = json.loads(json.dumps(config))
+        config["data"]["kernel_maps_in_loader"] = True
+        configs[f"{name}-kernel-maps-in-loader"] = (words, config)
     return configs
 
 
@@ -158,12 +159,25 @@ def _overall(run: dict) -> float:
     return len(run["per_step"]) / sum(1 / rate for rate in run["per_step"])
 
 
-def summarise(results: dict, arms: dict) -> dict:
-    """Per method: each arm's median samples/s over repeats and its ratio to the first arm's; and for each arm
-    of another tree, the paired ratio (95 % interval) to the first tree at the same threads and processes
-    (see the module docstring). `arms`: name -> (tree, threads, processes), in order."""
+def _paired(base_runs: list[dict], runs: list[dict]) -> dict | None:
+    """The paired ratio of `runs` to `base_runs` (same repeats, in order) with its 95 % interval (module doc)."""
     from pointlift.bench.stats import paired_difference
 
+    pairs = [(_overall(a), _overall(b)) for a, b in zip(base_runs, runs) if a.get("per_step") and b.get("per_step")]
+    if not pairs:
+        return None
+    logs = paired_difference([math.log(b) for _, b in pairs], [math.log(a) for a, _ in pairs])
+    return {"ratio": math.exp(logs["mean"]), "low": math.exp(logs["low"]) if logs["low"] is not None else None,
+            "high": math.exp(logs["high"]) if logs["high"] is not None else None,
+            "per_repeat": [b / a for a, b in pairs]}
+
+
+def summarise(results: dict, arms: dict, versus: dict | None = None) -> dict:
+    """Per method: each arm's median samples/s over repeats and its ratio to the first arm's; and for each arm
+    of another tree, the paired ratio (95 % interval) to the first tree at the same threads and processes
+    (see the module docstring). `arms`: name -> (tree, threads, processes), in order. `versus` (method -> base
+    method): also each arm of the method against each arm of the first tree on the base method, e.g. a worker
+    arm with one thread against the plain method with two (the same cores), as `paired_<arm>_vs_<base>:<arm>`."""
     names = list(arms)
     first, first_tree = names[0], arms[names[0]][0]
     of_first_tree = {arms[arm][1:]: arm for arm in names if arms[arm][0] == first_tree}  # (threads, processes)
@@ -179,14 +193,13 @@ def summarise(results: dict, arms: dict) -> dict:
             if row[first] and row[arm]:
                 row[f"ratio_{arm}_vs_{first}"] = row[arm] / row[first]
         for arm, base in baseline_of.items():
-            pairs = [(_overall(a), _overall(b)) for a, b in zip(by_arm[base], by_arm[arm])
-                     if a.get("per_step") and b.get("per_step")]
-            if pairs:
-                logs = paired_difference([math.log(b) for _, b in pairs], [math.log(a) for a, _ in pairs])
-                row[f"paired_{arm}_vs_{base}"] = {
-                    "ratio": math.exp(logs["mean"]), "low": math.exp(logs["low"]) if logs["low"] is not None else None,
-                    "high": math.exp(logs["high"]) if logs["high"] is not None else None,
-                    "per_repeat": [b / a for a, b in pairs]}
+            if (paired := _paired(by_arm[base], by_arm[arm])) is not None:
+                row[f"paired_{arm}_vs_{base}"] = paired
+        base_method = (versus or {}).get(name)
+        for arm in names if base_method in results else []:
+            for base in of_first_tree.values():
+                if (paired := _paired(results[base_method][base], by_arm[arm])) is not None:
+                    row[f"paired_{arm}_vs_{base_method}:{base}"] = paired
         summary[name] = row
     return summary
 
@@ -242,13 +255,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=6, help="steps per run (the first is not timed)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--versus", action="append", default=[],
+                        help="METHOD=BASE: also pair METHOD's arms with BASE's arms of the first tree (e.g. a worker "
+                             "arm with one thread against the plain method with two)")
     parser.add_argument("--replot", action="store_true",
                         help="only recompute the summary and redraw the plots of an existing --out file")
     args = parser.parse_args(argv)
+    versus = dict(item.split("=", 1) for item in args.versus)
     if args.replot:  # the summary too: files written before the paired ratios get them
         stored = json.loads(args.out.read_text())
+        stored["versus"] = versus = versus or stored.get("versus", {})
         stored["summary"] = summarise(stored["runs"], {arm: (spec["tree"], spec["threads"], spec["processes"])
-                                                       for arm, spec in stored["arms"].items()})
+                                                       for arm, spec in stored["arms"].items()}, versus)
         args.out.write_text(json.dumps(stored, indent=1))
         print(json.dumps(stored["summary"], indent=1))
         print(plot_summary(stored["summary"], list(stored["arms"]), args.out.with_suffix(".png")))
@@ -273,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                     results[name][arm].append(got)
                     print(f"[step_times] {name} {arm} repeat {repeat}: "
                           f"{got.get('samples_per_s', got.get('error'))}", flush=True)
-    summary = summarise(results, arms)
+    summary = summarise(results, arms, versus)
     from pointlift.commands.bench import cpu_description  # here: step_profile.py imports this file from older trees
 
     cpu = cpu_description()
@@ -281,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps({"summary": summary, "runs": results, "trees": {k: str(v) for k, v in trees.items()},
                                     "arms": {arm: {"tree": tree, "threads": t, "processes": p}
                                              for arm, (tree, t, p) in arms.items()},
-                                    "steps": args.steps, "repeats": args.repeats,
+                                    "steps": args.steps, "repeats": args.repeats, "versus": versus,
                                     "env": {"cpu_model": cpu["model_name"] if cpu else platform.processor(), "cpu": cpu,
                                             "python": platform.python_version(),
                                             "cores": os.cpu_count()}}, indent=1))

@@ -81,13 +81,15 @@ def digest(run_dir: Path) -> dict[str, list]:
             for name, t in sorted(tensors.items())}
 
 
-def run_one(name: str, root: Path, shared: Path, workers: int = 0) -> dict:
-    """Run `name` (with `workers` DataLoader worker processes) and digest its last checkpoint."""
+def run_one(name: str, root: Path, shared: Path, workers: int = 0, data: dict | None = None) -> dict:
+    """Run `name` (with `workers` DataLoader worker processes and `data` options added) and digest its last
+    checkpoint."""
     from pointlift.cli import main
 
     command, config = runs(root, shared)[name]
     if workers:
         config["train"]["num_workers"] = workers
+    config["data"].update(data or {})
     path = run_configs.write(config, root / f"{name}.yaml")
     code = main([*command, "--config", str(path), "--run-dir", str(root / name)])
     assert code == 0, f"{name}: exit {code}"

@@ -48,3 +48,12 @@ def test_a_dataloader_worker_gives_the_same_checkpoint(name, tmp_path, shared):
     torch.set_num_threads(1)
     got = behaviour_runs.run_one(name, tmp_path, Path(shared(".")), workers=1)
     assert all(got[key][0] == want[key][0] for key in want)
+
+
+@pytest.mark.parametrize("name", ["image2point", "segmentation"])
+def test_kernel_maps_built_in_a_dataloader_worker_give_the_same_checkpoint(name, tmp_path, shared):
+    """`data.kernel_maps_in_loader`: the worker builds the maps the step would have built (sparse/prebuilt.py)."""
+    want = recorded_runs()[name]
+    torch.set_num_threads(1)
+    got = behaviour_runs.run_one(name, tmp_path, Path(shared(".")), workers=1, data={"kernel_maps_in_loader": True})
+    assert all(got[key][0] == want[key][0] for key in want)

@@ -90,16 +90,17 @@ def test_recording_the_plan_leaves_the_network_and_random_streams_alone():
 
 def test_the_collate_adds_packed_maps_that_cross_a_worker_process():
     net = sparse_unet("spunet-tiny", in_channels=3, out_channels=5)
-    coords = scene_coords(2)
-    items = [{"coords": coords, "features": torch.rand(len(coords), 3)}]
+    samples = [scene_coords(seed, batch=1) for seed in (2, 3)]
 
-    def collate(items):
-        return {**items[0], "batch_size": torch.tensor(2)}
+    def collate(items):  # one sample per item, numbered in the batch
+        return {"coords": torch.cat([torch.cat([torch.full((len(c), 1), b), c[:, 1:]], 1)
+                                     for b, c in enumerate(items)])}
 
-    loader = torch.utils.data.DataLoader(items, batch_size=1, num_workers=1,
-                                         collate_fn=WithKernelMaps(collate, record_plan(net, 3)))
+    plan = record_plan(net, 3)
+    loader = torch.utils.data.DataLoader(samples, batch_size=2, num_workers=1, collate_fn=WithKernelMaps(collate, plan))
     batch = next(iter(loader))
     manager = batch["kernel_maps"].unpack()
-    assert torch.equal(manager.coords[1], coords) and manager.batch_size == 2
-    want = build_manager(coords, 2, record_plan(net, 3))
+    assert torch.equal(manager.coords[1], batch["coords"]) and manager.batch_size == 2
+    want = build_manager(batch["coords"], 2, plan)
     assert manager._maps.keys() == want._maps.keys()
+    assert all(torch.equal(manager._maps[key].pairs().in_cat, want._maps[key].pairs().in_cat) for key in want._maps)

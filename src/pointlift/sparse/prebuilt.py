@@ -149,13 +149,14 @@ def _per_offset(cat: torch.Tensor, entry: dict) -> list[torch.Tensor]:
 
 
 class WithKernelMaps:
-    """A collate that adds batch["kernel_maps"]: the `plan`'s maps for batch["coords"], packed (CPU only)."""
+    """A collate that adds batch["kernel_maps"]: the `plan`'s maps for batch["coords"] (one sample per item),
+    packed (CPU only)."""
 
     def __init__(self, collate, plan: MapPlan):
         self.collate, self.plan = collate, plan
 
     def __call__(self, items):
         batch = self.collate(items)
-        manager = build_manager(batch["coords"], int(batch["batch_size"]), self.plan)
+        manager = build_manager(batch["coords"], len(items), self.plan)
         batch["kernel_maps"] = PackedManager(manager)
         return batch

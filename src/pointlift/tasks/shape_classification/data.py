@@ -52,6 +52,9 @@ class ShapeDataConfig:
     # validation shapes per class carved from the *training* split (fixed seed, disjoint from the training
     # subset): settings and epochs-to-target are judged on it, never on the test split. None = no validation.
     val_per_class: Optional[int] = None
+    # pointlift's option for the CPU: build each training batch's kernel maps in the collate, so that a DataLoader
+    # worker (train.num_workers > 0) makes them beside the step (the same run, bit for bit; sparse/prebuilt.py)
+    kernel_maps_in_loader: bool = False
 
     def __post_init__(self):
         from pointlift.data.shape_sets import FORMATS

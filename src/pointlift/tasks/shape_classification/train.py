@@ -15,13 +15,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pointlift.engine.device import resolve_device
+from pointlift.errors import PointliftConfigError
 from pointlift.metrics import accuracy_metrics
 from pointlift.sparse import SparseTensor
+from pointlift.sparse.prebuilt import WithKernelMaps, record_plan
 from pointlift.tasks.shape_classification.data import ShapeDataConfig, VoxelCollate, VoxelShapeDataset, make_collate
 
 
 def batch_to_sparse(batch: dict) -> SparseTensor:
-    return SparseTensor(batch["features"], batch["coords"], batch_size=int(batch["labels"].shape[0]))
+    """The batch's voxels; with the kernel maps it brings (`data.kernel_maps_in_loader`) where it has them."""
+    manager = batch["kernel_maps"].unpack() if "kernel_maps" in batch else None
+    return SparseTensor(batch["features"], batch["coords"], manager=manager,
+                        batch_size=int(batch["labels"].shape[0]))
 
 
 class SparseShapeClassifier(nn.Module):
@@ -113,6 +119,11 @@ def train_classifier(model: SparseShapeClassifier, train_set: VoxelShapeDataset,
     from pointlift.engine.trainer import train
 
     collate = make_collate(data)
+    if data.kernel_maps_in_loader:
+        if resolve_device(device).type != "cpu":
+            raise PointliftConfigError(f"data.kernel_maps_in_loader builds kernel maps on the CPU; this run is on "
+                                       f"{resolve_device(device)} (set device: cpu, or leave the option off)")
+        collate = WithKernelMaps(collate, record_plan(model.backbone, 3))
     eval_collate = make_collate(data)
     curve: list[dict] = []
     final: dict = {}
