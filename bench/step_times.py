@@ -24,7 +24,7 @@ arm of its own, as long as threads x processes does not exceed the cores: what m
 Methods (configs below): PPKT from SemanticKITTI LiDAR + camera and from RGB-D frames, official I2P-MAE
 (teacher every step; also with `data.teacher_in_loader` and one or two DataLoader workers), Image2Point fine-tuning,
 ScanNet segmentation fine-tuning; `*-loader-worker`: the same with data preparation in one DataLoader worker;
-`*-kernel-maps-in-loader` (Image2Point, segmentation): the worker also builds the kernel maps (`data.kernel_maps_in_loader`);
+`*-kernel-maps-in-loader` (Image2Point, PPKT, segmentation): the worker also builds the kernel maps (`data.kernel_maps_in_loader`);
 `ppkt-rgbd-epochs-of-5`: PPKT RGB-D on 10 frames, so that with `--steps 16` most timed steps are past the first epoch.
 """
 
@@ -114,7 +114,7 @@ def method_configs(steps: int, cache: Path) -> dict[str, tuple[list[str], dict]]
         config = json.loads(json.dumps(config))
         config["train"]["num_workers"] = 1
         configs[f"{name}-loader-worker"] = (words, config)
-    for name in ("image2point", "segmentation"):  # and the kernel maps built there too
+    for name in ("image2point", "ppkt-lidar", "ppkt-rgbd", "segmentation"):  # and the kernel maps built there too
         words, config = configs[f"{name}-loader-worker"]
         config = json.loads(json.dumps(config))
         config["data"]["kernel_maps_in_loader"] = True

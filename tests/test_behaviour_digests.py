@@ -50,7 +50,7 @@ def test_a_dataloader_worker_gives_the_same_checkpoint(name, tmp_path, shared):
     assert all(got[key][0] == want[key][0] for key in want)
 
 
-@pytest.mark.parametrize("name", ["image2point", "segmentation"])
+@pytest.mark.parametrize("name", ["image2point", "ppkt-lidar", "ppkt-rgbd", "segmentation"])
 def test_kernel_maps_built_in_a_dataloader_worker_give_the_same_checkpoint(name, tmp_path, shared):
     """`data.kernel_maps_in_loader`: the worker builds the maps the step would have built (sparse/prebuilt.py)."""
     want = recorded_runs()[name]

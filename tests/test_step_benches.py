@@ -79,3 +79,9 @@ def test_step_times_pairs_each_arm_with_the_first_tree_at_its_thread_count_over_
     assert "paired_old-t2_vs_old-t1" not in row  # a thread count of the same tree is no before -> after pair
     assert step_times.plot_paired({"seg": row}, tmp_path / "paired.png").stat().st_size > 0
     assert step_times.plot_paired({"seg": {"old-t1": 1.0}}, tmp_path / "none.png") is None  # one tree: no pairs
+    # --versus: a worker arm of another method against the first tree's arms of "seg" (the same repeats)
+    results["seg-worker"] = {arm: [run(8.0, 20.0), run(6.0, 10.0)] for arm in arms}
+    worker = step_times.summarise(results, arms, {"seg-worker": "seg"})["seg-worker"]
+    assert worker["paired_new-t1_vs_seg:old-t2"]["per_repeat"] == pytest.approx(
+        [(1 / 3 + 1 / 10) / (1 / 8 + 1 / 20), (1 / 3 + 1 / 10) / (1 / 6 + 1 / 10)])
+    assert "paired_new-t1_vs_seg:new-t2" not in worker  # only the first tree is a baseline

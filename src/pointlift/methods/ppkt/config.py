@@ -45,6 +45,9 @@ class PPKTDataConfig:
     zbuffer_cell: int = 4  # lidar z-buffer cell size in pixels
     max_eval_frames: int = 0  # 0 = every held-out frame
     pair_cache_mb: float = 256.0  # keep each sample's point-pixel pairs after first use, up to this many MB per dataset (0 = off; the run is the same)
+    # pointlift's option for the CPU: voxelise each training batch and build the student's kernel maps in the collate,
+    # so that a DataLoader worker (train.num_workers > 0) does it beside the step (the same run; sparse/prebuilt.py)
+    kernel_maps_in_loader: bool = False
     synthetic_frames: int = 16  # synthetic: frames of the generated scene
     synthetic_hw: tuple[int, int] = (96, 128)  # synthetic: (H, W) of the generated frames
     synthetic_seed: int = 0  # synthetic: seed of the generated scene
@@ -125,5 +128,7 @@ class PPKTConfig:
 
     def __post_init__(self):
         require(self.eval_points_per_frame >= 2, "eval_points_per_frame", "must be >= 2")
+        require(not self.data.kernel_maps_in_loader or self.device is None or self.device == "cpu",
+                "data.kernel_maps_in_loader", f"builds kernel maps on the CPU; this run is on {self.device}")
         require(self.data.frame != "world" or self.model.up_axis == "z", "model.up_axis",
                 "must be 'z' with data.frame 'world' (world clouds are turned z up)")

@@ -132,6 +132,25 @@ def collate_ppkt(samples: list[dict]) -> dict:
     return out
 
 
+class CollateWithKernelMaps:
+    """`collate_ppkt`, plus the student's voxels of the batch and their kernel maps, packed
+    (`data.kernel_maps_in_loader`: a DataLoader worker then makes them beside the step)."""
+
+    def __init__(self, voxel_size: float, plan):
+        self.voxel_size, self.plan = voxel_size, plan
+
+    def __call__(self, samples: list[dict]) -> dict:
+        from pointlift.geometry import voxelize
+        from pointlift.sparse.prebuilt import PackedManager, build_manager
+
+        batch = collate_ppkt(samples)
+        voxels = voxelize(batch["points"], self.voxel_size, batch["batch_index"])
+        batch_size = int(batch["batch_index"].max()) + 1 if batch["batch_index"].numel() else 1  # as the model counts
+        batch["voxels"] = voxels
+        batch["kernel_maps"] = PackedManager(build_manager(voxels.coords, batch_size, self.plan))
+        return batch
+
+
 def rgbd_dataset(sequence, frame_indices: list[int], data: PPKTDataConfig, augment, up_axis, group: int,
                   cache=None, view_offset: dict | None = None) -> PPKTDataset:
     """Samples = consecutive groups of `group` frames of `frame_indices` (views = frames), never across two

@@ -35,7 +35,7 @@ def build_teacher(model: PPKTModelConfig, image_size: tuple[int, int] | None = N
 # ---------------------------------------------------------------------------- 3D branch: the student
 
 
-def _student_in_channels(model: PPKTModelConfig) -> int:
+def student_in_channels(model: PPKTModelConfig) -> int:
     return 3 if model.in_features == "rgb" else 1
 
 
@@ -43,15 +43,18 @@ def build_student(model: PPKTModelConfig) -> nn.Module:
     """The trainable 3D network: a sparse U-Net with an `embed_dim` head (the network PPKT pretrains)."""
     from pointlift.models.sparse_unet import sparse_unet
 
-    return sparse_unet(model.student, _student_in_channels(model), model.embed_dim)
+    return sparse_unet(model.student, student_in_channels(model), model.embed_dim)
 
 
 def student_voxel_features(student: nn.Module, model: PPKTModelConfig, points: torch.Tensor,
-                           batch_index: torch.Tensor, colors: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Voxelise and run the sparse U-Net: (voxel features (M, D), not normalised; each point's voxel (N,))."""
+                           batch_index: torch.Tensor, colors: torch.Tensor | None,
+                           prepared: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Voxelise and run the sparse U-Net: (voxel features (M, D), not normalised; each point's voxel (N,)).
+    `prepared`: a batch that brings these points' voxels and kernel maps (`data.kernel_maps_in_loader`)."""
     from pointlift.sparse import SparseTensor
 
-    voxels = voxelize(points, model.voxel_size, batch_index)
+    prepared = prepared if prepared is not None and "voxels" in prepared else None
+    voxels = prepared["voxels"] if prepared else voxelize(points, model.voxel_size, batch_index)
     if model.in_features == "rgb":
         if colors is None:
             colors = torch.full_like(points, 0.5)
@@ -59,7 +62,8 @@ def student_voxel_features(student: nn.Module, model: PPKTModelConfig, points: t
     else:
         inputs = torch.ones(voxels.num_voxels, 1, dtype=points.dtype, device=points.device)
     batch_size = int(batch_index.max()) + 1 if batch_index.numel() else 1
-    out = student(SparseTensor(inputs, voxels.coords, batch_size=batch_size))
+    manager = prepared["kernel_maps"].unpack() if prepared else None
+    out = student(SparseTensor(inputs, voxels.coords, manager=manager, batch_size=batch_size))
     return out.features, voxels.inverse
 
 
@@ -106,7 +110,7 @@ class PPKTModel(nn.Module):
         pixels are read out: the same values as normalising every point and upsampling whole maps, which
         on a LiDAR sweep (~250k points, 2k pairs) cost more than the U-Net's layers."""
         voxel_features, inverse = student_voxel_features(self.student, self.model_config, batch["points"],
-                                                         batch["batch_index"], batch.get("colors"))
+                                                         batch["batch_index"], batch.get("colors"), batch)
         f3d = F.normalize(voxel_features[inverse[batch["pair_point"][pairs]]], dim=1)
         f2d = self.upl.sample(self.teacher_maps(batch), self.image_size, batch["pair_view"][pairs],
                               batch["pair_pixel"][pairs])

@@ -16,11 +16,13 @@ from pointlift.engine.rundir import write_json
 from pointlift.errors import PointliftConfigError
 from pointlift.methods.ppkt.cache import open_teacher_cache
 from pointlift.methods.ppkt.config import PPKTConfig
-from pointlift.methods.ppkt.dataset import PPKTDataset, collate_ppkt, lidar_dataset, rgbd_dataset
-from pointlift.methods.ppkt.model import PPKTModel, build_teacher
+from pointlift.methods.ppkt.dataset import (CollateWithKernelMaps, PPKTDataset, collate_ppkt, lidar_dataset,
+                                            rgbd_dataset)
+from pointlift.methods.ppkt.model import PPKTModel, student_in_channels, build_teacher
 from pointlift.methods.ppkt.pairs import resize_image
 from pointlift.methods.ppkt.retrieval import retrieval_accuracy
 from pointlift.methods.ppkt.sources import open_lidar_frames, open_rgbd_source, split_frames
+from pointlift.sparse.prebuilt import record_plan
 
 
 def model_spec(config: PPKTConfig) -> dict:
@@ -118,8 +120,15 @@ def pretrain(config: PPKTConfig, run_dir: str | Path, resume: bool = False, prog
 def _train(model: PPKTModel, setup: PPKTSetup, config: PPKTConfig, run_dir: Path, resume: bool,
            device: torch.device, progress: bool) -> dict:
     """The engine's training loop on the train set; its time, steps, checkpoint and loss history."""
+    collate = collate_ppkt
+    if config.data.kernel_maps_in_loader:
+        if device.type != "cpu":
+            raise PointliftConfigError(f"data.kernel_maps_in_loader builds kernel maps on the CPU; this run is on "
+                                       f"{device} (set device: cpu, or leave the option off)")
+        collate = CollateWithKernelMaps(config.model.voxel_size,
+                                        record_plan(model.student, student_in_channels(config.model)))
     start = time.perf_counter()
-    outcome = train(model, setup.train_set, config.train, run_dir, collate_fn=collate_ppkt, resume=resume,
+    outcome = train(model, setup.train_set, config.train, run_dir, collate_fn=collate, resume=resume,
                     device=device, progress=progress, config_for_checkpoint=config, model_spec=model_spec(config))
     return {"train_seconds": time.perf_counter() - start, "steps": outcome.step,
             "checkpoint": str(outcome.checkpoint_path) if outcome.checkpoint_path else None,
