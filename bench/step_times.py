@@ -225,7 +225,7 @@ def plot_paired(summary: dict, path: Path) -> Path | None:
     methods = [name for name, row in summary.items() if any(key in row for key in pairs)]
     if not methods:
         return None
-    fig, ax = plt.subplots(figsize=(max(4, 1.5 * len(methods) + 2), 3.4))
+    fig, ax = plt.subplots(figsize=(max(4, 0.3 * len(pairs) * len(methods) + 2), 3.6))
     width = 0.6 / len(pairs)
     for i, key in enumerate(pairs):
         xs, ys, low, high = [], [], [], []
@@ -238,10 +238,10 @@ def plot_paired(summary: dict, path: Path) -> Path | None:
                 high.append(entry["high"] - entry["ratio"])
         ax.errorbar(xs, ys, yerr=[low, high], fmt="o", capsize=4, label=key[len("paired_"):].replace("_vs_", " / "))
     ax.axhline(1.0, color="grey", linewidth=0.8)
-    ax.set_xticks(range(len(methods)), methods)
+    ax.set_xticks(range(len(methods)), methods, rotation=10, ha="right", fontsize=8)
     ax.set_ylabel("samples/s ratio")
     ax.set_title("paired over repeats (all timed steps), 95 % interval")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 

@@ -104,3 +104,17 @@ def test_the_collate_adds_packed_maps_that_cross_a_worker_process():
     want = build_manager(batch["coords"], 2, plan)
     assert manager._maps.keys() == want._maps.keys()
     assert all(torch.equal(manager._maps[key].pairs().in_cat, want._maps[key].pairs().in_cat) for key in want._maps)
+
+
+@pytest.mark.parametrize("kind", ["segmentation", "ppkt"])
+def test_the_option_on_cuda_fails_when_the_config_loads(kind):
+    from pointlift.engine.config import load_config
+    from pointlift.errors import PointliftConfigError
+    from pointlift.methods.ppkt.config import PPKTConfig
+    from pointlift.tasks.segmentation.config import SegmentationConfig
+
+    cls = {"segmentation": SegmentationConfig, "ppkt": PPKTConfig}[kind]
+    data = {"kernel_maps_in_loader": True, **({"kind": "synthetic"} if kind == "ppkt" else {})}
+    with pytest.raises(PointliftConfigError, match="kernel_maps_in_loader"):
+        load_config({"device": "cuda", "data": data}, cls)
+    assert load_config({"device": "cpu", "data": data}, cls).data.kernel_maps_in_loader

@@ -53,11 +53,11 @@ class _RecordingManager(CoordinateManager):
 
 
 def record_plan(network: nn.Module, in_channels: int, side: int = 64, sites: int = 4096) -> MapPlan:
-    """The plan of `network` (SparseTensor -> SparseTensor): a copy of it in eval mode runs forward and backward
-    on `sites` random voxels of a `side`^3 box (so that a U-Net's coarsest stride too has neighbours), and the
-    requests its coordinate manager sees are noted. The network itself is not
-    touched (statistics, gradients, random streams). A U-Net asks the same of every batch; a network whose
-    requests depended on the data would build what the plan lacks in the step, as without a plan."""
+    """The plan of `network` (SparseTensor -> SparseTensor or a tensor): a copy of it in eval mode runs forward
+    and backward on `sites` random voxels of a `side`^3 box (so that a U-Net's coarsest stride has neighbours
+    too), and the requests its coordinate manager sees are noted. The network itself is not touched
+    (statistics, gradients, random streams). A U-Net asks the same of every batch; a network whose requests
+    depended on the data would build what the plan lacks in the step, as without a plan."""
     probe = copy.deepcopy(network).eval()
     generator = torch.Generator().manual_seed(0)
     cells = torch.randperm(side**3, generator=generator)[:sites]
@@ -65,7 +65,9 @@ def record_plan(network: nn.Module, in_channels: int, side: int = 64, sites: int
     manager = _RecordingManager(coords)
     features = torch.randn(len(coords), in_channels, generator=generator)
     out = probe(SparseTensor(features, manager=manager))
-    (out.features if isinstance(out, SparseTensor) else out).float().sum().backward()
+    total = (out.features if isinstance(out, SparseTensor) else out).float().sum()
+    if total.requires_grad:  # a network with nothing to train needs no backward maps
+        total.backward()
     scatter = tuple((key, which, dtype) for key, kmap in manager._maps.items()
                     for which, dtype, _device in kmap._scatter)
     return MapPlan(tuple(dict.fromkeys(manager.steps)), scatter)
