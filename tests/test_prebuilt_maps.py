@@ -120,3 +120,15 @@ def test_the_option_on_cuda_fails_when_the_config_loads(kind):
     with pytest.raises(PointliftConfigError, match="kernel_maps_in_loader"):
         load_config({"device": "cuda", "data": data}, cls)
     assert load_config({"device": "cpu", "data": data}, cls).data.kernel_maps_in_loader
+
+
+def test_a_task_gets_a_clear_error_off_the_cpu_and_a_warning_without_a_worker():
+    from pointlift.errors import PointliftConfigError
+    from pointlift.sparse.prebuilt import plan_for_loader
+
+    net = sparse_unet("spunet-tiny", in_channels=3, out_channels=5)
+    with pytest.raises(PointliftConfigError, match="on the CPU; this run is on cuda"):
+        plan_for_loader(net, 3, torch.device("cuda"), num_workers=1)
+    with pytest.warns(RuntimeWarning, match="num_workers: 1"):
+        plan = plan_for_loader(net, 3, torch.device("cpu"), num_workers=0)
+    assert plan == record_plan(net, 3)

@@ -8,6 +8,7 @@ moving them than building them. The maps are the ones the step would build, so t
 bit (tested); a map the plan missed is built in the step as before.
 
     plan = record_plan(network, in_channels)              # once, before the DataLoader starts its workers
+                                                          # (a task calls plan_for_loader: the same, checked)
     collate = WithKernelMaps(collate, plan)               # the batch gains "kernel_maps"
     manager = batch["kernel_maps"].unpack()               # in the step: SparseTensor(features, manager=manager)
 """
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pointlift.errors import PointliftConfigError
 from pointlift.sparse import kernel_map
 from pointlift.sparse.kernel_map import KernelMap, Pairs
 from pointlift.sparse.tensor import CoordinateManager, SparseTensor
@@ -71,6 +73,18 @@ def record_plan(network: nn.Module, in_channels: int, side: int = 64, sites: int
     scatter = tuple((key, which, dtype) for key, kmap in manager._maps.items()
                     for which, dtype, _device in kmap._scatter)
     return MapPlan(tuple(dict.fromkeys(manager.steps)), scatter)
+
+
+def plan_for_loader(network: nn.Module, in_channels: int, device: torch.device, num_workers: int) -> MapPlan:
+    """`record_plan` behind the checks of a task's `data.kernel_maps_in_loader`: CPU runs only (a clear error
+    elsewhere), and a warning where no DataLoader worker would take the work off the training thread."""
+    if device.type != "cpu":
+        raise PointliftConfigError(f"data.kernel_maps_in_loader builds kernel maps on the CPU; this run is on "
+                                   f"{device} (set device: cpu, or leave the option off)")
+    if num_workers == 0:
+        warnings.warn("data.kernel_maps_in_loader with train.num_workers: 0 builds the kernel maps on the training "
+                      "thread, which gains nothing; set train.num_workers: 1", RuntimeWarning, stacklevel=2)
+    return record_plan(network, in_channels)
 
 
 def build_manager(coords: torch.Tensor, batch_size: int, plan: MapPlan) -> CoordinateManager:

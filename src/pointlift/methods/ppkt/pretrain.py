@@ -22,7 +22,7 @@ from pointlift.methods.ppkt.model import PPKTModel, student_in_channels, build_t
 from pointlift.methods.ppkt.pairs import resize_image
 from pointlift.methods.ppkt.retrieval import retrieval_accuracy
 from pointlift.methods.ppkt.sources import open_lidar_frames, open_rgbd_source, split_frames
-from pointlift.sparse.prebuilt import record_plan
+from pointlift.sparse.prebuilt import plan_for_loader
 
 
 def model_spec(config: PPKTConfig) -> dict:
@@ -122,11 +122,8 @@ def _train(model: PPKTModel, setup: PPKTSetup, config: PPKTConfig, run_dir: Path
     """The engine's training loop on the train set; its time, steps, checkpoint and loss history."""
     collate = collate_ppkt
     if config.data.kernel_maps_in_loader:
-        if device.type != "cpu":
-            raise PointliftConfigError(f"data.kernel_maps_in_loader builds kernel maps on the CPU; this run is on "
-                                       f"{device} (set device: cpu, or leave the option off)")
-        collate = CollateWithKernelMaps(config.model.voxel_size,
-                                        record_plan(model.student, student_in_channels(config.model)))
+        collate = CollateWithKernelMaps(config.model.voxel_size, plan_for_loader(
+            model.student, student_in_channels(config.model), device, config.train.num_workers))
     start = time.perf_counter()
     outcome = train(model, setup.train_set, config.train, run_dir, collate_fn=collate, resume=resume,
                     device=device, progress=progress, config_for_checkpoint=config, model_spec=model_spec(config))

@@ -13,7 +13,7 @@ from pointlift.engine.device import resolve_device
 from pointlift.engine.distributed import is_main_process
 from pointlift.engine.rundir import write_json
 from pointlift.errors import PointliftConfigError
-from pointlift.sparse.prebuilt import WithKernelMaps, record_plan
+from pointlift.sparse.prebuilt import WithKernelMaps, plan_for_loader
 from pointlift.tasks.segmentation.config import SegmentationConfig
 from pointlift.tasks.segmentation.data import SceneCollate, SceneDataset, label_efficient_subset, load_split
 from pointlift.tasks.segmentation.evaluate import evaluate_scenes
@@ -62,10 +62,8 @@ def finetune(config: SegmentationConfig, run_dir: str | Path, *, resume: bool = 
 
     collate = SceneCollate(data.voxel_size)
     if data.kernel_maps_in_loader:
-        if device.type != "cpu":
-            raise PointliftConfigError(f"data.kernel_maps_in_loader builds kernel maps on the CPU; this run is on "
-                                       f"{device} (set device: cpu, or leave the option off)")
-        collate = WithKernelMaps(collate, record_plan(model.backbone, model.input_channels(data)))
+        collate = WithKernelMaps(collate, plan_for_loader(model.backbone, model.input_channels(data), device,
+                                                          config.train.num_workers))
     start = time.perf_counter()
     result = train(model, SceneDataset(train_scenes, data, config.augment), config.train, run_dir,
                    collate_fn=collate, resume=resume, device=device, progress=progress,

@@ -16,10 +16,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from pointlift.engine.device import resolve_device
-from pointlift.errors import PointliftConfigError
 from pointlift.metrics import accuracy_metrics
 from pointlift.sparse import SparseTensor
-from pointlift.sparse.prebuilt import WithKernelMaps, record_plan
+from pointlift.sparse.prebuilt import WithKernelMaps, plan_for_loader
 from pointlift.tasks.shape_classification.data import ShapeDataConfig, VoxelCollate, VoxelShapeDataset, make_collate
 
 
@@ -120,10 +119,8 @@ def train_classifier(model: SparseShapeClassifier, train_set: VoxelShapeDataset,
 
     collate = make_collate(data)
     if data.kernel_maps_in_loader:
-        if resolve_device(device).type != "cpu":
-            raise PointliftConfigError(f"data.kernel_maps_in_loader builds kernel maps on the CPU; this run is on "
-                                       f"{resolve_device(device)} (set device: cpu, or leave the option off)")
-        collate = WithKernelMaps(collate, record_plan(model.backbone, 3))
+        collate = WithKernelMaps(collate, plan_for_loader(model.backbone, 3, resolve_device(device),
+                                                          train_config.num_workers))
     eval_collate = make_collate(data)
     curve: list[dict] = []
     final: dict = {}
