@@ -10,7 +10,7 @@ bit (tested); a map the plan missed is built in the step as before.
     plan = record_plan(network, in_channels)              # once, before the DataLoader starts its workers
                                                           # (a task calls plan_for_loader: the same, checked)
     collate = WithKernelMaps(collate, plan)               # the batch gains "kernel_maps"
-    manager = batch["kernel_maps"].unpack()               # in the step: SparseTensor(features, manager=manager)
+    manager = batch_manager(batch)                        # in the step: SparseTensor(features, manager=manager)
 """
 
 from __future__ import annotations
@@ -162,6 +162,11 @@ def _per_offset(cat: torch.Tensor, entry: dict) -> list[torch.Tensor]:
     return [torch.arange(entry["num_out"]) if k == entry["identity"]
             else cat[bounds[k][0]:bounds[k][1]] if k in bounds else empty
             for k in range(entry["offsets"])]
+
+
+def batch_manager(batch: dict) -> CoordinateManager | None:
+    """The coordinate manager a batch brings (its packed kernel maps, unpacked), or None: the step builds them."""
+    return batch["kernel_maps"].unpack() if "kernel_maps" in batch else None
 
 
 class WithKernelMaps:

@@ -52,6 +52,7 @@ def student_voxel_features(student: nn.Module, model: PPKTModelConfig, points: t
     """Voxelise and run the sparse U-Net: (voxel features (M, D), not normalised; each point's voxel (N,)).
     `prepared`: a batch that brings these points' voxels and kernel maps (`data.kernel_maps_in_loader`)."""
     from pointlift.sparse import SparseTensor
+    from pointlift.sparse.prebuilt import batch_manager
 
     prepared = prepared if prepared is not None and "voxels" in prepared else None
     voxels = prepared["voxels"] if prepared else voxelize(points, model.voxel_size, batch_index)
@@ -62,7 +63,7 @@ def student_voxel_features(student: nn.Module, model: PPKTModelConfig, points: t
     else:
         inputs = torch.ones(voxels.num_voxels, 1, dtype=points.dtype, device=points.device)
     batch_size = int(batch_index.max()) + 1 if batch_index.numel() else 1
-    manager = prepared["kernel_maps"].unpack() if prepared else None
+    manager = batch_manager(prepared) if prepared else None
     out = student(SparseTensor(inputs, voxels.coords, manager=manager, batch_size=batch_size))
     return out.features, voxels.inverse
 

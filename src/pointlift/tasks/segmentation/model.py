@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from pointlift.data.scenes import IGNORE
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.sparse import SparseTensor
+from pointlift.sparse.prebuilt import batch_manager
 from pointlift.tasks.segmentation.config import SegDataConfig, SegmentationConfig, SegModelConfig
 from pointlift.tasks.segmentation.data import feature_channels
 
@@ -32,8 +33,8 @@ class SegmentationModel(nn.Module):
 
     def logits(self, batch: dict) -> torch.Tensor:
         """Per-point logits (N, C). A batch may bring its kernel maps (`data.kernel_maps_in_loader`)."""
-        manager = batch["kernel_maps"].unpack() if "kernel_maps" in batch else None
-        x = SparseTensor(batch["features"], batch["coords"], manager=manager, batch_size=int(batch["batch_size"]))
+        x = SparseTensor(batch["features"], batch["coords"], manager=batch_manager(batch),
+                         batch_size=int(batch["batch_size"]))
         return self.backbone(x).features[batch["inverse"]]
 
     def forward(self, batch: dict) -> dict:

@@ -18,14 +18,13 @@ from torch.nn import functional as F
 from pointlift.engine.device import resolve_device
 from pointlift.metrics import accuracy_metrics
 from pointlift.sparse import SparseTensor
-from pointlift.sparse.prebuilt import WithKernelMaps, plan_for_loader
+from pointlift.sparse.prebuilt import WithKernelMaps, batch_manager, plan_for_loader
 from pointlift.tasks.shape_classification.data import ShapeDataConfig, VoxelCollate, VoxelShapeDataset, make_collate
 
 
 def batch_to_sparse(batch: dict) -> SparseTensor:
     """The batch's voxels; with the kernel maps it brings (`data.kernel_maps_in_loader`) where it has them."""
-    manager = batch["kernel_maps"].unpack() if "kernel_maps" in batch else None
-    return SparseTensor(batch["features"], batch["coords"], manager=manager,
+    return SparseTensor(batch["features"], batch["coords"], manager=batch_manager(batch),
                         batch_size=int(batch["labels"].shape[0]))
 
 
