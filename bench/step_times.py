@@ -25,7 +25,8 @@ Methods (configs below): PPKT from SemanticKITTI LiDAR + camera and from RGB-D f
 (teacher every step; also with `data.teacher_in_loader` and one or two DataLoader workers), Image2Point fine-tuning,
 ScanNet segmentation fine-tuning; `*-loader-worker`: the same with data preparation in one DataLoader worker;
 `*-kernel-maps-in-loader` (Image2Point, PPKT, segmentation): the worker also builds the kernel maps (`data.kernel_maps_in_loader`);
-`ppkt-rgbd-epochs-of-5`: PPKT RGB-D on 10 frames, so that with `--steps 16` most timed steps are past the first epoch.
+`ppkt-rgbd-epochs-of-5`: PPKT RGB-D on 10 frames, so that with `--steps 16` most timed steps are past the first epoch;
+`*-compiled`: the sparse convolutions on pointlift's compiled CPU kernels (`--sparse-backend compiled`).
 """
 
 from __future__ import annotations
@@ -119,6 +120,10 @@ def method_configs(steps: int, cache: Path) -> dict[str, tuple[list[str], dict]]
         config = json.loads(json.dumps(config))
         config["data"]["kernel_maps_in_loader"] = True
         configs[f"{name}-kernel-maps-in-loader"] = (words, config)
+    for name in ("ppkt-lidar", "ppkt-rgbd", "image2point", "segmentation", "ppkt-lidar-kernel-maps-in-loader",
+                 "segmentation-kernel-maps-in-loader"):  # the sparse convolutions on the compiled kernels
+        words, config = configs[name]
+        configs[f"{name}-compiled"] = ([*words, "--sparse-backend", "compiled"], config)
     return configs
 
 

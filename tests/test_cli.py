@@ -75,10 +75,14 @@ def test_bench_writes_the_documented_json(tmp_path, shared):
     assert set(record) == {"name", "preset", "metrics", "config", "env", "seconds"}
     assert record["name"] == "sparse" and record["preset"] == "smoke"
     assert "NaN" not in out.read_text()
-    for key in ("parity_max_abs_err", "unet_fwd_bwd_s_pointlift", "unet_fwd_bwd_s_spconv", "ratio_vs_spconv", "peak_mem_mb"):
+    for key in ("parity_max_abs_err", "unet_fwd_bwd_s_pointlift", "unet_fwd_bwd_s_spconv", "ratio_vs_spconv", "peak_mem_mb",
+                "parity_compiled_max_abs_err", "compiled_ratio_vs_spconv"):
         assert key in record["metrics"]
         assert record["metrics"][key] is None or isinstance(record["metrics"][key], float)
     assert record["metrics"]["unet_fwd_bwd_s_pointlift"] > 0
+    if record["config"]["compiled"]:  # the compiled kernels built here: timed beside the pure backend
+        assert record["metrics"]["fwd_bwd_s_compiled"] > 0 and record["metrics"]["compiled_ratio_vs_pointlift"] > 0
+        assert record["metrics"]["parity_compiled_max_abs_err"] < 1e-3
     assert record["env"]["torch"] and record["seconds"] > 0
     commit = record["env"]["git_commit"]  # the code that measured it (None outside a git checkout)
     assert commit is None or re.fullmatch(r"[0-9a-f]{12}(\+dirty)?", commit), commit
@@ -205,3 +209,33 @@ def test_no_progress_on_every_command_and_no_bars_in_logs(tmp_path, capsys):
         assert progress.bar(range(3), desc="x").disable
     finally:
         progress.set_enabled(None)
+
+
+def test_sparse_backend_on_every_command_and_a_backend_that_cannot_run_is_one_line(tmp_path):
+    import argparse
+    import os
+
+    from pointlift.cli import SPARSE_BACKENDS, build_parser
+    from pointlift.sparse import BACKENDS
+
+    assert set(SPARSE_BACKENDS) == set(BACKENDS)
+
+    def leaves(parser):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield parser
+        for action in subs:
+            for child in action.choices.values():
+                yield from leaves(child)
+
+    assert all("--sparse-backend" in p._option_string_actions for p in leaves(build_parser()))
+    # the compiled kernels with no compiler (an empty kernel cache, so nothing built earlier is loaded)
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "POINTLIFT_KERNEL_CACHE": str(tmp_path / "k")}
+    result = subprocess.run([sys.executable, "-m", "pointlift.cli", "bench", "sparse", "--preset", "smoke",
+                             "--out", str(tmp_path / "s.json"), "--sparse-backend", "compiled"],
+                            capture_output=True, text=True, cwd=tmp_path, env=env)
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "UserWarning" not in line
+             and "cpp_extension" not in line and "warnings.warn" not in line]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and any("C++ compiler" in line for line in lines), result.stderr[-3000:]
+    assert not (tmp_path / "s.json").exists()

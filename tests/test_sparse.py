@@ -96,6 +96,12 @@ def test_conv_matches_dense(case, device, path, chunk, monkeypatch):
     if chunk != "one":
         monkeypatch.setattr(kernel_map_module, "PAIR_CHUNK", 250)
     monkeypatch.setattr(conv_module, "PER_OFFSET_GATHER_MIN_CHANNELS", 1 if "per offset" in chunk else 10**9)
+    check_against_dense(case, device)
+
+
+def check_against_dense(case, device):
+    """The layer of `case` (on the current backend) against dense conv3d / conv_transpose3d: output sites,
+    values, and the gradients of the input features and the weight."""
     name, cls, cin, cout, kwargs = case
     torch.manual_seed(1)
     k = kwargs["kernel_size"]

@@ -19,9 +19,14 @@ from pointlift.registry import trainer  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(step_times.method_configs(3, Path("/unused"))))
-def test_every_timed_config_loads_as_its_command_reads_it(name):
+def test_every_timed_config_loads_as_its_command_reads_it(name, tmp_path):
     words, config = step_times.method_configs(3, Path("/unused"))[name]
-    method = trainer(*words)
+    from pointlift.cli import build_parser
+
+    (tmp_path / "config.yaml").write_text("{}")
+    build_parser().parse_args([*words, "--config", str(tmp_path / "config.yaml")])  # a command line pointlift takes
+    command = words[: words.index("--sparse-backend")] if "--sparse-backend" in words else words
+    method = trainer(*command)
     loaded = load_config(config, method.config)
     assert loaded.train.max_steps == 3 and loaded.train.log_every == 1
 

@@ -15,6 +15,8 @@ from pointlift import __version__
 from pointlift.commands import bench, config, embed, evaluate, finetune, inflate, pretrain, quickstart
 from pointlift.errors import PointliftError
 
+SPARSE_BACKENDS = ("pure", "compiled", "spconv")  # pointlift.sparse.BACKENDS, named here so that --help needs no torch
+
 EXIT_USAGE = 2
 
 
@@ -116,20 +118,26 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_quickstart, _add_bench, _add_embed, _add_inflate, _add_finetune, _add_pretrain, _add_eval,
                 _add_config):
         add(sub)
-    _add_no_progress(parser)
+    _add_common_options(parser)
     return parser
 
 
-def _add_no_progress(parser) -> None:
-    """`--no-progress` on every command (bars are also off whenever stderr is not a terminal)."""
+def _add_common_options(parser) -> None:
+    """`--no-progress` and `--sparse-backend` on every command (on the commands themselves, so that they go
+    after the command's name like its other options)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for command in action.choices.values():
-                _add_no_progress(command)
+                _add_common_options(command)
             return
     if "--no-progress" not in parser._option_string_actions:
         parser.add_argument("--no-progress", action="store_true",
                             help="no progress bars (also off whenever stderr is not a terminal)")
+    if "--sparse-backend" not in parser._option_string_actions:
+        parser.add_argument("--sparse-backend", choices=list(SPARSE_BACKENDS), default=None,
+                            help="who runs the sparse convolutions: pure (default, PyTorch only), compiled "
+                                 "(pointlift's C++ CPU kernels, built on first use; needs g++ and ninja) or "
+                                 "spconv (if installed)")
 
 
 def _add_quickstart(sub) -> None:
@@ -307,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
 
     keep_freed_memory()  # every step's tensors reuse the last step's pages (engine/allocator.py)
     try:
+        if getattr(args, "sparse_backend", None):
+            from pointlift.sparse import set_backend
+
+            set_backend(args.sparse_backend)  # a backend that cannot run here: one line, exit 2
         return int(args.func(args) or 0)
     except PointliftError as error:
         print(f"pointlift: error: {_one_line(error)}", file=sys.stderr)

@@ -1,10 +1,11 @@
-"""Sparse U-Net forward+backward on a real RGB-D frame: pure PyTorch backend vs spconv.
+"""Sparse U-Net forward+backward on a real RGB-D frame: pure PyTorch backend vs spconv (and pointlift's compiled kernels).
 
 A 7-Scenes "redkitchen" depth frame is back-projected, voxelised at 2 cm and fed (voxel colour
 as features) through SpUNet-v1m1 (`cpu`, `gpu`) or spunet-tiny on a thinned frame (`smoke`).
 Each timed step builds a fresh SparseTensor, so kernel-map construction is included for both
 backends, as in training where every batch brings new coordinates. When spconv is importable it
-runs side by side on the same model and weights; otherwise its metrics are NaN.
+runs side by side on the same model and weights; otherwise its metrics are NaN. So does the
+"compiled" backend (`pointlift.sparse.compiled`) where a C++ compiler can build it.
 
 Reported: forward and backward medians per backend, the pure/spconv ratio (median of per-repeat
 ratios, backends alternating in one process), a per-layer-type profile of the pure backend, peak
@@ -13,6 +14,7 @@ memory per backend, and scaling with the number of voxels (re-voxelising the fra
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import resource
@@ -29,7 +31,7 @@ from pointlift.bench import BenchResult, Preset, shared_path
 from pointlift.engine.rundir import write_json
 from pointlift.errors import PointliftConfigError, PointliftDataError
 from pointlift.models.sparse_unet import sparse_unet
-from pointlift.sparse import SparseTensor, spconv_available, use_backend
+from pointlift.sparse import SparseTensor, compiled, spconv_available, use_backend
 from pointlift.sparse.kernel_map import encode_keys
 
 
@@ -102,35 +104,38 @@ def _step(model, coords, features, labels, device) -> tuple[float, float]:
     return middle - start, time.perf_counter() - middle
 
 
-def _time_backends(model, coords, features, labels, backends, warmup, repeats, device) -> dict[str, list]:
-    """Per backend, the (forward, backward) seconds of every repeat; backends alternate within each
-    repeat (order reversed every other repeat) so that all of them see the same machine load."""
+def _time_backends(models: dict, coords, features, labels, backends, warmup, repeats, device) -> dict[str, list]:
+    """Per backend, the (forward, backward) seconds of every repeat on `models[backend]`; backends alternate
+    within each repeat (order reversed every other repeat) so that all of them see the same machine load."""
     for backend in backends:
         with use_backend(backend):
             for _ in range(warmup):
-                _step(model, coords, features, labels, device)
+                _step(models[backend], coords, features, labels, device)
     times = {backend: [] for backend in backends}
     for r in range(repeats):
         for backend in backends if r % 2 == 0 else backends[::-1]:
             with use_backend(backend):
-                times[backend].append(_step(model, coords, features, labels, device))
+                times[backend].append(_step(models[backend], coords, features, labels, device))
     return times
 
 
 def _summary(times: dict[str, list], prefix: str = "") -> dict[str, float]:
-    """Medians of forward, backward and forward+backward per backend; pure/spconv ratios as the median
-    of the per-repeat ratios (each repeat measured pure and spconv back to back)."""
+    """Medians of forward, backward and forward+backward per backend; the ratios pure/spconv, compiled/spconv and
+    compiled/pure as the median of the per-repeat ratios (each repeat measures the backends back to back)."""
     out = {}
     for backend, values in times.items():
         name = "pointlift" if backend == "pure" else backend
         out[f"{prefix}fwd_s_{name}"] = statistics.median(f for f, _ in values)
         out[f"{prefix}bwd_s_{name}"] = statistics.median(b for _, b in values)
         out[f"{prefix}fwd_bwd_s_{name}"] = statistics.median(f + b for f, b in values)
-    if "spconv" in times:
-        pairs = list(zip(times["pure"], times["spconv"]))
-        out[f"{prefix}ratio_vs_spconv"] = statistics.median((p[0] + p[1]) / (s[0] + s[1]) for p, s in pairs)
-        out[f"{prefix}ratio_fwd_vs_spconv"] = statistics.median(p[0] / s[0] for p, s in pairs)
-        out[f"{prefix}ratio_bwd_vs_spconv"] = statistics.median(p[1] / s[1] for p, s in pairs)
+    comparisons = [("pure", "spconv", ""), ("compiled", "spconv", "compiled_"), ("compiled", "pure", "compiled_")]
+    for arm, baseline, name in comparisons:
+        if arm in times and baseline in times:
+            pairs = list(zip(times[arm], times[baseline]))
+            versus = "spconv" if baseline == "spconv" else "pointlift"
+            out[f"{prefix}{name}ratio_vs_{versus}"] = statistics.median((p[0] + p[1]) / (s[0] + s[1]) for p, s in pairs)
+            out[f"{prefix}{name}ratio_fwd_vs_{versus}"] = statistics.median(p[0] / s[0] for p, s in pairs)
+            out[f"{prefix}{name}ratio_bwd_vs_{versus}"] = statistics.median(p[1] / s[1] for p, s in pairs)
     return out
 
 
@@ -237,7 +242,7 @@ def plot_scaling(rows: list[dict], path: Path, title: str) -> Path:
     from pointlift.report import plot_overlaid
 
     curves = {}
-    for backend in ("pointlift", "spconv"):
+    for backend in ("pointlift", "spconv", "compiled"):
         for phase in ("fwd", "bwd"):
             points = [(row["num_voxels"], row[f"{phase}_s_{backend}"]) for row in rows
                       if math.isfinite(row.get(f"{phase}_s_{backend}", math.nan))]
@@ -266,15 +271,25 @@ def run(preset: str, out_dir: Path, data_root: Path | None = None) -> BenchResul
     model = sparse_unet(settings.model, in_channels=3, out_channels=NUM_CLASSES).to(device)
     model.eval()  # parity: BatchNorm from running statistics, identical for both backends
     have_spconv = spconv_available()
-    parity = math.nan
+    have_compiled = device.type == "cpu" and compiled.available()
+    parity = parity_compiled = math.nan
     if have_spconv:
         parity = float((_sorted_output(model, coords, features, "pure") - _sorted_output(model, coords, features, "spconv")).abs().max())
-    model.train()
-    backends = ["pure", "spconv"] if have_spconv else ["pure"]
+    # the compiled arm runs a copy with the same weights: its layers keep their weights in the kernels' memory
+    # order (compiled.use_kernel_layout), which the other backends would have to copy out of every step
+    models = {"pure": model, "spconv": model, "compiled": copy.deepcopy(model)}
+    if have_compiled:
+        parity_compiled = float((_sorted_output(model, coords, features, "pure")
+                                 - _sorted_output(models["compiled"], coords, features, "compiled")).abs().max())
+    for network in models.values():
+        network.train()
+    backends = ["pure"] + (["compiled"] if have_compiled else []) + (["spconv"] if have_spconv else [])
 
-    timed = _time_backends(model, coords, features, labels, backends, settings.warmup, settings.repeats, device)
-    metrics: dict[str, float] = {"parity_max_abs_err": parity, **_summary(timed)}
+    timed = _time_backends(models, coords, features, labels, backends, settings.warmup, settings.repeats, device)
+    metrics: dict[str, float] = {"parity_max_abs_err": parity, "parity_compiled_max_abs_err": parity_compiled,
+                                 **_summary(timed)}
     metrics.setdefault("ratio_vs_spconv", math.nan)
+    metrics.setdefault("compiled_ratio_vs_spconv", math.nan)
     fwd_bwd = metrics["fwd_bwd_s_pointlift"]
     metrics["unet_fwd_bwd_s_pointlift"] = fwd_bwd
     metrics["unet_fwd_bwd_s_spconv"] = metrics.get("fwd_bwd_s_spconv", math.nan)
@@ -301,7 +316,7 @@ def run(preset: str, out_dir: Path, data_root: Path | None = None) -> BenchResul
         if voxel == settings.voxel:  # the main measurement is this point
             row.update(_summary(timed))
         else:
-            row.update(_summary(_time_backends(model, c, f, lab, backends, 1, settings.scaling_repeats, device)))
+            row.update(_summary(_time_backends(models, c, f, lab, backends, 1, settings.scaling_repeats, device)))
         row["sites_per_s_pointlift"] = len(c) / row["fwd_bwd_s_pointlift"]
         if device.type == "cuda":
             row["peak_mem_mb_pointlift"] = _cuda_peak_mb(model, c, f, lab, device)
@@ -309,8 +324,9 @@ def run(preset: str, out_dir: Path, data_root: Path | None = None) -> BenchResul
         label = f"{len(c) // 1000}k"
         metrics[f"scaling_{label}_fwd_bwd_s_pointlift"] = row["fwd_bwd_s_pointlift"]
         metrics[f"scaling_{label}_sites_per_s_pointlift"] = row["sites_per_s_pointlift"]
-        if have_spconv:
-            metrics[f"scaling_{label}_ratio_vs_spconv"] = row["ratio_vs_spconv"]
+        for name in ("ratio_vs_spconv", "compiled_ratio_vs_spconv", "compiled_ratio_vs_pointlift"):
+            if name in row:
+                metrics[f"scaling_{label}_{name}"] = row[name]
     plot = None
     if scaling:
         plot = str(plot_scaling(scaling, out_dir / "sparse_scaling.png",
@@ -344,6 +360,7 @@ def run(preset: str, out_dir: Path, data_root: Path | None = None) -> BenchResul
         "times_s": {backend: [list(v) for v in values] for backend, values in timed.items()},
         "plot": plot,
         "spconv": _spconv_version() if have_spconv else None,
+        "compiled": have_compiled,
     }
     write_json(out_dir / "sparse.json", {"metrics": metrics, "config": config}, indent=2)
     return BenchResult(metrics, config)

@@ -1,8 +1,10 @@
-"""Which implementation runs the sparse convolutions: "pure" (default) or "spconv".
+"""Which implementation runs the sparse convolutions: "pure" (default), "spconv" or "compiled".
 
 "pure" is PyTorch only and runs wherever torch runs. "spconv" is used where it is installed and
 selected; operations it lacks (grouped convolutions, sites it would place differently) fall back
-to "pure" transparently. Modules take `backend=None` to follow the process-wide default.
+to "pure" transparently. "compiled" is pointlift's own fused C++ kernels for the CPU, built on first
+use where a C++ compiler is present (`pointlift.sparse.compiled`); layers they do not cover run on
+"pure". Modules take `backend=None` to follow the process-wide default.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import importlib.util
 
 from pointlift.errors import PointliftConfigError
 
-BACKENDS = ("pure", "spconv")
+BACKENDS = ("pure", "spconv", "compiled")
 _default = "pure"
 
 
@@ -37,12 +39,22 @@ def require_spconv() -> None:
         raise PointliftConfigError(SPCONV_MISSING)
 
 
-def set_backend(name: str) -> None:
-    """Select the process-wide default backend."""
-    global _default
+def require(name: str) -> None:
+    """Check that backend `name` can run here (building the compiled kernels on first use): one clear
+    PointliftConfigError where it cannot, when it is chosen rather than deep in a run."""
     check_backend_name(name)
     if name == "spconv":
         require_spconv()
+    elif name == "compiled":
+        from pointlift.sparse.compiled import kernels
+
+        kernels()
+
+
+def set_backend(name: str) -> None:
+    """Select the process-wide default backend."""
+    global _default
+    require(name)
     _default = name
 
 

@@ -308,14 +308,22 @@ def _compute_dtype(features: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 
 
 def sparse_conv_features(
-    features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, groups: int, label: str = "sparse.conv"
+    features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, groups: int, label: str = "sparse.conv",
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Apply a Conv3d-layout weight (Co_total, Ci, k, k, k) along a kernel map: (M_in, C) -> (M_out, Co_total).
 
-    `label` names the backward pass in torch.profiler traces (the per-layer-type breakdown).
+    `label` names the backward pass in torch.profiler traces (the per-layer-type breakdown). `compiled`:
+    run on the compiled backend's kernels where they cover the layer (`pointlift.sparse.compiled`).
     """
     dtype = _compute_dtype(features, weight)
-    return _SparseConvFunction.apply(features.to(dtype), weight.to(dtype), kmap, groups, label)
+    features, weight = features.to(dtype), weight.to(dtype)
+    if compiled:
+        from pointlift.sparse import compiled as compiled_backend
+
+        if compiled_backend.supports(features, weight, groups):
+            return compiled_backend.conv_features(features, weight, kmap)
+    return _SparseConvFunction.apply(features, weight, kmap, groups, label)
 
 
 class _SparseConvNd(nn.Module):
@@ -343,9 +351,7 @@ class _SparseConvNd(nn.Module):
                 f"{type(self).__name__}: groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
             )
         if backend is not None:
-            backend_registry.check_backend_name(backend)
-            if backend == "spconv":
-                backend_registry.require_spconv()
+            backend_registry.require(backend)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.dilation, self.groups = kernel_size, stride, dilation, groups
         self.backend = backend
@@ -384,14 +390,21 @@ class _SparseConvNd(nn.Module):
             )
         label = self.profile_label()
         with record_function(label):
-            if backend_registry.resolve(self.backend) == "spconv":
+            backend = backend_registry.resolve(self.backend)
+            if backend == "spconv":
                 from pointlift.sparse import spconv_backend
 
                 out = spconv_backend.try_forward(self, x)
                 if out is not None:
                     return out
             out_stride, kmap = self.output_stride_and_map(x)
-            features = sparse_conv_features(x.features, self.weight, kmap, self.groups, label)
+            if backend == "compiled":
+                from pointlift.sparse import compiled
+
+                if compiled.supports(x.features, self.weight, self.groups):
+                    compiled.use_kernel_layout(self.weight)  # once: no weight copies in its steps
+            features = sparse_conv_features(x.features, self.weight, kmap, self.groups, label,
+                                            compiled=backend == "compiled")
             if self.bias is not None:
                 features = features + self.bias.to(features.dtype)
             return x.replace(features, stride=out_stride)

@@ -276,6 +276,7 @@ class Pairs:
     in_cat: torch.Tensor
     out_cat: torch.Tensor
     _chunks: dict = field(default_factory=dict, repr=False, compare=False)  # PAIR_CHUNK -> chunks()
+    _table: list = field(default_factory=list, repr=False, compare=False)  # [bounds_table()] once made
 
     @property
     def count(self) -> int:
@@ -292,6 +293,14 @@ class Pairs:
                     first = j
             self._chunks[PAIR_CHUNK] = chunks
         return self._chunks[PAIR_CHUNK]
+
+    def bounds_table(self) -> torch.Tensor:
+        """(offset, first row, end row) per offset as an int64 (n, 3) CPU tensor (cached): how the compiled
+        backend's kernels walk the pairs."""
+        if not self._table:
+            rows = [(k, a, b) for k, (a, b) in zip(self.ids, self.bounds)]
+            self._table.append(torch.tensor(rows, dtype=torch.int64).view(-1, 3))
+        return self._table[0]
 
 
 @dataclass(eq=False)

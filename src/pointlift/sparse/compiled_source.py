@@ -1,0 +1,235 @@
+"""The C++ source of the "compiled" sparse backend, and its build on first use.
+
+`torch.utils.cpp_extension.load_inline` compiles it with the machine's C++ compiler (g++ or clang, and
+ninja) for this CPU (`-march=native`) into ~/.cache/pointlift/kernels/<key>, where the key covers the
+source, torch, Python and the CPU, so a home directory shared by different machines never loads a
+library built for another CPU. The source lives here as text so that it ships inside the package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+from pathlib import Path
+
+SOURCE = r"""
+// pointlift's compiled CPU kernels for sparse convolution (the "compiled" backend).
+//
+// One convolution is, per kernel offset k, out[out_rows[p]] += x[in_rows[p]] @ W_k over the offset's pairs p.
+// The pure backend gathers the rows into a buffer, multiplies with MKL and sums the products onto the sites
+// with a sparse matrix; these kernels do all three in one pass over a few pairs at a time, so the gathered rows
+// and the products never leave the registers. Within one offset every output row occurs at most once (each
+// offset pairs sites one to one), so the pairs of an offset can be split over threads without conflicts.
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <vector>
+
+namespace {
+
+typedef float vec __attribute__((vector_size(64)));                // 16 floats
+typedef float vec_u __attribute__((vector_size(64), aligned(4)));  // the same, at any address
+
+inline vec load(const float* p) { return *(const vec_u*)p; }
+inline void store(float* p, vec v) { *(vec_u*)p = v; }
+
+// Register tiles: R pairs times NV vectors of 16 output channels. With AVX-512 (32 registers of 16 floats)
+// about 24 accumulators fit; with AVX2 each vector takes two of 16 registers, so the tiles are smaller.
+#ifdef __AVX512F__
+constexpr int WIDE_NV = 4, WIDE_R = 6, MID_NV = 3, MID_R = 8, NARROW_NV = 2, NARROW_R = 12, ONE_R = 16;
+#else
+constexpr int WIDE_NV = 2, WIDE_R = 3, MID_NV = 2, MID_R = 3, NARROW_NV = 2, NARROW_R = 3, ONE_R = 6;
+#endif
+
+// out[orow[r], col:col+16NV] += sum_c x[xrow[r], c] * w[c * ldw + col ...] for the n <= R pairs of a tile.
+template <int NV, int R>
+inline void product_tile(const float* __restrict x, int64_t cin, const int64_t* xrow, const int64_t* orow, int n,
+                         const float* __restrict w, int64_t ldw, float* __restrict out, int64_t ldo, int64_t col) {
+  vec acc[R][NV];
+  const float* rows[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    rows[r] = x + (r < n ? xrow[r] : xrow[0]) * cin;  // a short tile repeats its first row, never stored
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = vec{};
+  }
+  for (int64_t c = 0; c < cin; ++c) {
+    const float* w_row = w + c * ldw + col;
+    vec w_vec[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) w_vec[v] = load(w_row + 16 * v);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const float a = rows[r][c];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] += a * w_vec[v];
+    }
+  }
+  for (int r = 0; r < n; ++r) {
+    float* o = out + orow[r] * ldo + col;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) store(o + 16 * v, load(o + 16 * v) + acc[r][v]);
+  }
+}
+
+// One offset's pairs, output columns col:col+16NV, tiles of R pairs spread over torch's threads.
+template <int NV, int R>
+void offset_products(const float* x, int64_t cin, const int64_t* xrow, const int64_t* orow, int64_t n,
+                     const float* w, int64_t ldw, float* out, int64_t cout, int64_t col) {
+  const int64_t tiles = (n + R - 1) / R;
+  at::parallel_for(0, tiles, 64, [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t s = t * R;
+      for (int64_t r = s + R; r < std::min(n, s + 2 * R); ++r) __builtin_prefetch(x + xrow[r] * cin);
+      product_tile<NV, R>(x, cin, xrow + s, orow + s, (int)std::min<int64_t>(R, n - s), w, ldw, out, cout, col);
+    }
+  });
+}
+
+}  // namespace
+
+// For each row (k, start, stop) of `segments`: out[out_rows[p]] += x[in_rows[p]] @ W_k for p in start:stop,
+// where W_k is the (cin, cout) matrix at w + k * w_step with rows ldw apart.
+void pair_products(const torch::Tensor& x, const torch::Tensor& w, int64_t w_step, int64_t ldw,
+                   const torch::Tensor& in_rows, const torch::Tensor& out_rows, const torch::Tensor& segments,
+                   torch::Tensor& out) {
+  const int64_t cin = x.size(1), cout = out.size(1);
+  TORCH_CHECK(cout % 16 == 0, "pair_products: output channels must be a multiple of 16");
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t* ip = in_rows.data_ptr<int64_t>();
+  const int64_t* jp = out_rows.data_ptr<int64_t>();
+  auto seg = segments.accessor<int64_t, 2>();
+  for (int64_t q = 0; q < segments.size(0); ++q) {
+    const int64_t k = seg[q][0], s = seg[q][1], n = seg[q][2] - s;
+    const float* wk = wp + k * w_step;
+    int64_t col = 0;
+    if (cout % 48 == 0 && cout % 64 != 0) {
+      for (; col < cout; col += 16 * MID_NV) offset_products<MID_NV, MID_R>(xp, cin, ip + s, jp + s, n, wk, ldw, op, cout, col);
+      continue;
+    }
+    for (; col + 16 * WIDE_NV <= cout; col += 16 * WIDE_NV)
+      offset_products<WIDE_NV, WIDE_R>(xp, cin, ip + s, jp + s, n, wk, ldw, op, cout, col);
+    for (; col + 16 * NARROW_NV <= cout; col += 16 * NARROW_NV)
+      offset_products<NARROW_NV, NARROW_R>(xp, cin, ip + s, jp + s, n, wk, ldw, op, cout, col);
+    for (; col < cout; col += 16) offset_products<1, ONE_R>(xp, cin, ip + s, jp + s, n, wk, ldw, op, cout, col);
+  }
+}
+
+// For each row (k, start, stop) of `segments`: G_k = sum_p x[in_rows[p]]^T g[out_rows[p]], where G_k is the
+// (cin, cout) matrix at grad_w + k * g_step with rows ldg apart. Blocks of pairs go to threads, each summing
+// into its own copy; the copies are added in thread order, so a run is reproducible for a thread count.
+void weight_products(const torch::Tensor& x, const torch::Tensor& g, const torch::Tensor& in_rows,
+                     const torch::Tensor& out_rows, const torch::Tensor& segments, torch::Tensor& grad_w,
+                     int64_t g_step, int64_t ldg) {
+  const int64_t cin = x.size(1), cout = g.size(1);
+  TORCH_CHECK(cout % 16 == 0, "weight_products: output channels must be a multiple of 16");
+  constexpr int64_t BLOCK = 256;  // pairs per block: their rows stay in L2 over the channel blocks
+  const float* xp = x.data_ptr<float>();
+  const float* gp = g.data_ptr<float>();
+  float* gw = grad_w.data_ptr<float>();
+  const int64_t* ip = in_rows.data_ptr<int64_t>();
+  const int64_t* jp = out_rows.data_ptr<int64_t>();
+  auto seg = segments.accessor<int64_t, 2>();
+  const int threads = at::get_num_threads();
+  std::vector<float> partial((size_t)threads * cin * cout);
+  for (int64_t q = 0; q < segments.size(0); ++q) {
+    const int64_t k = seg[q][0], s = seg[q][1], e = seg[q][2];
+    const int64_t blocks = (e - s + BLOCK - 1) / BLOCK;
+    const int used = (int)std::min<int64_t>(threads, blocks);
+    std::fill(partial.begin(), partial.begin() + (size_t)used * cin * cout, 0.f);
+    at::parallel_for(0, used, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        float* acc_out = partial.data() + (size_t)t * cin * cout;
+        for (int64_t b = t * blocks / used; b < (t + 1) * blocks / used; ++b) {
+          const int64_t p0 = s + b * BLOCK, p1 = std::min(e, p0 + BLOCK);
+          for (int64_t c0 = 0; c0 < cin; c0 += 4) {
+            const int nc = (int)std::min<int64_t>(4, cin - c0);
+            for (int64_t col = 0; col < cout; col += 64) {
+              const int nv = (int)std::min<int64_t>(4, (cout - col) / 16);
+              vec acc[4][4] = {};
+              for (int64_t p = p0; p < p1; ++p) {
+                const float* xr = xp + ip[p] * cin + c0;
+                const float* gr = gp + jp[p] * cout + col;
+                if (nc == 4 && nv == 4) {
+                  const vec g0 = load(gr), g1 = load(gr + 16), g2 = load(gr + 32), g3 = load(gr + 48);
+#pragma GCC unroll 4
+                  for (int a = 0; a < 4; ++a) {
+                    const float xa = xr[a];
+                    acc[a][0] += xa * g0; acc[a][1] += xa * g1; acc[a][2] += xa * g2; acc[a][3] += xa * g3;
+                  }
+                } else {
+                  for (int a = 0; a < nc; ++a)
+                    for (int v = 0; v < nv; ++v) acc[a][v] += xr[a] * load(gr + 16 * v);
+                }
+              }
+              for (int a = 0; a < nc; ++a) {
+                float* dst = acc_out + (c0 + a) * cout + col;
+                for (int v = 0; v < nv; ++v) store(dst + 16 * v, load(dst + 16 * v) + acc[a][v]);
+              }
+            }
+          }
+        }
+      }
+    });
+    float* dst = gw + k * g_step;  // written, not added to: each offset occurs once in `segments`
+    for (int64_t c = 0; c < cin; ++c)
+      for (int64_t j = 0; j < cout; ++j) dst[c * ldg + j] = partial[c * cout + j];
+    for (int t = 1; t < used; ++t) {
+      const float* src = partial.data() + (size_t)t * cin * cout;
+      for (int64_t c = 0; c < cin; ++c)
+        for (int64_t j = 0; j < cout; ++j) dst[c * ldg + j] += src[c * cout + j];
+    }
+  }
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("pair_products", &pair_products);
+  m.def("weight_products", &weight_products);
+}
+"""
+
+
+def _cpu_signature() -> str:
+    """The CPU's model and instruction-set flags (what -march=native compiles for)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    lines = text.split("\n\n")[0].splitlines()
+    return "\n".join(line for line in lines if line.split(":")[0].strip() in ("vendor_id", "cpu family", "model", "flags"))
+
+
+def build_key() -> str:
+    import torch
+
+    text = "\n".join([SOURCE, torch.__version__, sys.version, _cpu_signature()])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_dir() -> Path:
+    root = Path(os.environ.get("POINTLIFT_KERNEL_CACHE", Path.home() / ".cache" / "pointlift" / "kernels"))
+    return root / build_key()
+
+
+def build():
+    """Compile (or load the cached build of) the kernels; raises whatever the build raises."""
+    import logging
+
+    # on a machine without CUDA, importing the extension builder logs a warning about CUDA_HOME that does
+    # not concern a CPU build
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils.cpp_extension import load_inline
+
+    directory = build_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    return load_inline(
+        name="pointlift_sparse_cpu",
+        cpp_sources=[SOURCE],
+        extra_cflags=["-O3", "-march=native", "-fopenmp"],
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(directory),
+        verbose=False,
+    )
