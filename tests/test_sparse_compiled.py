@@ -22,8 +22,10 @@ pytestmark = pytest.mark.skipif(
     reason="the compiled backend needs a C++ compiler (c++) and ninja on PATH",
 )
 
-# name, class, in, out, kwargs: every column block the kernels have (16, 32, 48, 64 wide) and every conv kind
+# name, class, in, out, kwargs: every column block the kernels have (8, 16, 32, 48, 64 wide) and every conv kind
 CASES = [
+    ("subm_k3_8_8", SubMConv3d, 8, 8, dict(kernel_size=3)),
+    ("subm_k3_8_24", SubMConv3d, 8, 24, dict(kernel_size=3)),
     ("subm_k3_16_32", SubMConv3d, 16, 32, dict(kernel_size=3)),
     ("subm_k3_48_48", SubMConv3d, 48, 48, dict(kernel_size=3)),
     ("subm_k3_32_80", SubMConv3d, 32, 80, dict(kernel_size=3)),
@@ -33,10 +35,12 @@ CASES = [
     ("subm_k3_bias", SubMConv3d, 16, 16, dict(kernel_size=3, bias=True)),
     ("subm_k1", SubMConv3d, 32, 16, dict(kernel_size=1)),
     ("strided_k2_s2", SparseConv3d, 16, 32, dict(kernel_size=2, stride=2)),
+    ("strided_k2_s2_8_16", SparseConv3d, 8, 16, dict(kernel_size=2, stride=2)),
     ("even_k2_s1", SparseConv3d, 16, 16, dict(kernel_size=2, stride=1)),
     ("strided_k3_s2", SparseConv3d, 32, 16, dict(kernel_size=3, stride=2)),
     ("inverse_k2_s2", SparseInverseConv3d, 32, 16, dict(kernel_size=2, stride=2)),
     ("inverse_k3_s2", SparseInverseConv3d, 16, 48, dict(kernel_size=3, stride=2)),
+    ("inverse_k2_s2_16_8", SparseInverseConv3d, 16, 8, dict(kernel_size=2, stride=2)),
 ]
 
 
@@ -80,9 +84,9 @@ def test_compiled_agrees_with_pure_on_a_scene_sized_layer():
 
 
 def test_layers_the_kernels_do_not_cover_run_on_the_pure_backend():
-    """Depthwise, 8-channel and float64 layers give the pure backend's results bit for bit."""
+    """Depthwise, 12-channel and float64 layers give the pure backend's results bit for bit."""
     coords, feats = random_sparse(channels=8)
-    for layer, x in ((SubMConv3d(8, 8, 3, groups=8), feats), (SubMConv3d(8, 8, 3), feats),
+    for layer, x in ((SubMConv3d(8, 8, 3, groups=8), feats), (SubMConv3d(8, 12, 3), feats),
                      (SubMConv3d(8, 16, 3).double(), feats.double())):
         outs = []
         for backend in ("pure", "compiled"):

@@ -5,7 +5,7 @@ its results are what the behaviour digests record; this one needs a C++ compiler
 rounds differently (the same sums in another order: agreement with the pure backend and exactness
 against dense convolutions are tested). Where it applies it does a convolution's gather, products and
 sum in one pass (`compiled_source.py`); every other layer — grouped or depthwise, output channels not a
-multiple of 16, input channels not a multiple of 16 where the input needs a gradient, other dtypes,
+multiple of 8, input channels not a multiple of 8 where the input needs a gradient, other dtypes,
 CUDA — runs on the pure backend, so any network works.
 """
 
@@ -49,7 +49,7 @@ def supports(features: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
     """Can the kernels run this layer (else it runs on the pure backend)?"""
     cout, cin = weight.shape[:2]
     return (features.device.type == "cpu" and features.dtype == torch.float32 and weight.dtype == torch.float32
-            and groups == 1 and cout % 16 == 0 and (cin % 16 == 0 or not features.requires_grad))
+            and groups == 1 and cout % 8 == 0 and (cin % 8 == 0 or not features.requires_grad))
 
 
 def _offset_rows(weight: torch.Tensor) -> torch.Tensor:

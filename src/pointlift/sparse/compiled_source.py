@@ -28,37 +28,47 @@ SOURCE = r"""
 
 namespace {
 
-typedef float vec __attribute__((vector_size(64)));                // 16 floats
-typedef float vec_u __attribute__((vector_size(64), aligned(4)));  // the same, at any address
+// Vectors of 16 and of 8 floats (GCC vector extensions: AVX-512 / AVX2 registers where the CPU has them).
+typedef float vec16 __attribute__((vector_size(64)));
+typedef float vec8 __attribute__((vector_size(32)));
 
-inline vec load(const float* p) { return *(const vec_u*)p; }
-inline void store(float* p, vec v) { *(vec_u*)p = v; }
+template <typename V>
+inline V load(const float* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));  // any alignment; compiles to one unaligned load
+  return v;
+}
+template <typename V>
+inline void store(float* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
+template <typename V>
+constexpr int lanes() { return sizeof(V) / sizeof(float); }
 
-// Register tiles: R pairs times NV vectors of 16 output channels. With AVX-512 (32 registers of 16 floats)
-// about 24 accumulators fit; with AVX2 each vector takes two of 16 registers, so the tiles are smaller.
+// Register tiles: R pairs times NV vectors of output channels. With AVX-512 (32 registers of 16 floats) about
+// 24 accumulators fit; with AVX2 a 16-float vector takes two of 16 registers, so the tiles are smaller.
 #ifdef __AVX512F__
-constexpr int WIDE_NV = 4, WIDE_R = 6, MID_NV = 3, MID_R = 8, NARROW_NV = 2, NARROW_R = 12, ONE_R = 16;
+constexpr int WIDE_NV = 4, WIDE_R = 6, MID_NV = 3, MID_R = 8, NARROW_NV = 2, NARROW_R = 12, ONE_R = 16, EIGHT_R = 16;
 #else
-constexpr int WIDE_NV = 2, WIDE_R = 3, MID_NV = 2, MID_R = 3, NARROW_NV = 2, NARROW_R = 3, ONE_R = 6;
+constexpr int WIDE_NV = 2, WIDE_R = 3, MID_NV = 2, MID_R = 3, NARROW_NV = 2, NARROW_R = 3, ONE_R = 6, EIGHT_R = 12;
 #endif
 
-// out[orow[r], col:col+16NV] += sum_c x[xrow[r], c] * w[c * ldw + col ...] for the n <= R pairs of a tile.
-template <int NV, int R>
+// out[orow[r], col:col+NV*lanes] += sum_c x[xrow[r], c] * w[c * ldw + col ...] for the n <= R pairs of a tile.
+template <typename V, int NV, int R>
 inline void product_tile(const float* __restrict x, int64_t cin, const int64_t* xrow, const int64_t* orow, int n,
                          const float* __restrict w, int64_t ldw, float* __restrict out, int64_t ldo, int64_t col) {
-  vec acc[R][NV];
+  constexpr int L = lanes<V>();
+  V acc[R][NV];
   const float* rows[R];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
     rows[r] = x + (r < n ? xrow[r] : xrow[0]) * cin;  // a short tile repeats its first row, never stored
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = vec{};
+    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
   }
   for (int64_t c = 0; c < cin; ++c) {
     const float* w_row = w + c * ldw + col;
-    vec w_vec[NV];
+    V w_vec[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) w_vec[v] = load(w_row + 16 * v);
+    for (int v = 0; v < NV; ++v) w_vec[v] = load<V>(w_row + L * v);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const float a = rows[r][c];
@@ -69,12 +79,12 @@ inline void product_tile(const float* __restrict x, int64_t cin, const int64_t* 
   for (int r = 0; r < n; ++r) {
     float* o = out + orow[r] * ldo + col;
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) store(o + 16 * v, load(o + 16 * v) + acc[r][v]);
+    for (int v = 0; v < NV; ++v) store<V>(o + L * v, load<V>(o + L * v) + acc[r][v]);
   }
 }
 
-// One offset's pairs, output columns col:col+16NV, tiles of R pairs spread over torch's threads.
-template <int NV, int R>
+// One offset's pairs, output columns col:col+NV*lanes, tiles of R pairs spread over torch's threads.
+template <typename V, int NV, int R>
 void offset_products(const float* x, int64_t cin, const int64_t* xrow, const int64_t* orow, int64_t n,
                      const float* w, int64_t ldw, float* out, int64_t cout, int64_t col) {
   const int64_t tiles = (n + R - 1) / R;
@@ -82,20 +92,58 @@ void offset_products(const float* x, int64_t cin, const int64_t* xrow, const int
     for (int64_t t = first; t < last; ++t) {
       const int64_t s = t * R;
       for (int64_t r = s + R; r < std::min(n, s + 2 * R); ++r) __builtin_prefetch(x + xrow[r] * cin);
-      product_tile<NV, R>(x, cin, xrow + s, orow + s, (int)std::min<int64_t>(R, n - s), w, ldw, out, cout, col);
+      product_tile<V, NV, R>(x, cin, xrow + s, orow + s, (int)std::min<int64_t>(R, n - s), w, ldw, out, cout, col);
     }
   });
+}
+
+// acc_out[c0 + a, col:col+NV*lanes] += sum over pairs p0:p1 of x[in_rows[p], c0 + a] * g[out_rows[p], col ...],
+// for the nc <= 4 input channels a.
+template <typename V, int NV>
+void weight_tile(const float* __restrict xp, int64_t cin, const float* __restrict gp, int64_t cout,
+                 const int64_t* ip, const int64_t* jp, int64_t p0, int64_t p1, int64_t c0, int nc, int64_t col,
+                 float* __restrict acc_out) {
+  constexpr int L = lanes<V>();
+  V acc[4][NV];
+  for (int a = 0; a < 4; ++a)
+    for (int v = 0; v < NV; ++v) acc[a][v] = V{};
+  if (nc == 4) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const float* xr = xp + ip[p] * cin + c0;
+      const float* gr = gp + jp[p] * cout + col;
+      V g_vec[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) g_vec[v] = load<V>(gr + L * v);
+#pragma GCC unroll 4
+      for (int a = 0; a < 4; ++a) {
+        const float xa = xr[a];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[a][v] += xa * g_vec[v];
+      }
+    }
+  } else {
+    for (int64_t p = p0; p < p1; ++p) {
+      const float* xr = xp + ip[p] * cin + c0;
+      const float* gr = gp + jp[p] * cout + col;
+      for (int a = 0; a < nc; ++a)
+        for (int v = 0; v < NV; ++v) acc[a][v] += xr[a] * load<V>(gr + L * v);
+    }
+  }
+  for (int a = 0; a < nc; ++a) {
+    float* dst = acc_out + (c0 + a) * cout + col;
+    for (int v = 0; v < NV; ++v) store<V>(dst + L * v, load<V>(dst + L * v) + acc[a][v]);
+  }
 }
 
 }  // namespace
 
 // For each row (k, start, stop) of `segments`: out[out_rows[p]] += x[in_rows[p]] @ W_k for p in start:stop,
-// where W_k is the (cin, cout) matrix at w + k * w_step with rows ldw apart.
+// where W_k is the (cin, cout) matrix at w + k * w_step with rows ldw apart. cout: a multiple of 8.
 void pair_products(const torch::Tensor& x, const torch::Tensor& w, int64_t w_step, int64_t ldw,
                    const torch::Tensor& in_rows, const torch::Tensor& out_rows, const torch::Tensor& segments,
                    torch::Tensor& out) {
   const int64_t cin = x.size(1), cout = out.size(1);
-  TORCH_CHECK(cout % 16 == 0, "pair_products: output channels must be a multiple of 16");
+  TORCH_CHECK(cout % 8 == 0, "pair_products: output channels must be a multiple of 8");
   const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -107,14 +155,17 @@ void pair_products(const torch::Tensor& x, const torch::Tensor& w, int64_t w_ste
     const float* wk = wp + k * w_step;
     int64_t col = 0;
     if (cout % 48 == 0 && cout % 64 != 0) {
-      for (; col < cout; col += 16 * MID_NV) offset_products<MID_NV, MID_R>(xp, cin, ip + s, jp + s, n, wk, ldw, op, cout, col);
+      for (; col < cout; col += 16 * MID_NV)
+        offset_products<vec16, MID_NV, MID_R>(xp, cin, ip + s, jp + s, n, wk, ldw, op, cout, col);
       continue;
     }
     for (; col + 16 * WIDE_NV <= cout; col += 16 * WIDE_NV)
-      offset_products<WIDE_NV, WIDE_R>(xp, cin, ip + s, jp + s, n, wk, ldw, op, cout, col);
+      offset_products<vec16, WIDE_NV, WIDE_R>(xp, cin, ip + s, jp + s, n, wk, ldw, op, cout, col);
     for (; col + 16 * NARROW_NV <= cout; col += 16 * NARROW_NV)
-      offset_products<NARROW_NV, NARROW_R>(xp, cin, ip + s, jp + s, n, wk, ldw, op, cout, col);
-    for (; col < cout; col += 16) offset_products<1, ONE_R>(xp, cin, ip + s, jp + s, n, wk, ldw, op, cout, col);
+      offset_products<vec16, NARROW_NV, NARROW_R>(xp, cin, ip + s, jp + s, n, wk, ldw, op, cout, col);
+    for (; col + 16 <= cout; col += 16)
+      offset_products<vec16, 1, ONE_R>(xp, cin, ip + s, jp + s, n, wk, ldw, op, cout, col);
+    if (col < cout) offset_products<vec8, 1, EIGHT_R>(xp, cin, ip + s, jp + s, n, wk, ldw, op, cout, col);
   }
 }
 
@@ -125,7 +176,7 @@ void weight_products(const torch::Tensor& x, const torch::Tensor& g, const torch
                      const torch::Tensor& out_rows, const torch::Tensor& segments, torch::Tensor& grad_w,
                      int64_t g_step, int64_t ldg) {
   const int64_t cin = x.size(1), cout = g.size(1);
-  TORCH_CHECK(cout % 16 == 0, "weight_products: output channels must be a multiple of 16");
+  TORCH_CHECK(cout % 8 == 0, "weight_products: output channels must be a multiple of 8");
   constexpr int64_t BLOCK = 256;  // pairs per block: their rows stay in L2 over the channel blocks
   const float* xp = x.data_ptr<float>();
   const float* gp = g.data_ptr<float>();
@@ -147,29 +198,12 @@ void weight_products(const torch::Tensor& x, const torch::Tensor& g, const torch
           const int64_t p0 = s + b * BLOCK, p1 = std::min(e, p0 + BLOCK);
           for (int64_t c0 = 0; c0 < cin; c0 += 4) {
             const int nc = (int)std::min<int64_t>(4, cin - c0);
-            for (int64_t col = 0; col < cout; col += 64) {
-              const int nv = (int)std::min<int64_t>(4, (cout - col) / 16);
-              vec acc[4][4] = {};
-              for (int64_t p = p0; p < p1; ++p) {
-                const float* xr = xp + ip[p] * cin + c0;
-                const float* gr = gp + jp[p] * cout + col;
-                if (nc == 4 && nv == 4) {
-                  const vec g0 = load(gr), g1 = load(gr + 16), g2 = load(gr + 32), g3 = load(gr + 48);
-#pragma GCC unroll 4
-                  for (int a = 0; a < 4; ++a) {
-                    const float xa = xr[a];
-                    acc[a][0] += xa * g0; acc[a][1] += xa * g1; acc[a][2] += xa * g2; acc[a][3] += xa * g3;
-                  }
-                } else {
-                  for (int a = 0; a < nc; ++a)
-                    for (int v = 0; v < nv; ++v) acc[a][v] += xr[a] * load(gr + 16 * v);
-                }
-              }
-              for (int a = 0; a < nc; ++a) {
-                float* dst = acc_out + (c0 + a) * cout + col;
-                for (int v = 0; v < nv; ++v) store(dst + 16 * v, load(dst + 16 * v) + acc[a][v]);
-              }
-            }
+            int64_t col = 0;
+            for (; col + 64 <= cout; col += 64)
+              weight_tile<vec16, 4>(xp, cin, gp, cout, ip, jp, p0, p1, c0, nc, col, acc_out);
+            for (; col + 16 <= cout; col += 16)
+              weight_tile<vec16, 1>(xp, cin, gp, cout, ip, jp, p0, p1, c0, nc, col, acc_out);
+            if (col < cout) weight_tile<vec8, 1>(xp, cin, gp, cout, ip, jp, p0, p1, c0, nc, col, acc_out);
           }
         }
       }
