@@ -161,3 +161,24 @@ def test_the_kernel_layout_keeps_the_weight_and_what_is_saved(tmp_path):
     restored = SubMConv3d(16, 32, 3)
     restored.load_state_dict(load_checkpoint(tensor_file)[0])
     assert torch.equal(restored.weight, before)
+
+
+def test_layers_made_on_the_compiled_backend_start_from_the_same_weights():
+    """Chosen before the model is built, the compiled backend lays the weights out at once (before an optimiser
+    or DDP sees them), with the values the pure backend's layers get from the same seed, also when re-initialised."""
+    from pointlift.models.sparse_unet import sparse_unet
+
+    built = {}
+    for backend in ("pure", "compiled"):
+        torch.manual_seed(3)
+        with use_backend(backend):
+            built[backend] = sparse_unet("spunet-tiny", in_channels=3, out_channels=16)
+    pure, fused = (dict(built[b].named_parameters()) for b in ("pure", "compiled"))
+    laid_out = [name for name, p in fused.items() if p.dim() == 5 and not p.is_contiguous()]
+    assert len(laid_out) >= 10
+    assert all(torch.equal(pure[name], fused[name]) for name in pure)
+    layer = next(m for m in built["compiled"].modules() if isinstance(m, SubMConv3d) and not m.weight.is_contiguous())
+    twin = SubMConv3d(layer.in_channels, layer.out_channels, layer.kernel_size)
+    torch.manual_seed(4), layer.reset_parameters()
+    torch.manual_seed(4), twin.reset_parameters()
+    assert torch.equal(layer.weight, twin.weight) and not layer.weight.is_contiguous()

@@ -76,6 +76,12 @@ def use_kernel_layout(weight: torch.nn.Parameter) -> None:
         weight.data = _as_conv3d(rows.contiguous().view(-1, *weight.shape[1::-1]), tuple(weight.shape[2:]))
 
 
+def layout_fits(weight: torch.Tensor, groups: int) -> bool:
+    """Would the kernels run a layer with this weight (for some input)? Then it keeps the kernels' layout."""
+    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and groups == 1
+            and weight.shape[0] % 8 == 0)
+
+
 class _CompiledConvFunction(torch.autograd.Function):
     """out[out_index[k]] += features[in_index[k]] @ W_k for every offset k, fused per offset.
 

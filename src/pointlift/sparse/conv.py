@@ -358,10 +358,24 @@ class _SparseConvNd(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kernel_size, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
+        if backend_registry.resolve(backend) == "compiled":  # before an optimiser or DDP sees the weight
+            self._use_kernel_layout()
+
+    def _use_kernel_layout(self) -> None:
+        """On the compiled backend: keep the weight's values in its kernels' memory order (same values)."""
+        from pointlift.sparse import compiled
+
+        if compiled.layout_fits(self.weight, self.groups):
+            compiled.use_kernel_layout(self.weight)
 
     def reset_parameters(self) -> None:
-        # nn.Conv3d's initialisation, so sparse and dense layers start alike.
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        # nn.Conv3d's initialisation, so sparse and dense layers start alike. A weight in the compiled kernels'
+        # memory order gets the values a contiguous one would (the same random draws, copied in).
+        weight = self.weight if self.weight.is_contiguous() else torch.empty(self.weight.shape)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        if weight is not self.weight:
+            with torch.no_grad():
+                self.weight.copy_(weight)
         if self.bias is not None:
             fan_in = self.weight[0].numel()
             bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
@@ -399,10 +413,7 @@ class _SparseConvNd(nn.Module):
                     return out
             out_stride, kmap = self.output_stride_and_map(x)
             if backend == "compiled":
-                from pointlift.sparse import compiled
-
-                if compiled.supports(x.features, self.weight, self.groups):
-                    compiled.use_kernel_layout(self.weight)  # once: no weight copies in its steps
+                self._use_kernel_layout()  # a module made before the backend was chosen: once, here
             features = sparse_conv_features(x.features, self.weight, kmap, self.groups, label,
                                             compiled=backend == "compiled")
             if self.bias is not None:
