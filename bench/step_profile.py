@@ -62,7 +62,8 @@ PARTS = {
     },
 }
 METHOD_PARTS = {"ppkt-lidar": "ppkt", "ppkt-rgbd": "ppkt", "i2p-mae-official": "i2p-mae",
-                "image2point": "image2point", "segmentation": "segmentation"}
+                "image2point": "image2point", "segmentation": "segmentation",
+                "ppkt-lidar-compiled": "ppkt", "segmentation-compiled": "segmentation"}  # on the compiled kernels
 
 
 def _patch(path: str, totals: dict, label: str) -> list[tuple]:

@@ -58,7 +58,7 @@ PRESETS = SparsePreset.table({
     "smoke": dict(model="spunet-tiny", pixel_stride=8, voxel=0.02, scaling=(), warmup=1, repeats=2,
                   scaling_repeats=1, device="cpu", peak_memory=False),
     "cpu": dict(model="spunet-v1m1", pixel_stride=1, voxel=0.02, scaling=(0.044, 0.02, 0.0082), warmup=1,
-                repeats=5, scaling_repeats=3, device="cpu", peak_memory=True),
+                repeats=5, scaling_repeats=5, device="cpu", peak_memory=True),
     "gpu": dict(model="spunet-v1m1", pixel_stride=1, voxel=0.02, scaling=(0.02, 0.004), warmup=3, repeats=10,
                 scaling_repeats=10, device="cuda", peak_memory=True),
 })
