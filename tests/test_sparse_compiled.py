@@ -182,3 +182,22 @@ def test_layers_made_on_the_compiled_backend_start_from_the_same_weights():
     torch.manual_seed(4), layer.reset_parameters()
     torch.manual_seed(4), twin.reset_parameters()
     assert torch.equal(layer.weight, twin.weight) and not layer.weight.is_contiguous()
+
+
+def test_the_build_for_cpus_without_avx512_matches_dense_too(monkeypatch):
+    """The kernels' other register tiles (AVX2: fewer, smaller vectors), built here with AVX-512 turned off."""
+    from pathlib import Path
+
+    if "avx512f" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("this CPU has no AVX-512: the tests above already ran the AVX2 build")
+    module = compiled_source.build(("-mno-avx512f",))
+    monkeypatch.setattr(compiled, "kernels", lambda: module)
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for case in CASES:
+                with use_backend("compiled"):
+                    check_against_dense(case, "cpu")
+    finally:
+        torch.set_num_threads(previous)

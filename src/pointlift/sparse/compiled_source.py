@@ -154,7 +154,7 @@ void pair_products(const torch::Tensor& x, const torch::Tensor& w, int64_t w_ste
     const int64_t k = seg[q][0], s = seg[q][1], n = seg[q][2] - s;
     const float* wk = wp + k * w_step;
     int64_t col = 0;
-    if (cout % 48 == 0 && cout % 64 != 0) {
+    if (cout % (16 * MID_NV) == 0 && cout % (16 * WIDE_NV) != 0) {  // 48, 96, 144 ... wide with AVX-512
       for (; col < cout; col += 16 * MID_NV)
         offset_products<vec16, MID_NV, MID_R>(xp, cin, ip + s, jp + s, n, wk, ldw, op, cout, col);
       continue;
@@ -236,20 +236,21 @@ def _cpu_signature() -> str:
     return "\n".join(line for line in lines if line.split(":")[0].strip() in ("vendor_id", "cpu family", "model", "flags"))
 
 
-def build_key() -> str:
+def build_key(extra_cflags: tuple[str, ...] = ()) -> str:
     import torch
 
-    text = "\n".join([SOURCE, torch.__version__, sys.version, _cpu_signature()])
+    text = "\n".join([SOURCE, torch.__version__, sys.version, _cpu_signature(), *extra_cflags])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def build_dir() -> Path:
+def build_dir(extra_cflags: tuple[str, ...] = ()) -> Path:
     root = Path(os.environ.get("POINTLIFT_KERNEL_CACHE", Path.home() / ".cache" / "pointlift" / "kernels"))
-    return root / build_key()
+    return root / build_key(extra_cflags)
 
 
-def build():
-    """Compile (or load the cached build of) the kernels; raises whatever the build raises."""
+def build(extra_cflags: tuple[str, ...] = ()):
+    """Compile (or load the cached build of) the kernels; raises whatever the build raises. `extra_cflags`
+    (tests): e.g. ("-mno-avx512f",) builds, beside the usual one, the code a CPU without AVX-512 runs."""
     import logging
 
     # on a machine without CUDA, importing the extension builder logs a warning about CUDA_HOME that does
@@ -257,12 +258,12 @@ def build():
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils.cpp_extension import load_inline
 
-    directory = build_dir()
+    directory = build_dir(extra_cflags)
     directory.mkdir(parents=True, exist_ok=True)
     return load_inline(
-        name="pointlift_sparse_cpu",
+        name="pointlift_sparse_cpu" + ("_" + build_key(extra_cflags)[:8] if extra_cflags else ""),
         cpp_sources=[SOURCE],
-        extra_cflags=["-O3", "-march=native", "-fopenmp"],
+        extra_cflags=["-O3", "-march=native", "-fopenmp", *extra_cflags],
         extra_ldflags=["-fopenmp"],
         build_directory=str(directory),
         verbose=False,
