@@ -120,8 +120,8 @@ def method_configs(steps: int, cache: Path) -> dict[str, tuple[list[str], dict]]
         config = json.loads(json.dumps(config))
         config["data"]["kernel_maps_in_loader"] = True
         configs[f"{name}-kernel-maps-in-loader"] = (words, config)
-    for name in ("ppkt-lidar", "ppkt-rgbd", "image2point", "segmentation", "ppkt-lidar-kernel-maps-in-loader",
-                 "segmentation-kernel-maps-in-loader"):  # the sparse convolutions on the compiled kernels
+    for name in ("ppkt-lidar", "ppkt-rgbd", "image2point", "segmentation", "ppkt-lidar-loader-worker",
+                 "ppkt-lidar-kernel-maps-in-loader", "segmentation-kernel-maps-in-loader"):  # on the compiled kernels
         words, config = configs[name]
         configs[f"{name}-compiled"] = ([*words, "--sparse-backend", "compiled"], config)
     return configs

@@ -371,7 +371,8 @@ class _SparseConvNd(nn.Module):
     def reset_parameters(self) -> None:
         # nn.Conv3d's initialisation, so sparse and dense layers start alike. A weight in the compiled kernels'
         # memory order gets the values a contiguous one would (the same random draws, copied in).
-        weight = self.weight if self.weight.is_contiguous() else torch.empty(self.weight.shape)
+        weight = (self.weight if self.weight.is_contiguous()
+                  else torch.empty(self.weight.shape, dtype=self.weight.dtype, device=self.weight.device))
         nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
         if weight is not self.weight:
             with torch.no_grad():
