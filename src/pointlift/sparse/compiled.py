@@ -45,11 +45,16 @@ def available() -> bool:
     return True
 
 
+def layout_fits(weight: torch.Tensor, groups: int) -> bool:
+    """Would the kernels run a layer with this weight (for some input)? Then it keeps the kernels' layout."""
+    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and groups == 1
+            and weight.shape[0] % 8 == 0)
+
+
 def supports(features: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
-    """Can the kernels run this layer (else it runs on the pure backend)?"""
-    cout, cin = weight.shape[:2]
-    return (features.device.type == "cpu" and features.dtype == torch.float32 and weight.dtype == torch.float32
-            and groups == 1 and cout % 8 == 0 and (cin % 8 == 0 or not features.requires_grad))
+    """Can the kernels run this layer on these features (else it runs on the pure backend)?"""
+    return (layout_fits(weight, groups) and features.device.type == "cpu" and features.dtype == torch.float32
+            and (weight.shape[1] % 8 == 0 or not features.requires_grad))
 
 
 def _offset_rows(weight: torch.Tensor) -> torch.Tensor:
@@ -74,12 +79,6 @@ def use_kernel_layout(weight: torch.nn.Parameter) -> None:
         return
     with torch.no_grad():
         weight.data = _as_conv3d(rows.contiguous().view(-1, *weight.shape[1::-1]), tuple(weight.shape[2:]))
-
-
-def layout_fits(weight: torch.Tensor, groups: int) -> bool:
-    """Would the kernels run a layer with this weight (for some input)? Then it keeps the kernels' layout."""
-    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and groups == 1
-            and weight.shape[0] % 8 == 0)
 
 
 class _CompiledConvFunction(torch.autograd.Function):
