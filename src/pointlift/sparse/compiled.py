@@ -74,11 +74,10 @@ def use_kernel_layout(weight: torch.nn.Parameter) -> None:
     shape, so that no step copies it: forward reads W_k in place and backward hands back a gradient of the
     same layout, which autograd keeps as it is. The parameter stays the same object with the same shape and
     values (its state dict and checkpoints are unchanged: they are saved contiguous)."""
-    rows = weight.detach().permute(2, 3, 4, 1, 0)
-    if rows.is_contiguous():
+    if weight.detach().permute(2, 3, 4, 1, 0).is_contiguous():
         return
     with torch.no_grad():
-        weight.data = _as_conv3d(rows.contiguous().view(-1, *weight.shape[1::-1]), tuple(weight.shape[2:]))
+        weight.data = _as_conv3d(_offset_rows(weight.detach()).contiguous(), tuple(weight.shape[2:]))
 
 
 class _CompiledConvFunction(torch.autograd.Function):
