@@ -66,8 +66,7 @@ def main() -> None:
             per_column = lambda: hashed.lookup_columns(base, offsets)  # noqa: E731
             arms = {"one_search_per_offset": one_per_offset, "one_search_per_column": per_column}
             if column_grid is not None:
-                arms["column_grid"] = lambda: hashed._lookup_column_grid(  # noqa: E731
-                    decode_keys(base), offsets, *column_grid[:4])
+                arms["column_grid"] = lambda: column_grid.lookup(decode_keys(base), offsets)  # noqa: E731
             expected = one_per_offset()
             for name, arm in arms.items():
                 assert torch.equal(arm(), expected), (stride, kernel_size, name)
@@ -76,11 +75,11 @@ def main() -> None:
                 for name, arm in arms.items():
                     times[name].append(_cpu_seconds(arm))
             best = {name: min(values) * 1000 for name, values in times.items()}
+            cells = column_grid.rows.numel() + column_grid.columns.numel() if column_grid is not None else None
             rows.append({"stride": stride, "sites": len(coords), "kernel_size": kernel_size,
                          "offsets_searched": len(offsets), "dense_grid_allowed": grid,
                          "column_grid_build_ms": build_ms if column_grid is not None else None,
-                         "column_grid_cells_per_site": (sum(t.numel() for t in column_grid[:2]) / len(coords)
-                                                        if column_grid is not None else None),
+                         "column_grid_cells_per_site": cells / len(coords) if cells is not None else None,
                          **{f"{name}_ms": value for name, value in best.items()},
                          "speedup": best["one_search_per_offset"] / best["one_search_per_column"]})
             text = "  ".join(f"{name} {value:.1f} ms" for name, value in best.items())

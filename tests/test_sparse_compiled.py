@@ -83,6 +83,74 @@ def test_compiled_agrees_with_pure_on_a_scene_sized_layer():
         assert not torch.equal(pure, torch.zeros_like(pure))
 
 
+def _lidar_like_sites(sites: int, seed: int) -> torch.Tensor:
+    """Sites scattered over a box far too sparse for the dense grid (a LiDAR sweep's shape): ground with some
+    height, poles with gaps in z, two samples."""
+    generator = torch.Generator().manual_seed(seed)
+    ground = torch.randint(-200, 200, (sites, 2), generator=generator)
+    height = torch.randint(-3, 4, (sites, 1), generator=generator)
+    poles = torch.cat([ground[: sites // 8].repeat_interleave(4, 0),
+                       torch.arange(4).repeat(sites // 8).view(-1, 1) * 2], 1)
+    points = torch.cat([torch.cat([ground, height], 1), poles])
+    coords = torch.unique(torch.cat([torch.randint(0, 2, (len(points), 1), generator=generator), points], 1), dim=0)
+    return coords[torch.randperm(len(coords), generator=generator)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("scene", ["dense-grid", "column-grid", "searched"])
+def test_kernel_maps_read_by_the_kernels_are_the_torch_paths(scene, threads, monkeypatch):
+    """On the compiled backend the kernels read a map's pairs from the hash's grid: the same integers in the same
+    order as the torch path, for every kind of map a U-Net builds (submanifold 1, 3, 5 and dilated; strided 2 and
+    3; their transposes share them) over several blocks of sites; where no grid holds the queries the torch
+    path answers on either backend."""
+    from pointlift.sparse.kernel_map import CoordinateHash
+    from pointlift.sparse.tensor import CoordinateManager
+
+    if scene == "dense-grid":
+        coords = random_sparse(batch=2, grid=20, channels=1, density=0.3, seed=1)[0]
+    else:
+        coords = _lidar_like_sites(4000, seed=2)
+    monkeypatch.setattr(CoordinateHash, "GRIDS", () if scene == "searched" else CoordinateHash.GRIDS)
+    requests = [(1, 1, 1, 1), (1, 1, 3, 1), (1, 1, 5, 1), (1, 1, 3, 2), (1, 2, 2, 1), (1, 2, 3, 1), (2, 2, 3, 1),
+                (2, 4, 2, 1), (1, 3, 3, 1)]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        managers = {}
+        for backend in ("pure", "compiled"):
+            with use_backend(backend):
+                manager = managers[backend] = CoordinateManager(coords)
+                for in_stride, out_stride, kernel_size, dilation in requests:
+                    manager.downsample(in_stride, out_stride // in_stride)
+                    manager.kernel_map(in_stride, out_stride, kernel_size, dilation)
+    finally:
+        torch.set_num_threads(previous)
+    hashed = managers["compiled"].hash_at(1)
+    used = {"dense-grid": (True, False), "column-grid": (False, True), "searched": (False, False)}[scene]
+    assert (hashed._grid is not None, hashed._column_grid is not None) == used
+    pairs = 0
+    for key, kmap in managers["pure"]._maps.items():
+        other = managers["compiled"]._maps[key]
+        assert kmap.identity == other.identity and len(kmap.in_index) == len(other.in_index)
+        for mine, theirs in zip(kmap.in_index + kmap.out_index, other.in_index + other.out_index):
+            assert torch.equal(mine, theirs), key
+        assert torch.equal(kmap.pairs().in_cat, other.pairs().in_cat) and kmap.pairs().ids == other.pairs().ids
+        pairs += kmap.num_pairs
+    assert pairs > 8 * len(coords)  # neighbours found, not only the identity pairs
+
+
+def test_the_map_kernel_refuses_a_query_outside_its_grid():
+    """The kernel checks its reach itself (a wrong caller gets an error, not a read outside the table)."""
+    rows = torch.full((4 * 5,), -1, dtype=torch.int32)  # 4 columns of depth 5
+    one = torch.tensor([1])
+    grid_pairs = compiled.kernels().grid_pairs
+    counts, ins, outs = grid_pairs(rows, torch.empty(0, dtype=torch.int32), 5, one, one, one, one, one)
+    assert counts.tolist() == [0] and ins.numel() == outs.numel() == 0
+    for column, z, step, dz in ((one * 3, one, one, one), (one, one * 4, one, one), (one, one, one * -2, one)):
+        with pytest.raises(RuntimeError, match="outside the grid"):
+            grid_pairs(rows, torch.empty(0, dtype=torch.int32), 5, column, z, step, dz, one)
+
+
 def test_layers_the_kernels_do_not_cover_run_on_the_pure_backend():
     """Depthwise, 12-channel and float64 layers give the pure backend's results bit for bit."""
     coords, feats = random_sparse(channels=8)

@@ -16,7 +16,7 @@ import functools
 import torch
 
 from pointlift.errors import PointliftConfigError
-from pointlift.sparse.kernel_map import KernelMap
+from pointlift.sparse.kernel_map import CoordinateHash, KernelMap, decode_keys
 
 BUILD_HELP = (
     "the 'compiled' sparse backend builds C++ kernels on first use and needs a C++ compiler (g++) and "
@@ -133,6 +133,22 @@ class _CompiledConvFunction(torch.autograd.Function):
                                           grad_rows, cin * cout, cout)
             grad_weight = _as_conv3d(grad_rows, ctx.kernel_size)
         return grad_features, grad_weight, None
+
+
+def grid_pairs(in_hash: CoordinateHash, base_keys: torch.Tensor, out_sites: torch.Tensor,
+               offsets: torch.Tensor) -> tuple[list[int], torch.Tensor, torch.Tensor] | None:
+    """`kernel_map._pairs_around` in one pass of the kernels where a grid of `in_hash` holds every query, else
+    None (then the torch path searches)."""
+    base = decode_keys(base_keys)
+    grid = in_hash.grid_for(base, offsets)
+    if grid is None:
+        return None
+    empty = torch.empty(0, dtype=torch.int32)
+    steps = offsets[:, 0] * grid.extent[1] + offsets[:, 1]
+    counts, in_cat, out_cat = kernels().grid_pairs(
+        grid.rows, empty if grid.columns is None else grid.columns, int(grid.extent[2]), grid.column_index(base),
+        base[:, 3] - grid.low[2], steps, offsets[:, 2].contiguous(), out_sites.contiguous())
+    return counts.tolist(), in_cat, out_cat
 
 
 def conv_features(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:

@@ -24,6 +24,7 @@ SOURCE = r"""
 // offset pairs sites one to one), so the pairs of an offset can be split over threads without conflicts.
 #include <ATen/Parallel.h>
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 namespace {
@@ -219,9 +220,109 @@ void weight_products(const torch::Tensor& x, const torch::Tensor& g, const torch
   }
 }
 
+// A kernel map's pairs read from a grid of site rows (CoordinateHash.grid_for), in the order of the torch path:
+// offset by offset, and within an offset in the order of the base sites. For base site m and offset k the site
+// sought is rows[c * depth + base_z[m] + dz[k]] (a row index, or -1 where there is no site), where c is the column
+// base_columns[m] + column_steps[k] of the box (a dense grid, `columns` empty) or the occupied column that
+// columns[base_columns[m] + column_steps[k]] names (a column grid). Returns {pairs per offset, in_cat, out_cat},
+// where out_cat holds out_sites[m]. Integers only: the result is exactly the torch path's.
+std::vector<torch::Tensor> grid_pairs(const torch::Tensor& rows, const torch::Tensor& columns, int64_t depth,
+                                      const torch::Tensor& base_columns, const torch::Tensor& base_z,
+                                      const torch::Tensor& column_steps, const torch::Tensor& dz,
+                                      const torch::Tensor& out_sites) {
+  const int64_t m_sites = base_columns.numel(), k_offsets = dz.numel();
+  const bool indirect = columns.numel() > 0;
+  const int64_t column_count = indirect ? columns.numel() : rows.numel() / depth;
+  const int32_t* rp = rows.data_ptr<int32_t>();
+  const int32_t* cp = indirect ? columns.data_ptr<int32_t>() : nullptr;
+  const int64_t* bc = base_columns.data_ptr<int64_t>();
+  const int64_t* bz = base_z.data_ptr<int64_t>();
+  const int64_t* steps = column_steps.data_ptr<int64_t>();
+  const int64_t* dzp = dz.data_ptr<int64_t>();
+  const int64_t* sites = out_sites.data_ptr<int64_t>();
+  auto extremes = [](const int64_t* v, int64_t n) {
+    return std::make_pair(*std::min_element(v, v + n), *std::max_element(v, v + n));
+  };
+  if (m_sites && k_offsets) {  // every read below stays inside the tables (the caller's box test, checked again)
+    auto [c0, c1] = extremes(bc, m_sites);
+    auto [s0, s1] = extremes(steps, k_offsets);
+    auto [z0, z1] = extremes(bz, m_sites);
+    auto [d0, d1] = extremes(dzp, k_offsets);
+    TORCH_CHECK(c0 + s0 >= 0 && c1 + s1 < column_count && z0 + d0 >= 0 && z1 + d1 < depth,
+                "grid_pairs: a query falls outside the grid");
+  }
+  // Blocks of base sites go to threads, twice: first each block looks up its sites for every offset into its own
+  // (offsets x BLOCK) slice of `found` and counts them, then, once the counts say where each run starts, copies
+  // its hits out. A block's slice stays in L2 while it is written.
+  // Its rows are LINE apart, not BLOCK: rows 4 KiB apart would all fall into one set of the L1 cache.
+  constexpr int64_t BLOCK = 1024, LINE = BLOCK + 16;
+  const int64_t blocks = (m_sites + BLOCK - 1) / BLOCK;
+  std::unique_ptr<int32_t[]> found(new int32_t[(size_t)blocks * k_offsets * LINE]);
+  std::vector<int64_t> count((size_t)k_offsets * blocks);  // [k][block]: its hits, then where they go
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<int64_t> hits(k_offsets);
+    for (int64_t b = b0; b < b1; ++b) {
+      std::fill(hits.begin(), hits.end(), 0);
+      int32_t* slice = found.get() + (size_t)b * k_offsets * LINE;
+      const int64_t m0 = b * BLOCK, m1 = std::min(m_sites, m0 + BLOCK);
+      for (int64_t m = m0; m < m1; ++m) {
+        int64_t step = 0;
+        const int32_t* column = nullptr;
+        for (int64_t k = 0; k < k_offsets; ++k) {
+          if (k == 0 || steps[k] != step) {  // offsets of one (dx, dy) share the column
+            step = steps[k];
+            const int64_t c = bc[m] + step;
+            column = rp + (indirect ? (int64_t)cp[c] : c) * depth + bz[m];
+          }
+          const int32_t row = column[dzp[k]];
+          slice[k * LINE + (m - m0)] = row;
+          hits[k] += row >= 0;
+        }
+      }
+      for (int64_t k = 0; k < k_offsets; ++k) count[(size_t)k * blocks + b] = hits[k];
+    }
+  });
+  auto counts = torch::empty({k_offsets}, torch::kInt64);
+  int64_t total = 0;
+  for (int64_t k = 0; k < k_offsets; ++k) {
+    const int64_t first = total;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t n = count[(size_t)k * blocks + b];
+      count[(size_t)k * blocks + b] = total;
+      total += n;
+    }
+    counts.data_ptr<int64_t>()[k] = total - first;
+  }
+  auto in_cat = torch::empty({total}, torch::kInt64);
+  auto out_cat = torch::empty({total}, torch::kInt64);
+  int64_t* ip = in_cat.data_ptr<int64_t>();
+  int64_t* op = out_cat.data_ptr<int64_t>();
+  const size_t runs = (size_t)k_offsets * blocks;  // run [k][b] ends where the next one starts
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t m0 = b * BLOCK, n = std::min(m_sites, m0 + BLOCK) - m0;
+      for (int64_t k = 0; k < k_offsets; ++k) {
+        const size_t run = (size_t)k * blocks + b;
+        const int64_t end = run + 1 < runs ? count[run + 1] : total;
+        const int32_t* f = found.get() + ((size_t)b * k_offsets + k) * LINE;
+        // every site is written at `at` and kept only if it is a hit (no branch to mispredict); a miss is
+        // overwritten by the next hit, and the loop ends with the run's last hit, so no write leaves the run
+        int64_t at = count[run];
+        for (int64_t i = 0; i < n && at < end; ++i) {
+          ip[at] = f[i];
+          op[at] = sites[m0 + i];
+          at += f[i] >= 0;
+        }
+      }
+    }
+  });
+  return {counts, in_cat, out_cat};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pair_products", &pair_products);
   m.def("weight_products", &weight_products);
+  m.def("grid_pairs", &grid_pairs);
 }
 """
 

@@ -25,6 +25,7 @@ import torch
 from torch.profiler import record_function
 
 from pointlift.errors import PointliftDataError
+from pointlift.sparse import backend
 
 AXIS_BITS = 18
 AXIS_BIAS = 1 << (AXIS_BITS - 1)  # coordinates in [-131072, 131071] after kernel offsets
@@ -62,6 +63,42 @@ def check_coords(coords: torch.Tensor, what: str = "sparse coordinates") -> None
         raise PointliftDataError(what, f"spatial coordinates must lie in (-{limit}, {limit}), got [{min(low[1:])}, {max(high[1:])}]")
 
 
+class Grid(NamedTuple):
+    """A table of site rows over the box of a coordinate set: `rows[c * depth + z]` is the row of the site at
+    height z (local to the box) in column c, or -1. A dense grid has a row block for every (b, x, y) column of the
+    box (`columns` None: c is the column's linear index); a column grid only for occupied ones, and `columns`
+    names each column's block (0, all -1, for an empty column)."""
+
+    rows: torch.Tensor  # int32
+    columns: torch.Tensor | None  # int32, one entry per (b, x, y) column of the box; None for a dense grid
+    low: torch.Tensor  # (3,) low corner of the box
+    extent: torch.Tensor  # (3,) its size per axis
+
+    def column_index(self, coords: torch.Tensor) -> torch.Tensor:
+        """Linear index of each (b, x, y) column of `coords` (M, 4) in the box."""
+        low, extent = self.low, self.extent
+        return (coords[:, 0] * extent[0] + coords[:, 1] - low[0]) * extent[1] + coords[:, 2] - low[1]
+
+    def lookup(self, base: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """(K, M) rows of the sites at base + offsets[k] (base: decoded (M, 4) sites whose queries the grid holds).
+        Dense: one gather. Column grid: per (dx, dy), one gather finds each base site's column, then one gather
+        per dz reads the site in it."""
+        depth = int(self.extent[2])
+        column = self.column_index(base)
+        z = base[:, 3] - self.low[2]
+        steps = offsets[:, 0] * self.extent[1] + offsets[:, 1]
+        if self.columns is None:
+            query = (column * depth + z).unsqueeze(0) + (steps * depth + offsets[:, 2]).unsqueeze(1)
+            return take(self.rows, query).long()
+        out = torch.empty(offsets.shape[0], base.shape[0], dtype=torch.long, device=base.device)
+        unique_steps, step_of = torch.unique(steps, return_inverse=True)
+        for s, step in enumerate(unique_steps.tolist()):
+            z_row = take(self.columns, column + step).long().mul_(depth).add_(z)
+            asked = (step_of == s).nonzero()[:, 0]
+            out[asked] = take(self.rows, z_row.unsqueeze(0) + offsets[asked, 2].unsqueeze(1)).long()
+        return out
+
+
 class CoordinateHash:
     """Sorted keys of a coordinate set, for `lookup` of many query coordinates at once.
 
@@ -83,10 +120,11 @@ class CoordinateHash:
         self.sorted_keys, self.order = torch.sort(keys)
         self.size = keys.numel()
         self._coords = coords
-        self._grid: tuple | None = None  # dense grid: (table, low corner, extents), built on first use
+        self._grid: Grid | None = None  # dense grid, built on first use
         self._grid_checked = False
-        self._column_grid: tuple | None = None  # column grid: (columns, z rows, low corner, extents, batches)
+        self._column_grid: Grid | None = None  # column grid, built on first use
         self._column_grid_checked = False
+        self._batches = int(coords[:, 0].max()) + 1 if self.size else 0
 
     def lookup(self, query_keys: torch.Tensor) -> torch.Tensor:
         """Row index of each query key in the original coords, or -1 when absent."""
@@ -99,103 +137,75 @@ class CoordinateHash:
     def _cells_allowed(self, cells: int) -> bool:
         return cells <= min(self.GRID_MAX_CELLS, self.GRID_CELLS_PER_SITE * self.size + (1 << 16))
 
-    def _box(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Low corner and extents of the sites' bounding box with GRID_MARGIN cells around it, and the batch count."""
+    def _box(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low corner and extents of the sites' bounding box with GRID_MARGIN cells around it."""
         low = self._coords[:, 1:].min(0).values - self.GRID_MARGIN
         extent = self._coords[:, 1:].max(0).values + self.GRID_MARGIN + 1 - low
-        return low, extent, int(self._coords[:, 0].max()) + 1
+        return low, extent
 
-    def _dense_grid(self):
+    def _dense_grid(self) -> Grid | None:
+        """The dense grid, or None when it would exceed the cell budget."""
         if not self._grid_checked:
             self._grid_checked = True
             if self.size and "dense" in self.GRIDS:
-                low, extent, batches = self._box()
-                cells = batches * int(extent.prod())
+                low, extent = self._box()
+                cells = self._batches * int(extent.prod())
                 if self._cells_allowed(cells):
                     table = torch.full((cells,), -1, dtype=torch.int32, device=self._coords.device)
-                    index = self._linear(self._coords, low, extent)
+                    grid = Grid(table, None, low, extent)
+                    index = grid.column_index(self._coords) * int(extent[2]) + self._coords[:, 3] - low[2]
                     table[index] = torch.arange(self.size, dtype=torch.int32, device=table.device)
-                    self._grid = (table, low, extent)
+                    self._grid = grid
         return self._grid
 
-    @staticmethod
-    def _linear(coords: torch.Tensor, low: torch.Tensor, extent: torch.Tensor) -> torch.Tensor:
-        local = coords[:, 1:] - low
-        return ((coords[:, 0] * extent[0] + local[:, 0]) * extent[1] + local[:, 1]) * extent[2] + local[:, 2]
-
-    def _columns_and_z_rows(self):
-        """The column grid, or None when it would exceed the cell budget.
-
-        `columns[(b * X + x) * Y + y]` is 0 for an empty (b, x, y) column, else c >= 1; `z_rows[c * Z + z]` is
-        the site's row index or -1 (row 0 is all -1, so an empty column needs no test). Coordinates are local
-        to the box of `_box`. Sites of one column are consecutive in the sorted keys (z is the lowest field).
-        """
+    def _columns_and_z_rows(self) -> Grid | None:
+        """The column grid, or None when it would exceed the cell budget. Row block 0 is all -1, so an empty
+        column needs no test; sites of one column are consecutive in the sorted keys (z is the lowest field)."""
         if not self._column_grid_checked:
             self._column_grid_checked = True
             if self.size and "column" in self.GRIDS:
-                low, extent, batches = self._box()
+                low, extent = self._box()
                 sites = decode_keys(self.sorted_keys)
-                column = self._column_index(sites, low, extent)
+                column = Grid(self.sorted_keys, None, low, extent).column_index(sites)
                 starts = torch.ones_like(column, dtype=torch.bool)
                 starts[1:] = column[1:] != column[:-1]
                 column_id = torch.cumsum(starts, 0)  # 1, 2, ... in sorted order
                 num_columns, depth = int(column_id[-1]), int(extent[2])
-                cells = batches * int(extent[0]) * int(extent[1]) + (num_columns + 1) * depth
-                if self._cells_allowed(cells):
+                plane = self._batches * int(extent[0]) * int(extent[1])
+                if self._cells_allowed(plane + (num_columns + 1) * depth):
                     device = self._coords.device
-                    columns = torch.zeros(batches * int(extent[0]) * int(extent[1]), dtype=torch.int32, device=device)
+                    columns = torch.zeros(plane, dtype=torch.int32, device=device)
                     columns[column[starts]] = column_id[starts].int()
                     z_rows = torch.full(((num_columns + 1) * depth,), -1, dtype=torch.int32, device=device)
                     z_rows[column_id * depth + sites[:, 3] - low[2]] = self.order.int()
-                    self._column_grid = (columns, z_rows, low, extent, batches)
+                    self._column_grid = Grid(z_rows, columns, low, extent)
         return self._column_grid
 
-    @staticmethod
-    def _column_index(coords: torch.Tensor, low: torch.Tensor, extent: torch.Tensor) -> torch.Tensor:
-        """Linear index of each (b, x, y) column in the box (`_linear` without z)."""
-        return (coords[:, 0] * extent[0] + coords[:, 1] - low[0]) * extent[1] + coords[:, 2] - low[1]
-
-    @staticmethod
-    def _reaches_inside(base: torch.Tensor, offsets: torch.Tensor, low: torch.Tensor, extent: torch.Tensor) -> bool:
-        """Whether every base + offset lies inside the box (base: decoded (M, 4) coordinates)."""
+    def grid_for(self, base: torch.Tensor, offsets: torch.Tensor) -> Grid | None:
+        """The grid that holds every query base + offsets[k] (base: decoded (M, 4) sites), or None (then a
+        search answers): the dense grid where it fits the budget, else the column grid."""
+        if not (len(base) and len(offsets) and self.size):
+            return None
+        grid = self._dense_grid()
+        if grid is None:
+            grid = self._columns_and_z_rows()
+        if grid is None or int(base[:, 0].min()) < 0 or int(base[:, 0].max()) >= self._batches:
+            return None
         reach_low = base[:, 1:].min(0).values + offsets.min(0).values
         reach_high = base[:, 1:].max(0).values + offsets.max(0).values
-        return bool((reach_low >= low).all()) and bool((reach_high < low + extent).all())
+        inside = bool((reach_low >= grid.low).all()) and bool((reach_high < grid.low + grid.extent).all())
+        return grid if inside else None
 
     def lookup_around(self, base_keys: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """(K, M) row indices of the sites at base + offsets[k] (base given as keys), -1 when absent."""
         if base_keys.numel() and offsets.numel() and self.size:
             base = decode_keys(base_keys)
-            dense = self._dense_grid()
-            if dense is not None:
-                table, low, extent = dense
-                if self._reaches_inside(base, offsets, low, extent):
-                    deltas = (offsets[:, 0] * extent[1] + offsets[:, 1]) * extent[2] + offsets[:, 2]
-                    query = self._linear(base, low, extent).unsqueeze(0) + deltas.unsqueeze(1)
-                    return take(table, query).long()
-            elif (column_grid := self._columns_and_z_rows()) is not None:  # only where the dense grid did not fit
-                columns, z_rows, low, extent, batches = column_grid
-                if self._reaches_inside(base, offsets, low, extent) and int(base[:, 0].max()) < batches:
-                    return self._lookup_column_grid(base, offsets, columns, z_rows, low, extent)
+            grid = self.grid_for(base, offsets)
+            if grid is not None:
+                return grid.lookup(base, offsets)
         if base_keys.numel() >= self.COLUMN_MIN_SITES and offsets.numel() and self.dense_in_z(offsets):
             return self.lookup_columns(base_keys, offsets)
         return self.lookup(base_keys.unsqueeze(0) + offset_key_deltas(offsets).unsqueeze(1))
-
-    @classmethod
-    def _lookup_column_grid(cls, base: torch.Tensor, offsets: torch.Tensor, columns: torch.Tensor,
-                            z_rows: torch.Tensor, low: torch.Tensor, extent: torch.Tensor) -> torch.Tensor:
-        """`lookup_around` through the column grid: per (dx, dy), one gather finds each base site's column,
-        then one gather per dz reads the site in it."""
-        width, depth = int(extent[1]), int(extent[2])
-        column = cls._column_index(base, low, extent)
-        z = base[:, 3] - low[2]
-        out = torch.empty(offsets.shape[0], base.shape[0], dtype=torch.long, device=base.device)
-        steps, column_of = torch.unique(offsets[:, :2], dim=0, return_inverse=True)  # the (dx, dy) asked
-        for c, (dx, dy) in enumerate(steps.tolist()):
-            z_row = take(columns, column + (dx * width + dy)).long().mul_(depth).add_(z)
-            asked = (column_of == c).nonzero()[:, 0]
-            out[asked] = take(z_rows, z_row.unsqueeze(0) + offsets[asked, 2].unsqueeze(1)).long()
-        return out
 
     COLUMN_MIN_SITES = 8192  # below this, its per-column overhead outweighs the saved searches (bench/kernel_maps.py)
 
@@ -418,12 +428,7 @@ def build_kernel_map(
     centre = num_offsets // 2 if same_sites else None  # odd kernel: offsets[K - 1 - k] = -offsets[k]
     queried = offsets[:centre] if same_sites else offsets
     # sorted queries per offset: the binary searches and gathers walk memory in order
-    found = in_hash.lookup_around(base_sorted, queried)  # (K', M_out)
-    hit = found >= 0
-    counts = hit.sum(1).tolist()
-    flat_hits = hit.view(-1).nonzero().squeeze(1)  # offset-major, as the per-offset splits below expect
-    in_cat = take(found.view(-1), flat_hits)
-    out_cat = take(perm, flat_hits % num_out) if num_out else flat_hits
+    counts, in_cat, out_cat = _pairs_around(in_hash, base_sorted, perm, queried)
     ins = list(in_cat.split(counts)) if counts else []
     outs = list(out_cat.split(counts)) if counts else []
     if same_sites:
@@ -437,6 +442,24 @@ def build_kernel_map(
         starts = [sum(counts[:k]) for k in ids]
         kmap._pairs = Pairs(ids, [(s, s + counts[k]) for s, k in zip(starts, ids)], in_cat, out_cat)
     return kmap
+
+
+def _pairs_around(in_hash: CoordinateHash, base_keys: torch.Tensor, out_sites: torch.Tensor,
+                  offsets: torch.Tensor) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """The pairs of each offset: (count per offset, input rows, output rows), offset by offset and within an
+    offset in the order of `base_keys`; out_sites[m] is the output row of base m. On the compiled backend its
+    kernels read them from the hash's grid in one pass (the same integers; tested)."""
+    if backend.get_backend() == "compiled" and base_keys.device.type == "cpu":
+        from pointlift.sparse import compiled
+
+        pairs = compiled.grid_pairs(in_hash, base_keys, out_sites, offsets)
+        if pairs is not None:
+            return pairs
+    found = in_hash.lookup_around(base_keys, offsets)  # (K, M)
+    hit = found >= 0
+    flat_hits = hit.view(-1).nonzero().squeeze(1)  # offset-major
+    out_cat = take(out_sites, flat_hits % len(base_keys)) if len(base_keys) else flat_hits
+    return hit.sum(1).tolist(), take(found.view(-1), flat_hits), out_cat
 
 
 def downsample_coords(coords: torch.Tensor, factor: int) -> torch.Tensor:
