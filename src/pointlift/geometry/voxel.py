@@ -46,7 +46,8 @@ def voxelize(points: torch.Tensor, voxel_size, batch_index: torch.Tensor | None 
         raise PointliftDataError("<points>", f"expected points of shape (N, 3), got {tuple(points.shape)}")
     if not points.is_floating_point():
         points = points.float()
-    if not bool(torch.isfinite(points).all()):
+    # one sum answers for nearly every cloud (NaN and inf survive it); only a sum that overflowed looks closer
+    if not bool(torch.isfinite(points.sum())) and not bool(torch.isfinite(points).all()):
         raise PointliftDataError("<points>", "points contain NaN or infinite coordinates")
     size = _voxel_size_tensor(voxel_size, points)
     num_points = points.shape[0]
@@ -62,27 +63,37 @@ def voxelize(points: torch.Tensor, voxel_size, batch_index: torch.Tensor | None 
         empty = torch.zeros(0, dtype=torch.long, device=points.device)
         return Voxelization(torch.zeros(0, 4, dtype=torch.long, device=points.device), empty, empty.clone())
 
-    cells = torch.floor(points / size).long()
+    # per axis, each a contiguous row: the reductions and sums below run along memory
+    cells = torch.floor(points.t().contiguous() / size.view(-1, 1)).long()  # (3, N)
     num_batches = int(batch_index.max()) + 1
-    batch_min = torch.full((num_batches, 3), torch.iinfo(torch.long).max, dtype=torch.long, device=points.device)
-    batch_min = batch_min.scatter_reduce(0, batch_index[:, None].expand(-1, 3), cells, reduce="amin")
-    cells = cells - batch_min[batch_index]
-    coords = torch.cat([batch_index[:, None], cells], dim=1)
+    unset = torch.iinfo(torch.long).max
+    batch_min = torch.stack([torch.full((num_batches,), unset, dtype=torch.long, device=points.device)
+                             .scatter_reduce_(0, batch_index, axis, reduce="amin") for axis in cells], dim=1)
 
-    # One int64 key per point makes unique() one-dimensional and fast; fall back to row-wise
-    # unique when the grid is too large for a key (both give lexicographic order).
-    extents = coords.amax(dim=0) + 1
-    if float(extents.double().prod()) < 2**62:
-        key = ((coords[:, 0] * extents[1] + coords[:, 1]) * extents[2] + coords[:, 2]) * extents[3] + coords[:, 3]
+    # One int64 key per point makes unique() one-dimensional and fast: key = b * S + linear(cell - min_b), the
+    # lexicographic order of the shifted coordinates [b, i, j, k], summed from each point's offset to the lowest
+    # corner of all samples plus one shift per sample. Where the grid is too large for a key, row-wise unique
+    # gives the same voxels in the same order.
+    batch_min = torch.where(batch_min == unset, 0, batch_min)  # samples without points
+    low = cells.amin(1)
+    local = cells - low.view(-1, 1)
+    extents = local.amax(1) + 1  # >= each sample's own extent
+    if float(extents.double().prod()) * num_batches < 2**62:
+        e1, e2, e3 = extents.tolist()
+        corner = batch_min - low
+        shift = torch.arange(num_batches, device=points.device) * (e1 * e2 * e3) - (
+            (corner[:, 0] * e2 + corner[:, 1]) * e3 + corner[:, 2])
+        key = local[0].mul_(e2).add_(local[1]).mul_(e3).add_(local[2]).add_(shift.index_select(0, batch_index))
         unique_keys, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
-        k = unique_keys % extents[3]
-        rest = unique_keys // extents[3]
-        j = rest % extents[2]
-        rest = rest // extents[2]
-        i = rest % extents[1]
-        b = rest // extents[1]
+        k = unique_keys % e3
+        rest = unique_keys // e3
+        j = rest % e2
+        rest = rest // e2
+        i = rest % e1
+        b = rest // e1
         unique_coords = torch.stack([b, i, j, k], dim=1)
     else:
+        coords = torch.cat([batch_index[:, None], cells.t() - batch_min[batch_index]], dim=1)
         unique_coords, inverse, counts = torch.unique(coords, dim=0, return_inverse=True, return_counts=True)
     return Voxelization(unique_coords, inverse, counts)
 
