@@ -10,6 +10,12 @@ submanifold maps the network builds (half the offsets: the other half are read b
 `CoordinateHash.lookup` (one search per offset), `lookup_columns` (one per column) and the column grid (its
 build timed apart), alternating within every repeat, CPU time of this process, the minimum over repeats; and
 checks that all return the same sites.
+
+`network_maps` then builds every map of the U-Net's step (`spunet-tiny`'s plan on the same batch: hashes,
+downsampling, all kernel maps, and the pure backend's CSR scatter matrices) on the pure backend and on the
+compiled one, whose kernels read the pairs from the
+grids in one pass: wall time (the compiled pass uses torch's threads), median over alternating repeats, and a
+check that both build the same maps.
 """
 
 from __future__ import annotations
@@ -45,6 +51,42 @@ def _cpu_seconds(function) -> float:
     return time.process_time() - start
 
 
+def _wall_seconds(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def network_maps(coords: torch.Tensor, repeats: int) -> dict:
+    """Every map `spunet-tiny` builds for the batch `coords`: ms per backend (median over alternating repeats)."""
+    from pointlift.models.sparse_unet import sparse_unet
+    from pointlift.sparse import compiled, use_backend
+    from pointlift.sparse.prebuilt import build_manager, record_plan
+
+    backends = ["pure"] + (["compiled"] if compiled.available() else [])
+    network = sparse_unet("spunet-tiny", 1, 64)
+    batch_size = int(coords[:, 0].max()) + 1
+    plans, built = {}, {}
+    for name in backends:  # the pure backend's plan adds the CSR scatter matrices its layers use
+        with use_backend(name):
+            plans[name] = record_plan(network, 1)
+            built[name] = build_manager(coords, batch_size, plans[name])._maps
+    for key, kmap in built["pure"].items():  # the same pairs, in the same order
+        for other in built.values():
+            assert all(torch.equal(a, b) for a, b in zip(kmap.in_index + kmap.out_index,
+                                                         other[key].in_index + other[key].out_index)), key
+    times = {name: [] for name in backends}
+    for _ in range(repeats):
+        for name in backends:
+            with use_backend(name):
+                times[name].append(_wall_seconds(lambda: build_manager(coords, batch_size, plans[name])))
+    medians = {name: 1000 * sorted(values)[len(values) // 2] for name, values in times.items()}
+    print("all maps of spunet-tiny: " + "  ".join(f"{name} {value:.1f} ms (fastest {1000 * min(times[name]):.1f})"
+                                                 for name, value in medians.items()), flush=True)
+    return {"maps": len(built["pure"]), "sites": len(coords), **{f"{name}_ms": v for name, v in medians.items()},
+            **{f"{name}_fastest_ms": 1000 * min(values) for name, values in times.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sequence", default="00")
@@ -53,6 +95,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     coords = lidar_sites(args.sequence, 2, args.voxel_size)
+    network = network_maps(coords, args.repeats)
     rows = []
     for stride in (1, 2, 4, 8):
         hashed = CoordinateHash(coords)
@@ -88,7 +131,7 @@ def main() -> None:
         coords = downsample_coords(coords, 2)
     record = {"what": __doc__.split("\n\n")[0], "sequence": args.sequence, "voxel_size": args.voxel_size,
               "repeats": args.repeats, "torch_threads": torch.get_num_threads(), "cpu": cpu_description(),
-              "torch": torch.__version__, "rows": rows}
+              "torch": torch.__version__, "network": network, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1))
 

@@ -47,7 +47,8 @@ def test_every_profiled_part_exists_in_this_tree():
 
 
 def test_kernel_map_bench_runs_and_checks_both_lookups(shared, tmp_path, monkeypatch):
-    """bench/kernel_maps.py on two real sweeps: every row timed, both lookups compared (it asserts equality)."""
+    """bench/kernel_maps.py on two real sweeps: every row timed, both lookups compared, and the network's maps on
+    each backend (it asserts equality)."""
     import json
 
     import kernel_maps
@@ -56,8 +57,10 @@ def test_kernel_map_bench_runs_and_checks_both_lookups(shared, tmp_path, monkeyp
     out = tmp_path / "maps.json"
     monkeypatch.setattr(sys, "argv", ["kernel_maps.py", "--repeats", "1", "--voxel-size", "0.6", "--out", str(out)])
     kernel_maps.main()
-    rows = json.loads(out.read_text())["rows"]
+    record = json.loads(out.read_text())
+    rows = record["rows"]
     assert [(row["stride"], row["kernel_size"]) for row in rows] == [(1, 5), (1, 3), (2, 3), (4, 3), (8, 3)]
+    assert record["network"]["maps"] == 14 and record["network"]["pure_ms"] > 0
     assert rows[0]["offsets_searched"] == 62 and all(row["one_search_per_column_ms"] > 0 for row in rows)
 
 
