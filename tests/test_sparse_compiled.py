@@ -144,11 +144,11 @@ def test_the_map_kernel_refuses_a_query_outside_its_grid():
     rows = torch.full((4 * 5,), -1, dtype=torch.int32)  # 4 columns of depth 5
     one = torch.tensor([1])
     grid_pairs = compiled.kernels().grid_pairs
-    counts, ins, outs = grid_pairs(rows, torch.empty(0, dtype=torch.int32), 5, one, one, one, one, one)
+    counts, ins, outs = grid_pairs(rows, torch.empty(0, dtype=torch.int32), 5, one, one, one, one, one, True)
     assert counts.tolist() == [0] and ins.numel() == outs.numel() == 0
     for column, z, step, dz in ((one * 3, one, one, one), (one, one * 4, one, one), (one, one, one * -2, one)):
         with pytest.raises(RuntimeError, match="outside the grid"):
-            grid_pairs(rows, torch.empty(0, dtype=torch.int32), 5, column, z, step, dz, one)
+            grid_pairs(rows, torch.empty(0, dtype=torch.int32), 5, column, z, step, dz, one, False)
 
 
 def test_layers_the_kernels_do_not_cover_run_on_the_pure_backend():

@@ -135,8 +135,8 @@ class _CompiledConvFunction(torch.autograd.Function):
         return grad_features, grad_weight, None
 
 
-def grid_pairs(in_hash: CoordinateHash, base_keys: torch.Tensor, out_sites: torch.Tensor,
-               offsets: torch.Tensor) -> tuple[list[int], torch.Tensor, torch.Tensor] | None:
+def grid_pairs(in_hash: CoordinateHash, base_keys: torch.Tensor, out_sites: torch.Tensor, offsets: torch.Tensor,
+               mirrored: bool) -> tuple[list[int], torch.Tensor, torch.Tensor] | None:
     """`kernel_map._pairs_around` in one pass of the kernels where a grid of `in_hash` holds every query, else
     None (then the torch path searches)."""
     base = decode_keys(base_keys)
@@ -147,7 +147,7 @@ def grid_pairs(in_hash: CoordinateHash, base_keys: torch.Tensor, out_sites: torc
     steps = offsets[:, 0] * grid.extent[1] + offsets[:, 1]
     counts, in_cat, out_cat = kernels().grid_pairs(
         grid.rows, empty if grid.columns is None else grid.columns, int(grid.extent[2]), grid.column_index(base),
-        base[:, 3] - grid.low[2], steps, offsets[:, 2].contiguous(), out_sites.contiguous())
+        base[:, 3] - grid.low[2], steps, offsets[:, 2].contiguous(), out_sites.contiguous(), mirrored)
     return counts.tolist(), in_cat, out_cat
 
 

@@ -225,11 +225,13 @@ void weight_products(const torch::Tensor& x, const torch::Tensor& g, const torch
 // sought is rows[c * depth + base_z[m] + dz[k]] (a row index, or -1 where there is no site), where c is the column
 // base_columns[m] + column_steps[k] of the box (a dense grid, `columns` empty) or the occupied column that
 // columns[base_columns[m] + column_steps[k]] names (a column grid). Returns {pairs per offset, in_cat, out_cat},
-// where out_cat holds out_sites[m]. Integers only: the result is exactly the torch path's.
+// where out_cat holds out_sites[m]. With `mirrored` (a submanifold map, queried for half of its offsets) the
+// arrays go on with the other half: the same pairs read backwards, offset by offset in reverse order. Integers
+// only: the result is exactly the torch path's.
 std::vector<torch::Tensor> grid_pairs(const torch::Tensor& rows, const torch::Tensor& columns, int64_t depth,
                                       const torch::Tensor& base_columns, const torch::Tensor& base_z,
                                       const torch::Tensor& column_steps, const torch::Tensor& dz,
-                                      const torch::Tensor& out_sites) {
+                                      const torch::Tensor& out_sites, bool mirrored) {
   const int64_t m_sites = base_columns.numel(), k_offsets = dz.numel();
   const bool indirect = columns.numel() > 0;
   const int64_t column_count = indirect ? columns.numel() : rows.numel() / depth;
@@ -283,6 +285,7 @@ std::vector<torch::Tensor> grid_pairs(const torch::Tensor& rows, const torch::Te
     }
   });
   auto counts = torch::empty({k_offsets}, torch::kInt64);
+  int64_t* per_offset = counts.data_ptr<int64_t>();
   int64_t total = 0;
   for (int64_t k = 0; k < k_offsets; ++k) {
     const int64_t first = total;
@@ -291,10 +294,18 @@ std::vector<torch::Tensor> grid_pairs(const torch::Tensor& rows, const torch::Te
       count[(size_t)k * blocks + b] = total;
       total += n;
     }
-    counts.data_ptr<int64_t>()[k] = total - first;
+    per_offset[k] = total - first;
   }
-  auto in_cat = torch::empty({total}, torch::kInt64);
-  auto out_cat = torch::empty({total}, torch::kInt64);
+  // mirrored: pair j of offset k (at first + j) also goes to shift[k] + first + j, backwards, where offset k's
+  // mirror run starts after those of the offsets above k
+  std::vector<int64_t> shift(k_offsets);
+  for (int64_t k = k_offsets - 1, above = 0, first = total; k >= 0; --k) {
+    first -= per_offset[k];
+    shift[k] = total + above - first;
+    above += per_offset[k];
+  }
+  auto in_cat = torch::empty({mirrored ? 2 * total : total}, torch::kInt64);
+  auto out_cat = torch::empty({mirrored ? 2 * total : total}, torch::kInt64);
   int64_t* ip = in_cat.data_ptr<int64_t>();
   int64_t* op = out_cat.data_ptr<int64_t>();
   const size_t runs = (size_t)k_offsets * blocks;  // run [k][b] ends where the next one starts
@@ -308,10 +319,20 @@ std::vector<torch::Tensor> grid_pairs(const torch::Tensor& rows, const torch::Te
         // every site is written at `at` and kept only if it is a hit (no branch to mispredict); a miss is
         // overwritten by the next hit, and the loop ends with the run's last hit, so no write leaves the run
         int64_t at = count[run];
-        for (int64_t i = 0; i < n && at < end; ++i) {
-          ip[at] = f[i];
-          op[at] = sites[m0 + i];
-          at += f[i] >= 0;
+        if (mirrored) {
+          int64_t* ip2 = ip + shift[k];
+          int64_t* op2 = op + shift[k];
+          for (int64_t i = 0; i < n && at < end; ++i) {
+            ip[at] = op2[at] = f[i];
+            op[at] = ip2[at] = sites[m0 + i];
+            at += f[i] >= 0;
+          }
+        } else {
+          for (int64_t i = 0; i < n && at < end; ++i) {
+            ip[at] = f[i];
+            op[at] = sites[m0 + i];
+            at += f[i] >= 0;
+          }
         }
       }
     }

@@ -329,6 +329,21 @@ class KernelMap:
     num_out: int
     identity: int | None = None
 
+    @classmethod
+    def from_pairs(cls, pairs: Pairs, num_offsets: int, num_in: int, num_out: int, identity: int | None) -> "KernelMap":
+        """The map of these pairs: its per-offset lists are views of them (the identity offset: every site)."""
+        bounds = dict(zip(pairs.ids, pairs.bounds))
+        empty = pairs.in_cat.new_zeros(0)
+        every = torch.arange(num_out, device=pairs.in_cat.device) if identity is not None else empty
+
+        def per_offset(cat: torch.Tensor) -> list[torch.Tensor]:
+            return [every if k == identity else cat[bounds[k][0]:bounds[k][1]] if k in bounds else empty
+                    for k in range(num_offsets)]
+
+        kmap = cls(per_offset(pairs.in_cat), per_offset(pairs.out_cat), num_in, num_out, identity)
+        kmap._pairs = pairs
+        return kmap
+
     def __post_init__(self):
         self._pairs: Pairs | None = None
         self._transposed: KernelMap | None = None
@@ -428,38 +443,42 @@ def build_kernel_map(
     centre = num_offsets // 2 if same_sites else None  # odd kernel: offsets[K - 1 - k] = -offsets[k]
     queried = offsets[:centre] if same_sites else offsets
     # sorted queries per offset: the binary searches and gathers walk memory in order
-    counts, in_cat, out_cat = _pairs_around(in_hash, base_sorted, perm, queried)
-    ins = list(in_cat.split(counts)) if counts else []
-    outs = list(out_cat.split(counts)) if counts else []
-    if same_sites:
-        arange = torch.arange(num_out, device=device)
-        in_index = ins + [arange] + outs[::-1]
-        out_index = outs + [arange] + ins[::-1]
-        kmap = KernelMap(in_index, out_index, in_hash.size, num_out, centre)
-    else:
-        kmap = KernelMap(ins, outs, in_hash.size, num_out, None)
-        ids = [k for k, n in enumerate(counts) if n]
-        starts = [sum(counts[:k]) for k in ids]
-        kmap._pairs = Pairs(ids, [(s, s + counts[k]) for s, k in zip(starts, ids)], in_cat, out_cat)
-    return kmap
+    counts, in_cat, out_cat = _pairs_around(in_hash, base_sorted, perm, queried, mirrored=same_sites)
+    ids = list(range(num_offsets))
+    if same_sites:  # the centre pairs every site with itself and is not among the pairs
+        ids, counts = ids[:centre] + ids[centre + 1:], counts + counts[::-1]
+    bounds, start = [], 0
+    for count in counts:
+        bounds.append((start, start + count))
+        start += count
+    kept = [j for j, count in enumerate(counts) if count]
+    pairs = Pairs([ids[j] for j in kept], [bounds[j] for j in kept], in_cat, out_cat)
+    return KernelMap.from_pairs(pairs, num_offsets, in_hash.size, num_out, centre)
 
 
-def _pairs_around(in_hash: CoordinateHash, base_keys: torch.Tensor, out_sites: torch.Tensor,
-                  offsets: torch.Tensor) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+def _pairs_around(in_hash: CoordinateHash, base_keys: torch.Tensor, out_sites: torch.Tensor, offsets: torch.Tensor,
+                  mirrored: bool) -> tuple[list[int], torch.Tensor, torch.Tensor]:
     """The pairs of each offset: (count per offset, input rows, output rows), offset by offset and within an
-    offset in the order of `base_keys`; out_sites[m] is the output row of base m. On the compiled backend its
-    kernels read them from the hash's grid in one pass (the same integers; tested)."""
+    offset in the order of `base_keys`; out_sites[m] is the output row of base m. `mirrored` (a submanifold map,
+    queried for half its offsets): the rows go on with the same pairs read backwards, offsets in reverse order.
+    On the compiled backend its kernels read all of it from the hash's grid in one pass (the same integers;
+    tested)."""
     if backend.get_backend() == "compiled" and base_keys.device.type == "cpu":
         from pointlift.sparse import compiled
 
-        pairs = compiled.grid_pairs(in_hash, base_keys, out_sites, offsets)
+        pairs = compiled.grid_pairs(in_hash, base_keys, out_sites, offsets, mirrored)
         if pairs is not None:
             return pairs
     found = in_hash.lookup_around(base_keys, offsets)  # (K, M)
     hit = found >= 0
     flat_hits = hit.view(-1).nonzero().squeeze(1)  # offset-major
+    counts = hit.sum(1).tolist()
+    in_cat = take(found.view(-1), flat_hits)
     out_cat = take(out_sites, flat_hits % len(base_keys)) if len(base_keys) else flat_hits
-    return hit.sum(1).tolist(), take(found.view(-1), flat_hits), out_cat
+    if mirrored:
+        in_cat, out_cat = (torch.cat([in_cat, *out_cat.split(counts)[::-1]]),
+                           torch.cat([out_cat, *in_cat.split(counts)[::-1]]))
+    return counts, in_cat, out_cat
 
 
 def downsample_coords(coords: torch.Tensor, factor: int) -> torch.Tensor:

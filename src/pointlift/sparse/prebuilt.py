@@ -139,9 +139,8 @@ class PackedManager:
         manager._hashes, manager._maps, manager.backend_state = {}, {}, {}
         for key, entry in meta["maps"].items():
             in_cat, out_cat = get(entry["in_cat"]), get(entry["out_cat"])
-            in_index, out_index = _per_offset(in_cat, entry), _per_offset(out_cat, entry)
-            kmap = KernelMap(in_index, out_index, entry["num_in"], entry["num_out"], entry["identity"])
-            kmap._pairs = Pairs(entry["ids"], entry["bounds"], in_cat, out_cat)
+            kmap = KernelMap.from_pairs(Pairs(entry["ids"], entry["bounds"], in_cat, out_cat), entry["offsets"],
+                                        entry["num_in"], entry["num_out"], entry["identity"])
             # scatter matrices come per chunk of pairs: only usable where the chunks are cut the same way
             scatter = entry["scatter"] if meta["pair_chunk"] == kernel_map.PAIR_CHUNK else {}
             for (side, dtype), matrices in scatter.items():
@@ -153,15 +152,6 @@ class PackedManager:
                         for crow, col, shape in matrices]
             manager._maps[key] = kmap
         return manager
-
-
-def _per_offset(cat: torch.Tensor, entry: dict) -> list[torch.Tensor]:
-    """KernelMap's per-offset index list from the concatenated pairs (the identity offset: every site)."""
-    bounds = dict(zip(entry["ids"], entry["bounds"]))
-    empty = cat.new_zeros(0)
-    return [torch.arange(entry["num_out"]) if k == entry["identity"]
-            else cat[bounds[k][0]:bounds[k][1]] if k in bounds else empty
-            for k in range(entry["offsets"])]
 
 
 def batch_manager(batch: dict) -> CoordinateManager | None:
