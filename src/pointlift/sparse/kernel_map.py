@@ -63,6 +63,11 @@ def check_coords(coords: torch.Tensor, what: str = "sparse coordinates") -> None
         raise PointliftDataError(what, f"spatial coordinates must lie in (-{limit}, {limit}), got [{min(low[1:])}, {max(high[1:])}]")
 
 
+def column_index(coords: torch.Tensor, low: torch.Tensor, extent: torch.Tensor) -> torch.Tensor:
+    """Linear index of each (b, x, y) column of `coords` (M, 4) in the box at `low` of size `extent`."""
+    return (coords[:, 0] * extent[0] + coords[:, 1] - low[0]) * extent[1] + coords[:, 2] - low[1]
+
+
 class Grid(NamedTuple):
     """A table of site rows over the box of a coordinate set: `rows[c * depth + z]` is the row of the site at
     height z (local to the box) in column c, or -1. A dense grid has a row block for every (b, x, y) column of the
@@ -76,8 +81,7 @@ class Grid(NamedTuple):
 
     def column_index(self, coords: torch.Tensor) -> torch.Tensor:
         """Linear index of each (b, x, y) column of `coords` (M, 4) in the box."""
-        low, extent = self.low, self.extent
-        return (coords[:, 0] * extent[0] + coords[:, 1] - low[0]) * extent[1] + coords[:, 2] - low[1]
+        return column_index(coords, self.low, self.extent)
 
     def lookup(self, base: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """(K, M) rows of the sites at base + offsets[k] (base: decoded (M, 4) sites whose queries the grid holds).
@@ -152,10 +156,9 @@ class CoordinateHash:
                 cells = self._batches * int(extent.prod())
                 if self._cells_allowed(cells):
                     table = torch.full((cells,), -1, dtype=torch.int32, device=self._coords.device)
-                    grid = Grid(table, None, low, extent)
-                    index = grid.column_index(self._coords) * int(extent[2]) + self._coords[:, 3] - low[2]
+                    index = column_index(self._coords, low, extent) * int(extent[2]) + self._coords[:, 3] - low[2]
                     table[index] = torch.arange(self.size, dtype=torch.int32, device=table.device)
-                    self._grid = grid
+                    self._grid = Grid(table, None, low, extent)
         return self._grid
 
     def _columns_and_z_rows(self) -> Grid | None:
@@ -166,7 +169,7 @@ class CoordinateHash:
             if self.size and "column" in self.GRIDS:
                 low, extent = self._box()
                 sites = decode_keys(self.sorted_keys)
-                column = Grid(self.sorted_keys, None, low, extent).column_index(sites)
+                column = column_index(sites, low, extent)
                 starts = torch.ones_like(column, dtype=torch.bool)
                 starts[1:] = column[1:] != column[:-1]
                 column_id = torch.cumsum(starts, 0)  # 1, 2, ... in sorted order
@@ -189,7 +192,7 @@ class CoordinateHash:
         grid = self._dense_grid()
         if grid is None:
             grid = self._columns_and_z_rows()
-        if grid is None or int(base[:, 0].min()) < 0 or int(base[:, 0].max()) >= self._batches:
+        if grid is None or int(base[:, 0].max()) >= self._batches:
             return None
         reach_low = base[:, 1:].min(0).values + offsets.min(0).values
         reach_high = base[:, 1:].max(0).values + offsets.max(0).values
