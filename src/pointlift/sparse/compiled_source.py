@@ -296,8 +296,8 @@ std::vector<torch::Tensor> grid_pairs(const torch::Tensor& rows, const torch::Te
     }
     per_offset[k] = total - first;
   }
-  // mirrored: pair j of offset k (at first + j) also goes to shift[k] + first + j, backwards, where offset k's
-  // mirror run starts after those of the offsets above k
+  // mirrored: pair j of offset k, at first_k + j, is also written read backwards (input and output swapped) at
+  // shift[k] + first_k + j, in the mirror run of offset k, which follows the mirror runs of the offsets above k
   std::vector<int64_t> shift(k_offsets);
   for (int64_t k = k_offsets - 1, above = 0, first = total; k >= 0; --k) {
     first -= per_offset[k];
