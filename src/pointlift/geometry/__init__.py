@@ -8,6 +8,7 @@ from pointlift.geometry.camera import (
     occlusion_mask,
     pixel_index,
     project,
+    lidar_to_image,
     project_to_image,
 )
 from pointlift.geometry.render import (
@@ -43,6 +44,7 @@ __all__ = [
     "point_pixels",
     "project",
     "project_to_image",
+    "lidar_to_image",
     "random_rotation_about_up",
     "read_back",
     "render_depth_views",

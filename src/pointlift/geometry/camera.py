@@ -108,6 +108,17 @@ def occlusion_mask(uv: torch.Tensor, z: torch.Tensor, depth_map: torch.Tensor, t
     return inside & (observed > 0) & ((observed - z).abs() <= tolerance * z)
 
 
+def lidar_to_image(points: torch.Tensor, lidar2img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uv (N, 2) and camera depth d (N,) of LiDAR points (N, 3+): `lidar2img @ [x, y, z, 1] = [u*d, v*d, d, 1]`."""
+    xyz = points[:, :3]
+    if not xyz.is_floating_point():
+        xyz = xyz.float()
+    ones = torch.ones_like(xyz[:, :1])
+    projected = torch.cat([xyz, ones], dim=1) @ lidar2img.to(xyz.dtype).T
+    depth = projected[:, 2]
+    return projected[:, :2] / _safe_divisor(depth).unsqueeze(-1), depth
+
+
 def project_to_image(
     points: torch.Tensor,
     lidar2img: torch.Tensor,
@@ -126,13 +137,7 @@ def project_to_image(
         raise PointliftDataError("<points>", f"expected points of shape (N, 3+), got {tuple(points.shape)}")
     if tuple(lidar2img.shape) != (4, 4):
         raise PointliftDataError("<lidar2img>", f"expected a (4, 4) matrix, got {tuple(lidar2img.shape)}")
-    xyz = points[:, :3]
-    if not xyz.is_floating_point():
-        xyz = xyz.float()
-    ones = torch.ones_like(xyz[:, :1])
-    projected = torch.cat([xyz, ones], dim=1) @ lidar2img.to(xyz.dtype).T
-    depth = projected[:, 2]
-    uv = projected[:, :2] / _safe_divisor(depth).unsqueeze(-1)
+    uv, depth = lidar_to_image(points, lidar2img)
     mask = (depth > min_depth) & in_image(uv, image_hw)
     if depth_map is not None:
         if tuple(depth_map.shape) != (int(image_hw[0]), int(image_hw[1])):

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from pointlift.errors import PointliftConfigError
-from pointlift.geometry import (depth_to_points, invert_rigid, occlusion_mask, pixel_index, project,
-                                project_to_image, transform_points)
+from pointlift.geometry import (depth_to_points, in_image, invert_rigid, lidar_to_image, occlusion_mask, pixel_index,
+                                project, transform_points)
 
 
 @dataclass
@@ -145,16 +145,16 @@ def lidar_pairs(points: torch.Tensor, cameras: list[tuple[tuple[int, int], torch
     (LiDAR has no colour; the student may use constant input features instead).
     """
     xyz = points[:, :3].float()
+    xyz64 = xyz.double()  # projected in float64, once per camera
     pair_point, pair_view, pair_pixel = [], [], []
     for view, (image_hw, lidar2img) in enumerate(cameras):
-        lidar2img = torch.as_tensor(lidar2img, dtype=torch.float64)
-        uv, mask = project_to_image(xyz.double(), lidar2img, image_hw, min_depth=min_depth)
-        if occlusion and bool(mask.any()):
-            depth = (torch.cat([xyz.double(), torch.ones_like(xyz[:, :1]).double()], 1) @ lidar2img.T)[:, 2]
-            depth_map = zbuffer_depth_map(uv[mask], depth[mask], image_hw, zbuffer_cell)
-            mask &= occlusion_mask(torch.where(mask[:, None], uv, torch.zeros_like(uv)), depth, depth_map,
-                                   occlusion_tolerance)
-        index = mask.nonzero(as_tuple=True)[0]
+        uv, depth = lidar_to_image(xyz64, torch.as_tensor(lidar2img, dtype=torch.float64))
+        # in front of the camera and inside its image; then (occlusion) not behind a nearer point of the sweep
+        index = ((depth > min_depth) & in_image(uv, image_hw)).nonzero(as_tuple=True)[0]
+        if occlusion and len(index):
+            seen_uv, seen_depth = uv[index], depth[index]
+            depth_map = zbuffer_depth_map(seen_uv, seen_depth, image_hw, zbuffer_cell)
+            index = index[occlusion_mask(seen_uv, seen_depth, depth_map, occlusion_tolerance)]
         pair_point.append(index)
         pair_view.append(torch.full((index.shape[0],), view, dtype=torch.long))
         pair_pixel.append(pixel_index(uv[index]))
