@@ -139,6 +139,35 @@ def test_kernel_maps_read_by_the_kernels_are_the_torch_paths(scene, threads, mon
     assert pairs > 8 * len(coords)  # neighbours found, not only the identity pairs
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_voxelisation_on_the_kernels_is_the_torch_paths(threads):
+    """On the compiled backend voxelize's passes over the points run in the kernels: the same voxels, order, inverse
+    and counts as the torch path, for float and double points, one or three voxel sizes, samples without points,
+    cells on both sides of zero and points on cell borders; a grid too large for one key falls back alike."""
+    from pointlift.geometry import voxel as voxel_module
+    from pointlift.geometry import voxelize
+
+    generator = torch.Generator().manual_seed(threads)
+    sweep = torch.randn(60000, 3, generator=generator) * torch.tensor([30.0, 30.0, 2.0])
+    sweep[:5000] = torch.randint(-40, 40, (5000, 3), generator=generator) * 0.25  # on the cell borders
+    batch = torch.randint(0, 3, (60000,), generator=generator) * 2  # samples 1 and 3 have no points
+    cases = [(sweep, 0.3, batch), (sweep.double() * 1.7, (0.2, 0.3, 0.1), batch), (sweep[:10], 0.05, None),
+             (torch.tensor([[0.0, 0.0, 0.0], [1e6, 1e6, 1e6], [0.5, 0.0, 0.0]]), 1e-4, None)]  # the last: no key
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for points, size, samples in cases:
+            expected = voxelize(points, size, samples)
+            with use_backend("compiled"):
+                assert voxel_module._compiled_kernels(points) is not None  # the kernels, not the torch path, ran
+                got = voxelize(points, size, samples)
+            for name in ("coords", "inverse", "counts"):
+                assert torch.equal(getattr(got, name), getattr(expected, name)), (points.dtype, size, name)
+    finally:
+        torch.set_num_threads(previous)
+    assert len(expected.coords) == 3 and len(voxelize(sweep, 0.3, batch).coords) > 20000
+
+
 def test_the_map_kernel_refuses_a_query_outside_its_grid():
     """The kernel checks its reach itself (a wrong caller gets an error, not a read outside the table)."""
     rows = torch.full((4 * 5,), -1, dtype=torch.int32)  # 4 columns of depth 5

@@ -35,6 +35,20 @@ def _voxel_size_tensor(voxel_size, points: torch.Tensor) -> torch.Tensor:
     return size
 
 
+def _compiled_kernels(points: torch.Tensor):
+    """pointlift's compiled CPU kernels where they are the process-wide sparse backend (an option of ours) and
+    take these points (float or double on the CPU), else None. They compute the same voxels as the torch path:
+    the cells are the same float division and floor, and the rest is integers (tested)."""
+    from pointlift.sparse import backend
+
+    if backend.get_backend() != "compiled" or points.device.type != "cpu" or \
+            points.dtype not in (torch.float32, torch.float64):
+        return None
+    from pointlift.sparse.compiled import kernels
+
+    return kernels()
+
+
 def voxelize(points: torch.Tensor, voxel_size, batch_index: torch.Tensor | None = None) -> Voxelization:
     """Quantise points (N, 3) into voxels of `voxel_size` (a number or per-axis (3,)).
 
@@ -63,27 +77,37 @@ def voxelize(points: torch.Tensor, voxel_size, batch_index: torch.Tensor | None 
         empty = torch.zeros(0, dtype=torch.long, device=points.device)
         return Voxelization(torch.zeros(0, 4, dtype=torch.long, device=points.device), empty, empty.clone())
 
-    # per axis, each a contiguous row: the reductions and sums below run along memory
-    cells = torch.floor(points.t().contiguous() / size.view(-1, 1)).long()  # (3, N)
     num_batches = int(batch_index.max()) + 1
     unset = torch.iinfo(torch.long).max
-    batch_min = torch.stack([torch.full((num_batches,), unset, dtype=torch.long, device=points.device)
-                             .scatter_reduce_(0, batch_index, axis, reduce="amin") for axis in cells], dim=1)
+    kernels = _compiled_kernels(points)
+    if kernels is not None:  # the same cells and bounds, in one parallel pass without (3, N) intermediates
+        points, size, batch_index = points.contiguous(), size.expand(3).contiguous(), batch_index.contiguous()
+        low, high, batch_min = kernels.voxel_bounds(points, size, batch_index, num_batches)
+        cells = local = None
+        extents = high - low + 1
+    else:
+        # per axis, each a contiguous row: the reductions and sums below run along memory
+        cells = torch.floor(points.t().contiguous() / size.view(-1, 1)).long()  # (3, N)
+        batch_min = torch.stack([torch.full((num_batches,), unset, dtype=torch.long, device=points.device)
+                                 .scatter_reduce_(0, batch_index, axis, reduce="amin") for axis in cells], dim=1)
+        low = cells.amin(1)
+        local = cells - low.view(-1, 1)
+        extents = local.amax(1) + 1  # >= each sample's own extent
 
     # One int64 key per point makes unique() one-dimensional and fast: key = b * S + linear(cell - min_b), the
     # lexicographic order of the shifted coordinates [b, i, j, k], summed from each point's offset to the lowest
     # corner of all samples plus one shift per sample. Where the grid is too large for a key, row-wise unique
     # gives the same voxels in the same order.
     batch_min = torch.where(batch_min == unset, 0, batch_min)  # samples without points
-    low = cells.amin(1)
-    local = cells - low.view(-1, 1)
-    extents = local.amax(1) + 1  # >= each sample's own extent
     if float(extents.double().prod()) * num_batches < 2**62:
         e1, e2, e3 = extents.tolist()
         corner = batch_min - low
         shift = torch.arange(num_batches, device=points.device) * (e1 * e2 * e3) - (
             (corner[:, 0] * e2 + corner[:, 1]) * e3 + corner[:, 2])
-        key = local[0].mul_(e2).add_(local[1]).mul_(e3).add_(local[2]).add_(shift.index_select(0, batch_index))
+        if kernels is not None:
+            key = kernels.voxel_keys(points, size, batch_index, low, extents, shift)
+        else:
+            key = local[0].mul_(e2).add_(local[1]).mul_(e3).add_(local[2]).add_(shift.index_select(0, batch_index))
         unique_keys, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
         k = unique_keys % e3
         rest = unique_keys // e3
@@ -93,6 +117,8 @@ def voxelize(points: torch.Tensor, voxel_size, batch_index: torch.Tensor | None 
         b = rest // e1
         unique_coords = torch.stack([b, i, j, k], dim=1)
     else:
+        if cells is None:
+            cells = torch.floor(points.t().contiguous() / size.view(-1, 1)).long()
         coords = torch.cat([batch_index[:, None], cells.t() - batch_min[batch_index]], dim=1)
         unique_coords, inverse, counts = torch.unique(coords, dim=0, return_inverse=True, return_counts=True)
     return Voxelization(unique_coords, inverse, counts)

@@ -24,6 +24,8 @@ SOURCE = r"""
 // offset pairs sites one to one), so the pairs of an offset can be split over threads without conflicts.
 #include <ATen/Parallel.h>
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -340,10 +342,93 @@ std::vector<torch::Tensor> grid_pairs(const torch::Tensor& rows, const torch::Te
   return {counts, in_cat, out_cat};
 }
 
+// Voxelisation's passes over the points (geometry/voxel.py), spread over torch's threads. A point's cells are
+// floor(p / size) per axis, recomputed in each pass rather than stored: the same division and floor as the torch
+// path's, so the same cells, and everything after them is integer arithmetic, so the same keys.
+template <typename T>
+inline void cells_of(const T* p, const T* size, int64_t* cell) {
+  for (int a = 0; a < 3; ++a) cell[a] = (int64_t)std::floor(p[a] / size[a]);
+}
+
+// {low (3), high (3), sample_low (samples, 3)}: the smallest and the largest cell per axis over all points, and the
+// smallest per sample (INT64_MAX for a sample without points).
+std::vector<torch::Tensor> voxel_bounds(const torch::Tensor& points, const torch::Tensor& size,
+                                        const torch::Tensor& batch_index, int64_t samples) {
+  const int64_t n = points.size(0);
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(4 * at::get_num_threads(), n / 8192));
+  // per part: low (3), high (3), then low per sample (samples x 3)
+  const int64_t width = 6 + 3 * samples;
+  std::vector<int64_t> part_bounds((size_t)parts * width);
+  const int64_t* bp = batch_index.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "voxel_bounds", [&] {
+    const scalar_t* pp = points.data_ptr<scalar_t>();
+    const scalar_t* sp = size.data_ptr<scalar_t>();
+    at::parallel_for(0, parts, 1, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q) {
+        int64_t* bounds = part_bounds.data() + q * width;
+        std::fill(bounds, bounds + 3, INT64_MAX);
+        std::fill(bounds + 3, bounds + 6, INT64_MIN);
+        std::fill(bounds + 6, bounds + width, INT64_MAX);
+        int64_t cell[3];
+        for (int64_t i = q * n / parts, end = (q + 1) * n / parts; i < end; ++i) {
+          cells_of(pp + 3 * i, sp, cell);
+          int64_t* sample_low = bounds + 6 + 3 * bp[i];
+          for (int a = 0; a < 3; ++a) {
+            bounds[a] = std::min(bounds[a], cell[a]);
+            bounds[3 + a] = std::max(bounds[3 + a], cell[a]);
+            sample_low[a] = std::min(sample_low[a], cell[a]);
+          }
+        }
+      }
+    });
+  });
+  auto low = torch::full({3}, INT64_MAX, torch::kInt64);
+  auto high = torch::full({3}, INT64_MIN, torch::kInt64);
+  auto sample_low = torch::full({samples, 3}, INT64_MAX, torch::kInt64);
+  int64_t* lp = low.data_ptr<int64_t>();
+  int64_t* hp = high.data_ptr<int64_t>();
+  int64_t* slp = sample_low.data_ptr<int64_t>();
+  for (int64_t q = 0; q < parts; ++q) {
+    const int64_t* bounds = part_bounds.data() + q * width;
+    for (int a = 0; a < 3; ++a) {
+      lp[a] = std::min(lp[a], bounds[a]);
+      hp[a] = std::max(hp[a], bounds[3 + a]);
+    }
+    for (int64_t j = 0; j < 3 * samples; ++j) slp[j] = std::min(slp[j], bounds[6 + j]);
+  }
+  return {low, high, sample_low};
+}
+
+// Each point's key ((c0 - low0) * e2 + c1 - low1) * e3 + c2 - low2 + shift[sample], as the torch path sums it.
+torch::Tensor voxel_keys(const torch::Tensor& points, const torch::Tensor& size, const torch::Tensor& batch_index,
+                         const torch::Tensor& low, const torch::Tensor& extents, const torch::Tensor& shift) {
+  const int64_t n = points.size(0);
+  auto keys = torch::empty({n}, torch::kInt64);
+  int64_t* kp = keys.data_ptr<int64_t>();
+  const int64_t* bp = batch_index.data_ptr<int64_t>();
+  const int64_t* lp = low.data_ptr<int64_t>();
+  const int64_t e2 = extents.data_ptr<int64_t>()[1], e3 = extents.data_ptr<int64_t>()[2];
+  const int64_t* shp = shift.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "voxel_keys", [&] {
+    const scalar_t* pp = points.data_ptr<scalar_t>();
+    const scalar_t* sp = size.data_ptr<scalar_t>();
+    at::parallel_for(0, n, 8192, [&](int64_t i0, int64_t i1) {
+      int64_t cell[3];
+      for (int64_t i = i0; i < i1; ++i) {
+        cells_of(pp + 3 * i, sp, cell);
+        kp[i] = ((cell[0] - lp[0]) * e2 + (cell[1] - lp[1])) * e3 + (cell[2] - lp[2]) + shp[bp[i]];
+      }
+    });
+  });
+  return keys;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pair_products", &pair_products);
   m.def("weight_products", &weight_products);
   m.def("grid_pairs", &grid_pairs);
+  m.def("voxel_bounds", &voxel_bounds);
+  m.def("voxel_keys", &voxel_keys);
 }
 """
 
