@@ -284,6 +284,20 @@ def test_key_round_trip_and_range_checks():
         SparseInverseConv3d(2, 2, kernel_size=2, stride=2)(SparseTensor(torch.zeros(1, 2), torch.tensor([[0, 1, 0, 0]]), stride=2))
 
 
+def test_sorting_keys_that_arrive_sorted_is_torch_sort():
+    """`sort_keys` skips the sort of strictly increasing keys (voxelised and downsampled sites): the same keys and
+    positions as torch.sort, which still sorts the rest (shuffled, or with repeated keys)."""
+    from pointlift.sparse.kernel_map import sort_keys
+
+    generator = torch.Generator().manual_seed(0)
+    increasing = torch.randint(0, 50, (300,), generator=generator).cumsum(0) + 1
+    cases = [increasing, increasing[torch.randperm(300, generator=generator)], increasing.repeat_interleave(2),
+             increasing[:1], increasing[:0]]
+    for keys in cases:
+        got, want = sort_keys(keys), torch.sort(keys)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_global_pool_and_batchnorm_match_references():
     coords, feats = random_sparse(channels=3, seed=5)
     x = SparseTensor(feats, coords)

@@ -151,7 +151,8 @@ def test_voxelisation_on_the_kernels_is_the_torch_paths(threads):
     sweep = torch.randn(60000, 3, generator=generator) * torch.tensor([30.0, 30.0, 2.0])
     sweep[:5000] = torch.randint(-40, 40, (5000, 3), generator=generator) * 0.25  # on the cell borders
     batch = torch.randint(0, 3, (60000,), generator=generator) * 2  # samples 1 and 3 have no points
-    cases = [(sweep, 0.3, batch), (sweep.double() * 1.7, (0.2, 0.3, 0.1), batch), (sweep[:10], 0.05, None),
+    cases = [(sweep, 0.3, batch), (sweep, 2.0, batch), (sweep.double() * 1.7, (0.2, 0.3, 0.1), batch),
+             (sweep[:10], 0.05, None),
              (torch.tensor([[0.0, 0.0, 0.0], [1e6, 1e6, 1e6], [0.5, 0.0, 0.0]]), 1e-4, None)]  # the last: no key
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -166,6 +167,23 @@ def test_voxelisation_on_the_kernels_is_the_torch_paths(threads):
     finally:
         torch.set_num_threads(previous)
     assert len(expected.coords) == 3 and len(voxelize(sweep, 0.3, batch).coords) > 20000
+
+
+def test_the_kernels_unique_is_torch_unique():
+    """`unique_bounded` (voxelize's unique on the compiled backend: a bitmap of the possible keys, no sort) returns
+    torch.unique's keys, inverse and counts, also for keys at both ends of the range and for no keys; a key
+    outside the range is refused, not written outside the bitmap."""
+    kernels = compiled.kernels()
+    generator = torch.Generator().manual_seed(0)
+    for bound, n in ((1000, 5000), (64, 3), (130, 1), (200_000, 40_000), (5, 0)):
+        keys = torch.randint(0, bound, (n,), generator=generator)
+        if n > 2:
+            keys[:2] = torch.tensor([0, bound - 1])
+        got = kernels.unique_bounded(keys, bound)
+        want = torch.unique(keys, return_inverse=True, return_counts=True)
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), (bound, n)
+    with pytest.raises(RuntimeError, match="outside"):
+        kernels.unique_bounded(torch.tensor([3, 64]), 64)
 
 
 def test_the_map_kernel_refuses_a_query_outside_its_grid():

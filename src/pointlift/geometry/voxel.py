@@ -35,6 +35,10 @@ def _voxel_size_tensor(voxel_size, points: torch.Tensor) -> torch.Tensor:
     return size
 
 
+# the compiled kernels' unique keeps one bit per possible key: used while that is at most this many bits per point
+BITMAP_BITS_PER_POINT = 256
+
+
 def _compiled_kernels(points: torch.Tensor):
     """pointlift's compiled CPU kernels where they are the process-wide sparse backend (an option of ours) and
     take these points (float or double on the CPU), else None. They compute the same voxels as the torch path:
@@ -104,11 +108,15 @@ def voxelize(points: torch.Tensor, voxel_size, batch_index: torch.Tensor | None 
         corner = batch_min - low
         shift = torch.arange(num_batches, device=points.device) * (e1 * e2 * e3) - (
             (corner[:, 0] * e2 + corner[:, 1]) * e3 + corner[:, 2])
+        bound = num_batches * e1 * e2 * e3  # keys lie in [0, bound)
         if kernels is not None:
             key = kernels.voxel_keys(points, size, batch_index, low, extents, shift)
         else:
             key = local[0].mul_(e2).add_(local[1]).mul_(e3).add_(local[2]).add_(shift.index_select(0, batch_index))
-        unique_keys, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
+        if kernels is not None and bound <= BITMAP_BITS_PER_POINT * num_points:
+            unique_keys, inverse, counts = kernels.unique_bounded(key, bound)  # torch.unique's result, no sort
+        else:
+            unique_keys, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
         k = unique_keys % e3
         rest = unique_keys // e3
         j = rest % e2

@@ -423,12 +423,53 @@ torch::Tensor voxel_keys(const torch::Tensor& points, const torch::Tensor& size,
   return keys;
 }
 
+// torch.unique(keys, return_inverse, return_counts) for keys in [0, bound), without a sort: one bit per possible
+// key marks the keys present, and a key's row among the unique keys is the number of marked bits below it (marked
+// bits counted per 64-bit word beforehand, then one popcount). For voxelisation's keys, where bound is a few times
+// the number of points. The result is torch.unique's: the keys present in ascending order, each key's row, and
+// how often each occurs.
+std::vector<torch::Tensor> unique_bounded(const torch::Tensor& keys, int64_t bound) {
+  const int64_t n = keys.numel(), words = (bound + 63) / 64;
+  TORCH_CHECK(n < INT32_MAX, "unique_bounded: too many keys");
+  const int64_t* kp = keys.data_ptr<int64_t>();
+  if (n) {
+    const auto [lo, hi] = std::minmax_element(kp, kp + n);
+    TORCH_CHECK(*lo >= 0 && *hi < bound, "unique_bounded: a key outside [0, bound)");
+  }
+  std::vector<uint64_t> marked(words, 0);
+  for (int64_t i = 0; i < n; ++i) marked[kp[i] >> 6] |= uint64_t(1) << (kp[i] & 63);
+  std::vector<int32_t> below(words);  // marked bits in the words before each word
+  int64_t present = 0;
+  for (int64_t w = 0; w < words; ++w) {
+    below[w] = (int32_t)present;
+    present += __builtin_popcountll(marked[w]);
+  }
+  auto unique = torch::empty({present}, torch::kInt64);
+  auto inverse = torch::empty({n}, torch::kInt64);
+  auto counts = torch::zeros({present}, torch::kInt64);
+  int64_t* up = unique.data_ptr<int64_t>();
+  int64_t* ip = inverse.data_ptr<int64_t>();
+  int64_t* cp = counts.data_ptr<int64_t>();
+  for (int64_t w = 0, row = 0; w < words; ++w) {
+    for (uint64_t bits = marked[w]; bits; bits &= bits - 1) up[row++] = w * 64 + __builtin_ctzll(bits);
+  }
+  at::parallel_for(0, n, 8192, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t w = kp[i] >> 6;
+      ip[i] = below[w] + __builtin_popcountll(marked[w] & ((uint64_t(1) << (kp[i] & 63)) - 1));
+    }
+  });
+  for (int64_t i = 0; i < n; ++i) ++cp[ip[i]];
+  return {unique, inverse, counts};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pair_products", &pair_products);
   m.def("weight_products", &weight_products);
   m.def("grid_pairs", &grid_pairs);
   m.def("voxel_bounds", &voxel_bounds);
   m.def("voxel_keys", &voxel_keys);
+  m.def("unique_bounded", &unique_bounded);
 }
 """
 

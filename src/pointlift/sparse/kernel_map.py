@@ -121,14 +121,22 @@ class CoordinateHash:
 
     def __init__(self, coords: torch.Tensor):
         keys = encode_keys(coords)
-        self.sorted_keys, self.order = torch.sort(keys)
+        self.sorted_keys, self.order = sort_keys(keys)
         self.size = keys.numel()
+        self._sites: torch.Tensor | None = None
         self._coords = coords
         self._grid: Grid | None = None  # dense grid, built on first use
         self._grid_checked = False
         self._column_grid: Grid | None = None  # column grid, built on first use
         self._column_grid_checked = False
         self._batches = int(coords[:, 0].max()) + 1 if self.size else 0
+
+    @property
+    def sites(self) -> torch.Tensor:
+        """(M, 4) the sites in the order of `sorted_keys` (decoded once)."""
+        if self._sites is None:
+            self._sites = decode_keys(self.sorted_keys)
+        return self._sites
 
     def lookup(self, query_keys: torch.Tensor) -> torch.Tensor:
         """Row index of each query key in the original coords, or -1 when absent."""
@@ -168,7 +176,7 @@ class CoordinateHash:
             self._column_grid_checked = True
             if self.size and "column" in self.GRIDS:
                 low, extent = self._box()
-                sites = decode_keys(self.sorted_keys)
+                sites = self.sites
                 column = column_index(sites, low, extent)
                 starts = torch.ones_like(column, dtype=torch.bool)
                 starts[1:] = column[1:] != column[:-1]
@@ -202,7 +210,7 @@ class CoordinateHash:
     def lookup_around(self, base_keys: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """(K, M) row indices of the sites at base + offsets[k] (base given as keys), -1 when absent."""
         if base_keys.numel() and offsets.numel() and self.size:
-            base = decode_keys(base_keys)
+            base = self.sites if base_keys is self.sorted_keys else decode_keys(base_keys)
             grid = self.grid_for(base, offsets)
             if grid is not None:
                 return grid.lookup(base, offsets)
@@ -442,7 +450,7 @@ def build_kernel_map(
     else:
         base = out_coords.clone()
         base[:, 1:] *= stride
-        base_sorted, perm = torch.sort(encode_keys(base))
+        base_sorted, perm = sort_keys(encode_keys(base))
     centre = num_offsets // 2 if same_sites else None  # odd kernel: offsets[K - 1 - k] = -offsets[k]
     queried = offsets[:centre] if same_sites else offsets
     # sorted queries per offset: the binary searches and gathers walk memory in order
@@ -482,6 +490,15 @@ def _pairs_around(in_hash: CoordinateHash, base_keys: torch.Tensor, out_sites: t
         in_cat, out_cat = (torch.cat([in_cat, *out_cat.split(counts)[::-1]]),
                            torch.cat([out_cat, *in_cat.split(counts)[::-1]]))
     return counts, in_cat, out_cat
+
+
+def sort_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.sort(keys): (sorted keys, their positions). Coordinates mostly arrive sorted (voxelize and
+    downsample_coords sort them), and strictly increasing keys are their own sort: then one comparison
+    replaces the sort, with the same result."""
+    if keys.numel() < 2 or bool((keys[1:] > keys[:-1]).all()):
+        return keys, torch.arange(keys.numel(), device=keys.device)
+    return torch.sort(keys)
 
 
 def downsample_coords(coords: torch.Tensor, factor: int) -> torch.Tensor:
