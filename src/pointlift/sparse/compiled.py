@@ -18,7 +18,7 @@ import functools
 import torch
 
 from pointlift.errors import PointliftConfigError
-from pointlift.sparse.kernel_map import CoordinateHash, KernelMap, decode_keys
+from pointlift.sparse.kernel_map import CoordinateHash, KernelMap
 
 BUILD_HELP = (
     "the 'compiled' sparse backend builds C++ kernels on first use and needs a C++ compiler (g++) and "
@@ -141,7 +141,7 @@ def grid_pairs(in_hash: CoordinateHash, base_keys: torch.Tensor, out_sites: torc
                mirrored: bool) -> tuple[list[int], torch.Tensor, torch.Tensor] | None:
     """`kernel_map._pairs_around` in one pass of the kernels where a grid of `in_hash` holds every query, else
     None (then the torch path searches)."""
-    base = in_hash.sites if base_keys is in_hash.sorted_keys else decode_keys(base_keys)
+    base = in_hash.decode(base_keys)
     grid = in_hash.grid_for(base, offsets)
     if grid is None:
         return None

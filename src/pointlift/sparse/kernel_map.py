@@ -138,6 +138,10 @@ class CoordinateHash:
             self._sites = decode_keys(self.sorted_keys)
         return self._sites
 
+    def decode(self, keys: torch.Tensor) -> torch.Tensor:
+        """decode_keys(keys); for the hash's own `sorted_keys`, its `sites`."""
+        return self.sites if keys is self.sorted_keys else decode_keys(keys)
+
     def lookup(self, query_keys: torch.Tensor) -> torch.Tensor:
         """Row index of each query key in the original coords, or -1 when absent."""
         if self.size == 0:
@@ -210,7 +214,7 @@ class CoordinateHash:
     def lookup_around(self, base_keys: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """(K, M) row indices of the sites at base + offsets[k] (base given as keys), -1 when absent."""
         if base_keys.numel() and offsets.numel() and self.size:
-            base = self.sites if base_keys is self.sorted_keys else decode_keys(base_keys)
+            base = self.decode(base_keys)
             grid = self.grid_for(base, offsets)
             if grid is not None:
                 return grid.lookup(base, offsets)
