@@ -165,6 +165,25 @@ def test_info_nce_matches_a_loop():
 # ------------------------------------------------------------------------------------------ cache
 
 
+def test_the_logged_accuracy_is_argmax_exactly():
+    """`argmax_is` (argmax only on the rows whose target score is the maximum) equals `argmax(1) == target` where
+    ties fall before or after the target, on NaN rows (argmax takes the first NaN), infinities and signed zeros,
+    and with targets off the diagonal (the gathered columns under torchrun)."""
+    from pointlift.methods.ppkt.model import argmax_is
+
+    generator = torch.Generator().manual_seed(0)
+    for target in (torch.arange(400) % 8, torch.randint(0, 8, (400,), generator=generator)):
+        scores = torch.randint(-2, 3, (400, 8), generator=generator).float()  # many ties
+        scores[::3].scatter_add_(1, target[::3, None], torch.full((134, 1), 2.0))  # the target a maximum, often tied
+        scores[::7] = torch.randn(58, 8, generator=generator)
+        scores[1, 5], scores[2, [2, 6]], scores[4, 5], scores[5, :] = float("nan"), float("nan"), float("inf"), -0.0
+        scores[5, 7] = 0.0
+        expected = scores.argmax(1) == target
+        assert torch.equal(argmax_is(scores, target), expected)
+        assert 40 < int(expected.sum()) < 360  # both answers occur
+    assert argmax_is(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)).numel() == 0
+
+
 def test_teacher_cache_is_reused_and_invalidated(tmp_path):
     from pointlift.teachers.teacher import Teacher
 

@@ -188,6 +188,39 @@ def test_kernel_map_against_bruteforce():
         assert got == expected
 
 
+def assert_same_map(mine, theirs, what=""):
+    """The same pairs, offset by offset and in the same order (and the same concatenation the convolutions walk)."""
+    assert (mine.identity, mine.num_in, mine.num_out, len(mine.in_index)) == \
+        (theirs.identity, theirs.num_in, theirs.num_out, len(theirs.in_index)), what
+    for a, b in zip(mine.in_index + mine.out_index, theirs.in_index + theirs.out_index):
+        assert torch.equal(a, b), what
+    assert mine.pairs().ids == theirs.pairs().ids and mine.pairs().bounds == theirs.pairs().bounds, what
+    assert torch.equal(mine.pairs().in_cat, theirs.pairs().in_cat), what
+    assert torch.equal(mine.pairs().out_cat, theirs.pairs().out_cat), what
+
+
+def test_submanifold_maps_taken_from_larger_ones_are_the_searched_ones():
+    """A manager that already holds a submanifold map on some sites takes a smaller one (same dilation) from it
+    instead of searching: 3 from 5, 1 from 3, dilated 3 from dilated 5 give the maps a search builds, and a
+    kernel-1 map has no pairs to search at all."""
+    from pointlift.sparse.kernel_map import CoordinateHash, build_kernel_map
+    from pointlift.sparse.tensor import CoordinateManager
+
+    coords, _ = random_sparse(channels=1, grid=9, seed=7)
+    coords[:, 1:] -= 4  # negative coordinates too, shuffled order
+    manager = CoordinateManager(coords)
+    requests = [(5, 1), (3, 1), (1, 1), (5, 2), (3, 2), (7, 1)]
+    for kernel_size, dilation in requests:
+        manager.kernel_map(1, 1, kernel_size, dilation)
+    pairs = 0
+    for kernel_size, dilation in requests:
+        searched = build_kernel_map(CoordinateHash(coords), coords, 1, kernel_size, dilation, same_sites=True)
+        assert_same_map(manager.kernel_map(1, 1, kernel_size, dilation), searched, (kernel_size, dilation))
+        pairs += searched.num_pairs
+    assert pairs > 20 * len(coords)
+    assert manager.kernel_map(1, 1, 1, 1).pairs().count == 0 and manager.kernel_map(1, 1, 1, 1).identity == 0
+
+
 @pytest.mark.parametrize("kernel_size,stride,dilation", [(3, 1, 1), (5, 1, 2), (5, 1, 3), (2, 2, 1), (3, 2, 2), (3, 4, 1)])
 def test_grid_and_binary_search_lookups_agree(kernel_size, stride, dilation, monkeypatch):
     """The kernel-map query reads a dense grid or a column grid when one fits, else binary-searches sorted

@@ -139,6 +139,47 @@ def test_kernel_maps_read_by_the_kernels_are_the_torch_paths(scene, threads, mon
     assert pairs > 8 * len(coords)  # neighbours found, not only the identity pairs
 
 
+@pytest.mark.parametrize("scene", ["dense-grid", "lidar-like"])
+def test_downsampling_and_strided_maps_on_the_kernels_are_the_torch_paths(scene):
+    """On the compiled backend the coarse sites come from a bitmap of the coarse box, with each site's parent, and a
+    2x2x2 stride-2 map is read from the parents: the same coarse sites and the same pairs in the same order as
+    `downsample_coords` and `build_kernel_map` (shuffled sites, negative coordinates, two samples, four levels); a
+    coarse box too large for the bitmap falls back to torch's unique."""
+    from pointlift.sparse.kernel_map import CoordinateHash, build_kernel_map, downsample_coords
+    from pointlift.sparse.tensor import CoordinateManager
+    from test_sparse import assert_same_map
+
+    if scene == "dense-grid":
+        coords = random_sparse(batch=2, grid=20, channels=1, density=0.3, seed=3)[0]
+        coords[:, 1:] -= 9
+    else:
+        coords = _lidar_like_sites(4000, seed=4)
+    with use_backend("compiled"):
+        manager = CoordinateManager(coords)
+        for level in range(4):
+            manager.downsample(2 ** level, 2)
+            manager.kernel_map(2 ** level, 2 ** (level + 1), 2, 1)
+    assert len(manager._parents) == 4  # every level came from the kernels
+    pairs = 0
+    for level in range(4):
+        fine, coarse = manager.coords[2 ** level], manager.coords[2 ** (level + 1)]
+        assert torch.equal(coarse, downsample_coords(fine, 2)), level
+        searched = build_kernel_map(CoordinateHash(fine), coarse, 2, 2, 1)
+        assert_same_map(manager.kernel_map(2 ** level, 2 ** (level + 1), 2, 1), searched, level)
+        pairs += searched.num_pairs
+    assert pairs == sum(len(manager.coords[2 ** level]) for level in range(4))  # every site feeds one parent
+    kernels = compiled.kernels()
+    for factor in (2, 3, 5):
+        sites, parent = compiled.coarse_sites(coords, factor)
+        expected, inverse = torch.unique(coords.div(torch.tensor([1, factor, factor, factor]), rounding_mode="floor"),
+                                         dim=0, return_inverse=True)
+        assert torch.equal(sites, expected) and torch.equal(parent, inverse), factor
+        counts, in_cat, out_cat = kernels.partition_pairs(coords, CoordinateHash(coords).order, parent, factor)
+        assert counts.sum() == len(coords) and torch.equal(out_cat, parent[in_cat])
+    far = torch.tensor([[0, 0, 0, 0], [0, 100_000, 100_000, 100_000]])
+    assert compiled.coarse_sites(far, 2) is None
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_voxelisation_on_the_kernels_is_the_torch_paths(threads):
     """On the compiled backend voxelize's passes over the points run in the kernels: the same voxels, order, inverse

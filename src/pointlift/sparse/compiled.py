@@ -18,7 +18,7 @@ import functools
 import torch
 
 from pointlift.errors import PointliftConfigError
-from pointlift.sparse.kernel_map import CoordinateHash, KernelMap
+from pointlift.sparse.kernel_map import CoordinateHash, KernelMap, Pairs
 
 BUILD_HELP = (
     "the 'compiled' sparse backend builds C++ kernels on first use and needs a C++ compiler (g++) and "
@@ -151,6 +151,29 @@ def grid_pairs(in_hash: CoordinateHash, base_keys: torch.Tensor, out_sites: torc
         grid.rows, empty if grid.columns is None else grid.columns, int(grid.extent[2]), grid.column_index(base),
         base[:, 3] - grid.low[2], steps, offsets[:, 2].contiguous(), out_sites.contiguous(), mirrored)
     return counts.tolist(), in_cat, out_cat
+
+
+# coarse_sites keeps one bit per cell of the coarse box: used while that is at most this many bits per site
+BITMAP_CELLS_PER_SITE = 256
+
+
+def coarse_sites(coords: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`kernel_map.downsample_coords(coords, factor)` and each site's row among the coarse sites (its parent), from
+    one bit per cell of the coarse sites' box where that box has at most BITMAP_CELLS_PER_SITE cells per site, else
+    None (then torch's unique answers). The same sites in the same order (tested)."""
+    if not len(coords):
+        return None
+    found = kernels().coarse_sites(coords.contiguous(), factor, BITMAP_CELLS_PER_SITE * len(coords))
+    return (found[0], found[1]) if found else None
+
+
+def partition_map(in_hash: CoordinateHash, parent: torch.Tensor, num_out: int, factor: int) -> KernelMap:
+    """The map of a convolution with kernel size = stride = `factor` from the sites of `in_hash` onto their
+    coarse sites (`parent`: each site's row among them, from `coarse_sites`): every site feeds its parent through
+    one offset, so there is nothing to look up. The pairs `build_kernel_map` finds, in its order (tested)."""
+    counts, in_cat, out_cat = kernels().partition_pairs(in_hash.coords.contiguous(), in_hash.order, parent, factor)
+    pairs = Pairs.of_offsets(list(range(factor ** 3)), counts.tolist(), in_cat, out_cat)
+    return KernelMap.from_pairs(pairs, factor ** 3, in_hash.size, num_out, None)
 
 
 def conv_features(features: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:

@@ -463,6 +463,106 @@ std::vector<torch::Tensor> unique_bounded(const torch::Tensor& keys, int64_t bou
   return {unique, inverse, counts};
 }
 
+inline int64_t floor_div(int64_t v, int64_t factor) {
+  const int64_t q = v / factor;
+  return (v % factor != 0 && v < 0) ? q - 1 : q;
+}
+
+// The sites of a stride `factor` times coarser: [b, floor(x / factor), floor(y / factor), floor(z / factor)] of
+// the (n, 4) sites `coords`, unique, in ascending (b, x, y, z) order, and each site's row among them (its parent).
+// As unique_bounded: one bit per cell of the coarse sites' box ([0, batches) x the spatial box). Returns nothing
+// where that box has more than `max_cells` cells (then torch's unique answers).
+std::vector<torch::Tensor> coarse_sites(const torch::Tensor& coords, int64_t factor, int64_t max_cells) {
+  const int64_t n = coords.size(0);
+  TORCH_CHECK(coords.dim() == 2 && coords.size(1) == 4 && coords.is_contiguous(), "coarse_sites: (n, 4) sites");
+  TORCH_CHECK(n > 0 && n < INT32_MAX && factor > 0, "coarse_sites: 1 to 2^31 sites and a positive factor");
+  const int64_t* cp = coords.data_ptr<int64_t>();
+  int64_t low[4], high[4];
+  std::fill(low, low + 4, INT64_MAX);
+  std::fill(high, high + 4, INT64_MIN);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int a = 0; a < 4; ++a) {
+      const int64_t v = a ? floor_div(cp[4 * i + a], factor) : cp[4 * i];
+      low[a] = std::min(low[a], v);
+      high[a] = std::max(high[a], v);
+    }
+  }
+  TORCH_CHECK(low[0] >= 0, "coarse_sites: a negative batch index");
+  const int64_t e1 = high[1] - low[1] + 1, e2 = high[2] - low[2] + 1, e3 = high[3] - low[3] + 1;
+  if ((double)(high[0] + 1) * (double)e1 * (double)e2 * (double)e3 > (double)max_cells) return {};
+  const int64_t words = ((high[0] + 1) * e1 * e2 * e3 + 63) / 64;
+  std::vector<int64_t> keys(n);
+  std::vector<uint64_t> marked(words, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t* c = cp + 4 * i;
+    const int64_t key = ((c[0] * e1 + floor_div(c[1], factor) - low[1]) * e2 + floor_div(c[2], factor) - low[2]) * e3
+                        + floor_div(c[3], factor) - low[3];
+    keys[i] = key;
+    marked[key >> 6] |= uint64_t(1) << (key & 63);
+  }
+  std::vector<int32_t> below(words);  // marked bits in the words before each word
+  int64_t present = 0;
+  for (int64_t w = 0; w < words; ++w) {
+    below[w] = (int32_t)present;
+    present += __builtin_popcountll(marked[w]);
+  }
+  auto sites = torch::empty({present, 4}, torch::kInt64);
+  auto parent = torch::empty({n}, torch::kInt64);
+  int64_t* sp = sites.data_ptr<int64_t>();
+  int64_t* pp = parent.data_ptr<int64_t>();
+  for (int64_t w = 0, row = 0; w < words; ++w) {
+    for (uint64_t bits = marked[w]; bits; bits &= bits - 1, ++row) {
+      const int64_t key = w * 64 + __builtin_ctzll(bits);
+      sp[4 * row + 3] = key % e3 + low[3];
+      sp[4 * row + 2] = key / e3 % e2 + low[2];
+      sp[4 * row + 1] = key / e3 / e2 % e1 + low[1];
+      sp[4 * row] = key / e3 / e2 / e1;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t w = keys[i] >> 6;
+    pp[i] = below[w] + __builtin_popcountll(marked[w] & ((uint64_t(1) << (keys[i] & 63)) - 1));
+  }
+  return {sites, parent};
+}
+
+// The pairs of a convolution with kernel size = stride = `factor` (no padding) onto the coarse sites: each site
+// feeds its parent through the offset of its position inside the parent's cell, so the offsets partition the
+// sites. Offset by offset, the sites in the order `order` (their ascending keys; then the parents ascend too),
+// as build_kernel_map lists them: {pairs per offset, input rows, output rows}.
+std::vector<torch::Tensor> partition_pairs(const torch::Tensor& coords, const torch::Tensor& order,
+                                           const torch::Tensor& parent, int64_t factor) {
+  const int64_t n = coords.size(0), k_offsets = factor * factor * factor;
+  TORCH_CHECK(coords.is_contiguous() && order.numel() == n && parent.numel() == n, "partition_pairs: shapes");
+  const int64_t* cp = coords.data_ptr<int64_t>();
+  const int64_t* op = order.data_ptr<int64_t>();
+  const int64_t* pp = parent.data_ptr<int64_t>();
+  auto offset_of = [&](int64_t row) {
+    const int64_t* c = cp + 4 * row;
+    int64_t k = 0;
+    for (int a = 1; a < 4; ++a) k = k * factor + c[a] - factor * floor_div(c[a], factor);
+    return k;
+  };
+  auto counts = torch::zeros({k_offsets}, torch::kInt64);
+  int64_t* np = counts.data_ptr<int64_t>();
+  std::vector<int64_t> offset(n);
+  for (int64_t row = 0; row < n; ++row) ++np[offset[row] = offset_of(row)];
+  std::vector<int64_t> next(k_offsets, 0);
+  for (int64_t k = 1; k < k_offsets; ++k) next[k] = next[k - 1] + np[k - 1];
+  auto in_cat = torch::empty({n}, torch::kInt64);
+  auto out_cat = torch::empty({n}, torch::kInt64);
+  int64_t* ip = in_cat.data_ptr<int64_t>();
+  int64_t* outp = out_cat.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t row = op[i];
+    TORCH_CHECK(row >= 0 && row < n, "partition_pairs: order is no permutation of the sites");
+    const int64_t at = next[offset[row]]++;
+    ip[at] = row;
+    outp[at] = pp[row];
+  }
+  return {counts, in_cat, out_cat};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pair_products", &pair_products);
   m.def("weight_products", &weight_products);
@@ -470,6 +570,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("voxel_bounds", &voxel_bounds);
   m.def("voxel_keys", &voxel_keys);
   m.def("unique_bounded", &unique_bounded);
+  m.def("coarse_sites", &coarse_sites);
+  m.def("partition_pairs", &partition_pairs);
 }
 """
 

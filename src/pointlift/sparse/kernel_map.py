@@ -124,7 +124,7 @@ class CoordinateHash:
         self.sorted_keys, self.order = sort_keys(keys)
         self.size = keys.numel()
         self._sites: torch.Tensor | None = None
-        self._coords = coords
+        self.coords = coords
         self._grid: Grid | None = None  # dense grid, built on first use
         self._grid_checked = False
         self._column_grid: Grid | None = None  # column grid, built on first use
@@ -155,8 +155,8 @@ class CoordinateHash:
 
     def _box(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Low corner and extents of the sites' bounding box with GRID_MARGIN cells around it."""
-        low = self._coords[:, 1:].min(0).values - self.GRID_MARGIN
-        extent = self._coords[:, 1:].max(0).values + self.GRID_MARGIN + 1 - low
+        low = self.coords[:, 1:].min(0).values - self.GRID_MARGIN
+        extent = self.coords[:, 1:].max(0).values + self.GRID_MARGIN + 1 - low
         return low, extent
 
     def _dense_grid(self) -> Grid | None:
@@ -167,8 +167,8 @@ class CoordinateHash:
                 low, extent = self._box()
                 cells = self._batches * int(extent.prod())
                 if self._cells_allowed(cells):
-                    table = torch.full((cells,), -1, dtype=torch.int32, device=self._coords.device)
-                    index = column_index(self._coords, low, extent) * int(extent[2]) + self._coords[:, 3] - low[2]
+                    table = torch.full((cells,), -1, dtype=torch.int32, device=self.coords.device)
+                    index = column_index(self.coords, low, extent) * int(extent[2]) + self.coords[:, 3] - low[2]
                     table[index] = torch.arange(self.size, dtype=torch.int32, device=table.device)
                     self._grid = Grid(table, None, low, extent)
         return self._grid
@@ -188,7 +188,7 @@ class CoordinateHash:
                 num_columns, depth = int(column_id[-1]), int(extent[2])
                 plane = self._batches * int(extent[0]) * int(extent[1])
                 if self._cells_allowed(plane + (num_columns + 1) * depth):
-                    device = self._coords.device
+                    device = self.coords.device
                     columns = torch.zeros(plane, dtype=torch.int32, device=device)
                     columns[column[starts]] = column_id[starts].int()
                     z_rows = torch.full(((num_columns + 1) * depth,), -1, dtype=torch.int32, device=device)
@@ -302,6 +302,17 @@ class Pairs:
     out_cat: torch.Tensor
     _chunks: dict = field(default_factory=dict, repr=False, compare=False)  # PAIR_CHUNK -> chunks()
     _table: list = field(default_factory=list, repr=False, compare=False)  # [bounds_table()] once made
+
+    @classmethod
+    def of_offsets(cls, ids: list[int], counts: list[int], in_cat: torch.Tensor, out_cat: torch.Tensor) -> "Pairs":
+        """The pairs of offsets `ids` with `counts` pairs each, concatenated in that order; offsets without pairs
+        are left out."""
+        bounds, start = [], 0
+        for count in counts:
+            bounds.append((start, start + count))
+            start += count
+        kept = [j for j, count in enumerate(counts) if count]
+        return cls([ids[j] for j in kept], [bounds[j] for j in kept], in_cat, out_cat)
 
     @property
     def count(self) -> int:
@@ -447,8 +458,12 @@ def build_kernel_map(
     """
     device = out_coords.device
     same_sites = same_sites and kernel_size % 2 == 1  # the half-offset shortcut needs symmetric offsets
+    num_out = out_coords.shape[0]
+    if same_sites and kernel_size == 1:  # the centre alone: no pairs to look for
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return KernelMap.from_pairs(Pairs([], [], empty, empty.clone()), 1, in_hash.size, num_out, 0)
     offsets = kernel_offsets(kernel_size, dilation, device)  # (K, 3)
-    num_offsets, num_out = offsets.shape[0], out_coords.shape[0]
+    num_offsets = offsets.shape[0]
     if same_sites and stride == 1:
         base_sorted, perm = in_hash.sorted_keys, in_hash.order  # the output sites are the input sites
     else:
@@ -462,13 +477,30 @@ def build_kernel_map(
     ids = list(range(num_offsets))
     if same_sites:  # the centre pairs every site with itself and is not among the pairs
         ids, counts = ids[:centre] + ids[centre + 1:], counts + counts[::-1]
-    bounds, start = [], 0
-    for count in counts:
-        bounds.append((start, start + count))
-        start += count
-    kept = [j for j, count in enumerate(counts) if count]
-    pairs = Pairs([ids[j] for j in kept], [bounds[j] for j in kept], in_cat, out_cat)
+    pairs = Pairs.of_offsets(ids, counts, in_cat, out_cat)
     return KernelMap.from_pairs(pairs, num_offsets, in_hash.size, num_out, centre)
+
+
+def inner_kernel_map(outer: KernelMap, outer_size: int, inner_size: int) -> KernelMap:
+    """The submanifold map of kernel size `inner_size` from the one of the odd `outer_size` on the same sites and
+    with the same dilation: each inner offset is an outer offset with the same queries, so its pairs are the outer
+    map's, in the same order (offsets enumerated x slowest, as `kernel_offsets`). A copy instead of a search."""
+    shift = (outer_size - inner_size) // 2
+    pairs = outer.pairs()
+    rows = dict(zip(pairs.ids, pairs.bounds))
+    centre = inner_size ** 3 // 2
+    ids, ins, outs = [], [], []
+    for k in range(inner_size ** 3):
+        x, y, z = k // inner_size ** 2 + shift, k // inner_size % inner_size + shift, k % inner_size + shift
+        start, stop = rows.get((x * outer_size + y) * outer_size + z, (0, 0))
+        if k != centre and stop > start:
+            ids.append(k)
+            ins.append(pairs.in_cat[start:stop])
+            outs.append(pairs.out_cat[start:stop])
+    empty = pairs.in_cat.new_zeros(0)
+    inner = Pairs.of_offsets(ids, [len(rows_in) for rows_in in ins], torch.cat(ins) if ins else empty,
+                             torch.cat(outs) if outs else empty.clone())
+    return KernelMap.from_pairs(inner, inner_size ** 3, outer.num_in, outer.num_out, centre)
 
 
 def _pairs_around(in_hash: CoordinateHash, base_keys: torch.Tensor, out_sites: torch.Tensor, offsets: torch.Tensor,

@@ -136,7 +136,7 @@ class PackedManager:
         manager = CoordinateManager.__new__(CoordinateManager)
         manager.batch_size = meta["batch_size"]
         manager.coords = {stride: get(ref) for stride, ref in meta["coords"].items()}
-        manager._hashes, manager._maps, manager.backend_state = {}, {}, {}
+        manager._hashes, manager._maps, manager._parents, manager.backend_state = {}, {}, {}, {}
         for key, entry in meta["maps"].items():
             in_cat, out_cat = get(entry["in_cat"]), get(entry["out_cat"])
             kmap = KernelMap.from_pairs(Pairs(entry["ids"], entry["bounds"], in_cat, out_cat), entry["offsets"],

@@ -12,12 +12,14 @@ import torch
 from torch.profiler import record_function
 
 from pointlift.errors import PointliftDataError
+from pointlift.sparse import backend
 from pointlift.sparse.kernel_map import (
     CoordinateHash,
     KernelMap,
     build_kernel_map,
     check_coords,
     downsample_coords,
+    inner_kernel_map,
 )
 
 
@@ -33,6 +35,7 @@ class CoordinateManager:
         self.coords: dict[int, torch.Tensor] = {1: coords}
         self._hashes: dict[int, CoordinateHash] = {}
         self._maps: dict[tuple, KernelMap] = {}
+        self._parents: dict[tuple[int, int], torch.Tensor] = {}  # (stride, coarser stride) -> each site's parent row
         self.backend_state: dict = {}  # per-backend caches (e.g. spconv's indice pairs)
 
     def coords_at(self, stride: int) -> torch.Tensor:
@@ -54,23 +57,42 @@ class CoordinateManager:
         out_stride = stride * factor
         if out_stride not in self.coords:
             with record_function("sparse.kernel_map"):
-                self.coords[out_stride] = downsample_coords(self.coords_at(stride), factor)
+                coords = self.coords_at(stride)
+                coarse = None
+                if backend.get_backend() == "compiled" and coords.device.type == "cpu":
+                    from pointlift.sparse import compiled
+
+                    coarse = compiled.coarse_sites(coords, factor)
+                if coarse is None:
+                    self.coords[out_stride] = downsample_coords(coords, factor)
+                else:
+                    self.coords[out_stride], self._parents[(stride, out_stride)] = coarse
         return out_stride
 
     def kernel_map(self, in_stride: int, out_stride: int, kernel_size: int, dilation: int) -> KernelMap:
-        """Map from sites at in_stride to sites at out_stride (>= in_stride), cached."""
+        """Map from sites at in_stride to sites at out_stride (>= in_stride), cached. Two maps come from what is
+        already known instead of a search (the same pairs; tested): a submanifold map from a larger one on the same
+        sites, and on the compiled backend a 2x2x2 stride-2 map from the downsampling's parents."""
         key = (in_stride, out_stride, kernel_size, dilation)
         if key not in self._maps:
             factor = out_stride // in_stride
+            larger = [size for (i, o, size, d) in self._maps if i == o == in_stride == out_stride and d == dilation
+                      and size > kernel_size and size % 2 == kernel_size % 2 == 1]
+            parent = self._parents.get((in_stride, out_stride))
             with record_function("sparse.kernel_map"):
-                self._maps[key] = build_kernel_map(
-                    self.hash_at(in_stride),
-                    self.coords_at(out_stride),
-                    stride=factor,
-                    kernel_size=kernel_size,
-                    dilation=dilation,
-                    same_sites=in_stride == out_stride,
-                )
+                if larger:
+                    size = min(larger)
+                    kmap = inner_kernel_map(self._maps[(in_stride, in_stride, size, dilation)], size, kernel_size)
+                elif parent is not None and kernel_size == factor == 2 and dilation == 1:
+                    from pointlift.sparse import compiled
+
+                    kmap = compiled.partition_map(self.hash_at(in_stride), parent, len(self.coords[out_stride]),
+                                                  factor)
+                else:
+                    kmap = build_kernel_map(self.hash_at(in_stride), self.coords_at(out_stride), stride=factor,
+                                            kernel_size=kernel_size, dilation=dilation,
+                                            same_sites=in_stride == out_stride)
+                self._maps[key] = kmap
         return self._maps[key]
 
 

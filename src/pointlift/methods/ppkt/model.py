@@ -148,7 +148,7 @@ def info_nce(f3d: torch.Tensor, f2d: torch.Tensor, temperature: float) -> tuple[
     logits = f3d @ f2d.T / temperature
     target = torch.arange(f3d.shape[0], device=f3d.device)
     loss = F.cross_entropy(logits.float(), target)
-    accuracy = (logits.argmax(1) == target).float().mean().detach()
+    accuracy = argmax_is(logits.detach(), target).float().mean()
     return loss, accuracy
 
 
@@ -165,5 +165,17 @@ def info_nce_global(f3d: torch.Tensor, f2d: torch.Tensor, temperature: float) ->
     logits = f3d @ keys.T / temperature
     target = torch.arange(f3d.shape[0], device=f3d.device) + offset
     loss = F.cross_entropy(logits.float(), target, reduction="sum") * (world / total)
-    accuracy = (logits.argmax(1) == target).float().sum().detach() * (world / total)
+    accuracy = argmax_is(logits.detach(), target).float().sum() * (world / total)
     return loss, accuracy
+
+
+def argmax_is(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`scores.argmax(1) == target` (the logged pair accuracy), exactly, with argmax run on few rows: a row's argmax
+    can be its target only where the target's score is the row's maximum or the row holds a NaN (argmax's maximum).
+    amax is a vectorised reduction and argmax is not: over 2048 x 2048 logits 0.2 ms against 2.9 ms."""
+    rows = torch.arange(len(target), device=scores.device)
+    best = scores.amax(1)
+    maybe = ((scores[rows, target] == best) | best.isnan()).nonzero().squeeze(1)
+    hits = torch.zeros(len(target), dtype=torch.bool, device=scores.device)
+    hits[maybe] = scores[maybe].argmax(1) == target[maybe]
+    return hits
