@@ -7,8 +7,9 @@ against dense convolutions are tested). Where it applies it does a convolution's
 sum in one pass (`compiled_source.py`); every other layer — grouped or depthwise, output channels not a
 multiple of 8, input channels not a multiple of 8 where the input needs a gradient, other dtypes,
 CUDA — runs on the pure backend, so any network works. While it is the process-wide backend its kernels also
-read the kernel maps' pairs from the coordinate hash's grid (`grid_pairs`) and voxelise CPU point clouds
-(`geometry.voxelize`): integers, the same maps and voxels as the pure backend's.
+read the kernel maps' pairs from the coordinate hash's grid (`grid_pairs`), downsample sites (`coarse_sites`, with
+the stride-2 maps read from the parents: `partition_map`) and voxelise CPU point clouds (`geometry.voxelize`):
+integers, the same maps and voxels as the pure backend's.
 """
 
 from __future__ import annotations
