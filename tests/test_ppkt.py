@@ -165,12 +165,17 @@ def test_info_nce_matches_a_loop():
 # ------------------------------------------------------------------------------------------ cache
 
 
-def test_the_logged_accuracy_is_argmax_exactly():
+def test_the_logged_accuracy_is_argmax_exactly(monkeypatch):
     """`argmax_is` (argmax only on the rows whose target score is the maximum) equals `argmax(1) == target` where
     ties fall before or after the target, on NaN rows (argmax takes the first NaN), infinities and signed zeros,
     and with targets off the diagonal (the gathered columns under torchrun)."""
+    from pointlift.methods.ppkt import model as model_module
     from pointlift.methods.ppkt.model import argmax_is
 
+    random = torch.randn(300, 300, generator=torch.Generator().manual_seed(1))
+    for target in (torch.arange(300), random.argmax(1)):  # few candidate rows, then every row one
+        assert torch.equal(argmax_is(random, target), random.argmax(1) == target)
+    monkeypatch.setattr(model_module, "ARGMAX_ROWS_SHARE", 1.0)  # the candidate rows alone, however many
     generator = torch.Generator().manual_seed(0)
     for target in (torch.arange(400) % 8, torch.randint(0, 8, (400,), generator=generator)):
         scores = torch.randint(-2, 3, (400, 8), generator=generator).float()  # many ties

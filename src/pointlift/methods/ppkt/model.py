@@ -169,13 +169,20 @@ def info_nce_global(f3d: torch.Tensor, f2d: torch.Tensor, temperature: float) ->
     return loss, accuracy
 
 
+# argmax_is runs argmax on the candidate rows alone while they are at most this share of the rows (copying more
+# rows costs more than one argmax over all of them)
+ARGMAX_ROWS_SHARE = 0.25
+
+
 def argmax_is(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """`scores.argmax(1) == target` (the logged pair accuracy), exactly, with argmax run on few rows: a row's argmax
     can be its target only where the target's score is the row's maximum or the row holds a NaN (argmax's maximum).
-    amax is a vectorised reduction and argmax is not: over 2048 x 2048 logits 0.2 ms against 2.9 ms."""
+    amax is a vectorised reduction and argmax is not: over random 2048 x 2048 scores 0.2 ms against 2.7 ms."""
     rows = torch.arange(len(target), device=scores.device)
     best = scores.amax(1)
     maybe = ((scores[rows, target] == best) | best.isnan()).nonzero().squeeze(1)
+    if len(maybe) > ARGMAX_ROWS_SHARE * len(target):
+        return scores.argmax(1) == target
     hits = torch.zeros(len(target), dtype=torch.bool, device=scores.device)
     hits[maybe] = scores[maybe].argmax(1) == target[maybe]
     return hits
