@@ -45,8 +45,7 @@ def _compiled_kernels(points: torch.Tensor):
     the cells are the same float division and floor, and the rest is integers (tested)."""
     from pointlift.sparse import backend
 
-    if backend.get_backend() != "compiled" or points.device.type != "cpu" or \
-            points.dtype not in (torch.float32, torch.float64):
+    if not backend.compiled_integers_on(points) or points.dtype not in (torch.float32, torch.float64):
         return None
     from pointlift.sparse.compiled import kernels
 

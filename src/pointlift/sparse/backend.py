@@ -62,6 +62,12 @@ def get_backend() -> str:
     return _default
 
 
+def compiled_integers_on(tensor) -> bool:
+    """Whether the compiled kernels do the integer work for this tensor (voxelisation, downsampling, kernel maps):
+    where they are the process-wide backend and the tensor is on the CPU. The integers are the pure path's."""
+    return _default == "compiled" and tensor.device.type == "cpu"
+
+
 def resolve(module_choice: str | None) -> str:
     return _default if module_choice is None else module_choice
 

@@ -510,7 +510,7 @@ def _pairs_around(in_hash: CoordinateHash, base_keys: torch.Tensor, out_sites: t
     queried for half its offsets): the rows go on with the same pairs read backwards, offsets in reverse order.
     On the compiled backend its kernels read all of it from the hash's grid in one pass (the same integers;
     tested)."""
-    if backend.get_backend() == "compiled" and base_keys.device.type == "cpu":
+    if backend.compiled_integers_on(base_keys):
         from pointlift.sparse import compiled
 
         pairs = compiled.grid_pairs(in_hash, base_keys, out_sites, offsets, mirrored)

@@ -59,7 +59,7 @@ class CoordinateManager:
             with record_function("sparse.kernel_map"):
                 coords = self.coords_at(stride)
                 coarse = None
-                if backend.get_backend() == "compiled" and coords.device.type == "cpu":
+                if backend.compiled_integers_on(coords):
                     from pointlift.sparse import compiled
 
                     coarse = compiled.coarse_sites(coords, factor)
