@@ -35,10 +35,6 @@ def _voxel_size_tensor(voxel_size, points: torch.Tensor) -> torch.Tensor:
     return size
 
 
-# the compiled kernels' unique keeps one bit per possible key: used while that is at most this many bits per point
-BITMAP_BITS_PER_POINT = 256
-
-
 def _compiled_kernels(points: torch.Tensor):
     """pointlift's compiled CPU kernels where they are the process-wide sparse backend (an option of ours) and
     take these points (float or double on the CPU), else None. They compute the same voxels as the torch path:
@@ -109,10 +105,14 @@ def voxelize(points: torch.Tensor, voxel_size, batch_index: torch.Tensor | None 
             (corner[:, 0] * e2 + corner[:, 1]) * e3 + corner[:, 2])
         bound = num_batches * e1 * e2 * e3  # keys lie in [0, bound)
         if kernels is not None:
+            from pointlift.sparse.compiled import BITMAP_CELLS_PER_SITE
+
             key = kernels.voxel_keys(points, size, batch_index, low, extents, shift)
+            bitmap_fits = bound <= BITMAP_CELLS_PER_SITE * num_points
         else:
             key = local[0].mul_(e2).add_(local[1]).mul_(e3).add_(local[2]).add_(shift.index_select(0, batch_index))
-        if kernels is not None and bound <= BITMAP_BITS_PER_POINT * num_points:
+            bitmap_fits = False
+        if bitmap_fits:
             unique_keys, inverse, counts = kernels.unique_bounded(key, bound)  # torch.unique's result, no sort
         else:
             unique_keys, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)

@@ -154,7 +154,8 @@ def grid_pairs(in_hash: CoordinateHash, base_keys: torch.Tensor, out_sites: torc
     return counts.tolist(), in_cat, out_cat
 
 
-# coarse_sites keeps one bit per cell of the coarse box: used while that is at most this many bits per site
+# the kernels' bitmaps (voxelize's unique, coarse_sites) keep one bit per possible key or cell: used while that is
+# at most this many bits per site or point
 BITMAP_CELLS_PER_SITE = 256
 
 

@@ -423,41 +423,53 @@ torch::Tensor voxel_keys(const torch::Tensor& points, const torch::Tensor& size,
   return keys;
 }
 
-// torch.unique(keys, return_inverse, return_counts) for keys in [0, bound), without a sort: one bit per possible
-// key marks the keys present, and a key's row among the unique keys is the number of marked bits below it (marked
-// bits counted per 64-bit word beforehand, then one popcount). For voxelisation's keys, where bound is a few times
-// the number of points. The result is torch.unique's: the keys present in ascending order, each key's row, and
-// how often each occurs.
+// One bit per possible key in [0, bound) marks the keys present; a key's rank among them is the number of marked
+// bits below it (counted per 64-bit word beforehand, then one popcount within its word).
+struct KeyBitmap {
+  std::vector<uint64_t> marked;
+  std::vector<int32_t> below;  // marked bits in the words before each word
+  int64_t present = 0;
+
+  KeyBitmap(const int64_t* keys, int64_t n, int64_t bound) : marked((bound + 63) / 64, 0), below(marked.size()) {
+    for (int64_t i = 0; i < n; ++i) marked[keys[i] >> 6] |= uint64_t(1) << (keys[i] & 63);
+    for (size_t w = 0; w < marked.size(); ++w) {
+      below[w] = (int32_t)present;
+      present += __builtin_popcountll(marked[w]);
+    }
+  }
+  int64_t rank(int64_t key) const {
+    const int64_t w = key >> 6;
+    return below[w] + __builtin_popcountll(marked[w] & ((uint64_t(1) << (key & 63)) - 1));
+  }
+  template <typename F>
+  void each_key(F&& visit) const {  // visit(row, key) for the keys present, ascending
+    for (int64_t w = 0, row = 0; w < (int64_t)marked.size(); ++w) {
+      for (uint64_t bits = marked[w]; bits; bits &= bits - 1) visit(row++, w * 64 + __builtin_ctzll(bits));
+    }
+  }
+};
+
+// torch.unique(keys, return_inverse, return_counts) for keys in [0, bound), without a sort (a KeyBitmap). For
+// voxelisation's keys, where bound is a few times the number of points. The result is torch.unique's: the keys
+// present in ascending order, each key's row, and how often each occurs.
 std::vector<torch::Tensor> unique_bounded(const torch::Tensor& keys, int64_t bound) {
-  const int64_t n = keys.numel(), words = (bound + 63) / 64;
+  const int64_t n = keys.numel();
   TORCH_CHECK(n < INT32_MAX, "unique_bounded: too many keys");
   const int64_t* kp = keys.data_ptr<int64_t>();
   if (n) {
     const auto [lo, hi] = std::minmax_element(kp, kp + n);
     TORCH_CHECK(*lo >= 0 && *hi < bound, "unique_bounded: a key outside [0, bound)");
   }
-  std::vector<uint64_t> marked(words, 0);
-  for (int64_t i = 0; i < n; ++i) marked[kp[i] >> 6] |= uint64_t(1) << (kp[i] & 63);
-  std::vector<int32_t> below(words);  // marked bits in the words before each word
-  int64_t present = 0;
-  for (int64_t w = 0; w < words; ++w) {
-    below[w] = (int32_t)present;
-    present += __builtin_popcountll(marked[w]);
-  }
-  auto unique = torch::empty({present}, torch::kInt64);
+  const KeyBitmap bitmap(kp, n, bound);
+  auto unique = torch::empty({bitmap.present}, torch::kInt64);
   auto inverse = torch::empty({n}, torch::kInt64);
-  auto counts = torch::zeros({present}, torch::kInt64);
+  auto counts = torch::zeros({bitmap.present}, torch::kInt64);
   int64_t* up = unique.data_ptr<int64_t>();
   int64_t* ip = inverse.data_ptr<int64_t>();
   int64_t* cp = counts.data_ptr<int64_t>();
-  for (int64_t w = 0, row = 0; w < words; ++w) {
-    for (uint64_t bits = marked[w]; bits; bits &= bits - 1) up[row++] = w * 64 + __builtin_ctzll(bits);
-  }
+  bitmap.each_key([&](int64_t row, int64_t key) { up[row] = key; });
   at::parallel_for(0, n, 8192, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t w = kp[i] >> 6;
-      ip[i] = below[w] + __builtin_popcountll(marked[w] & ((uint64_t(1) << (kp[i] & 63)) - 1));
-    }
+    for (int64_t i = i0; i < i1; ++i) ip[i] = bitmap.rank(kp[i]);
   });
   for (int64_t i = 0; i < n; ++i) ++cp[ip[i]];
   return {unique, inverse, counts};
@@ -490,39 +502,24 @@ std::vector<torch::Tensor> coarse_sites(const torch::Tensor& coords, int64_t fac
   TORCH_CHECK(low[0] >= 0, "coarse_sites: a negative batch index");
   const int64_t e1 = high[1] - low[1] + 1, e2 = high[2] - low[2] + 1, e3 = high[3] - low[3] + 1;
   if ((double)(high[0] + 1) * (double)e1 * (double)e2 * (double)e3 > (double)max_cells) return {};
-  const int64_t words = ((high[0] + 1) * e1 * e2 * e3 + 63) / 64;
   std::vector<int64_t> keys(n);
-  std::vector<uint64_t> marked(words, 0);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t* c = cp + 4 * i;
-    const int64_t key = ((c[0] * e1 + floor_div(c[1], factor) - low[1]) * e2 + floor_div(c[2], factor) - low[2]) * e3
-                        + floor_div(c[3], factor) - low[3];
-    keys[i] = key;
-    marked[key >> 6] |= uint64_t(1) << (key & 63);
+    keys[i] = ((c[0] * e1 + floor_div(c[1], factor) - low[1]) * e2 + floor_div(c[2], factor) - low[2]) * e3
+              + floor_div(c[3], factor) - low[3];
   }
-  std::vector<int32_t> below(words);  // marked bits in the words before each word
-  int64_t present = 0;
-  for (int64_t w = 0; w < words; ++w) {
-    below[w] = (int32_t)present;
-    present += __builtin_popcountll(marked[w]);
-  }
-  auto sites = torch::empty({present, 4}, torch::kInt64);
+  const KeyBitmap bitmap(keys.data(), n, (high[0] + 1) * e1 * e2 * e3);
+  auto sites = torch::empty({bitmap.present, 4}, torch::kInt64);
   auto parent = torch::empty({n}, torch::kInt64);
   int64_t* sp = sites.data_ptr<int64_t>();
   int64_t* pp = parent.data_ptr<int64_t>();
-  for (int64_t w = 0, row = 0; w < words; ++w) {
-    for (uint64_t bits = marked[w]; bits; bits &= bits - 1, ++row) {
-      const int64_t key = w * 64 + __builtin_ctzll(bits);
-      sp[4 * row + 3] = key % e3 + low[3];
-      sp[4 * row + 2] = key / e3 % e2 + low[2];
-      sp[4 * row + 1] = key / e3 / e2 % e1 + low[1];
-      sp[4 * row] = key / e3 / e2 / e1;
-    }
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t w = keys[i] >> 6;
-    pp[i] = below[w] + __builtin_popcountll(marked[w] & ((uint64_t(1) << (keys[i] & 63)) - 1));
-  }
+  bitmap.each_key([&](int64_t row, int64_t key) {
+    sp[4 * row + 3] = key % e3 + low[3];
+    sp[4 * row + 2] = key / e3 % e2 + low[2];
+    sp[4 * row + 1] = key / e3 / e2 % e1 + low[1];
+    sp[4 * row] = key / e3 / e2 / e1;
+  });
+  for (int64_t i = 0; i < n; ++i) pp[i] = bitmap.rank(keys[i]);
   return {sites, parent};
 }
 
